@@ -1,0 +1,348 @@
+"""The node agent: ``python -m skyward.agent``, one per node.
+
+It listens on 127.0.0.1 only (the client reaches it through a local socket or an SSH
+channel), announces its port with one ``SKYWARD-AGENT-READY <port>`` line on its original
+stdout, then serves framed :mod:`skyward.messages`: tasks run on ``concurrency`` worker
+threads; everything written to file descriptors 1 and 2 (by Python or by child processes)
+streams back as log lines; resource samples stream back every few seconds.
+
+The agent never outlives its client for long: if no frame arrives for
+``--heartbeat-timeout`` seconds, or ``--lifetime`` passes, it kills its process group and
+exits (``--on-expire=poweroff`` powers the machine off first, for cloud nodes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from skyward import cluster, messages, wire
+from skyward.cluster import InstanceInfo
+from skyward.errors import SerializationError
+
+READY_PREFIX = "SKYWARD-AGENT-READY"
+POWEROFF_ENV = "SKYWARD_POWEROFF_CMD"
+"""Overrides the command ``--on-expire=poweroff`` runs (tests point it at something harmless)."""
+
+_log = logging.getLogger("skyward.agent")
+_LOG_BACKLOG = 10_000
+
+
+class Agent:
+    def __init__(self, options: argparse.Namespace) -> None:
+        self.options = options
+        self.info = InstanceInfo(
+            node=options.node,
+            total_nodes=options.total_nodes,
+            accelerators=[a for a in options.accelerators.split(",") if a],
+            head_addr=options.head_addr,
+            head_port=options.head_port,
+            job_id=options.job_id,
+            worker=0,
+            workers_per_node=options.concurrency,
+        )
+        self.started = time.monotonic()
+        self.last_seen = time.monotonic()
+        self.tasks: queue.Queue[tuple[messages.Task, wire.FrameWriter]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._current: wire.FrameWriter | None = None
+        # Log lines and results written while no client is connected wait here.
+        self._backlog: collections.deque[object] = collections.deque(maxlen=_LOG_BACKLOG)
+        self._undelivered: list[messages.Result] = []
+
+    # -- outbound ---------------------------------------------------------------------
+
+    def _send_current(self, message: object) -> None:
+        with self._lock:
+            writer = self._current
+            if writer is None:
+                self._backlog.append(message)
+                return
+        try:
+            writer.send(message)
+        except OSError:
+            self._backlog.append(message)
+
+    def _send_result(self, writer: wire.FrameWriter, result: messages.Result) -> None:
+        try:
+            writer.send(result)
+        except OSError:
+            with self._lock:
+                current = self._current
+                if current is None or current is writer:
+                    self._undelivered.append(result)
+                    return
+            self._send_result(current, result)
+
+    # -- connections ------------------------------------------------------------------
+
+    def serve(self, listener: socket.socket) -> None:
+        while True:
+            conn, _ = listener.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        writer = wire.FrameWriter(conn)
+        reader = wire.FrameReader(conn)
+        writer.send(
+            messages.Hello(
+                node=self.info.node,
+                pid=os.getpid(),
+                python=f"{sys.version_info.major}.{sys.version_info.minor}",
+                skyward_version=_version(),
+            )
+        )
+        with self._lock:
+            self._current = writer
+            backlog, self._backlog = list(self._backlog), collections.deque(maxlen=_LOG_BACKLOG)
+            undelivered, self._undelivered = self._undelivered, []
+        for message in [*backlog, *undelivered]:
+            writer.send(message)
+        self.last_seen = time.monotonic()
+        try:
+            while True:
+                message = reader.read()
+                self.last_seen = time.monotonic()
+                if isinstance(message, messages.Task):
+                    self.tasks.put((message, writer))
+                elif isinstance(message, messages.Shutdown):
+                    self.shutdown(0)
+        except (EOFError, OSError):
+            _log.info("client connection closed")
+        finally:
+            with self._lock:
+                if self._current is writer:
+                    self._current = None
+            conn.close()
+
+    # -- work -------------------------------------------------------------------------
+
+    def worker(self, index: int) -> None:
+        cluster.set_worker(index)
+        while True:
+            task, writer = self.tasks.get()
+            self._send_result(writer, self._run(task))
+
+    def _run(self, task: messages.Task) -> messages.Result:
+        try:
+            fn, args, kwargs = task.payload.open()
+        except BaseException as error:
+            return messages.Result(task.id, failure=messages.Failure.of(error))
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as error:
+            # Drop this frame from the traceback: the user's code starts one level down.
+            return messages.Result(task.id, failure=messages.Failure.of(error, skip_frames=1))
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        try:
+            return messages.Result(task.id, value=messages.Payload.of(value))
+        except SerializationError as error:
+            message = f"the result of {getattr(fn, '__qualname__', fn)!r} cannot be sent back: {error}"
+            return messages.Result(
+                task.id, failure=messages.Failure.of(SerializationError(message))
+            )
+
+    # -- watchdog and metrics ---------------------------------------------------------
+
+    def watchdog(self) -> None:
+        timeout = self.options.heartbeat_timeout
+        lifetime = self.options.lifetime
+        while True:
+            time.sleep(min(0.5, timeout / 4))
+            now = time.monotonic()
+            if now - self.last_seen > timeout:
+                self.expire(f"no heartbeat for {timeout:g}s")
+            if lifetime is not None and now - self.started > lifetime:
+                self.expire(f"lifetime of {lifetime:g}s reached")
+
+    def expire(self, reason: str) -> None:
+        _log.warning("expiring: %s", reason)
+        if self.options.on_expire == "poweroff":
+            command = os.environ.get(POWEROFF_ENV) or _default_poweroff()
+            subprocess.run(command, shell=True, check=False, timeout=60)  # noqa: S602
+        self.shutdown(1)
+
+    def shutdown(self, code: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _kill_children()
+        logging.shutdown()
+        os._exit(code)
+
+    def sampler(self, interval: float) -> None:
+        import psutil
+
+        psutil.cpu_percent(interval=None)
+        while True:
+            time.sleep(interval)
+            self._send_current(_sample(psutil))
+
+
+def _default_poweroff() -> str:
+    prefix = "" if os.geteuid() == 0 else "sudo -n "
+    return f"{prefix}shutdown -h now || {prefix}poweroff"
+
+
+def _kill_children() -> None:
+    import psutil
+
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
+def _sample(psutil: Any) -> messages.Sample:
+    memory = psutil.virtual_memory()
+    gpu = _gpu_sample()
+    return messages.Sample(
+        cpu_percent=float(psutil.cpu_percent(interval=None)),
+        memory_percent=float(memory.percent),
+        memory_used_mb=(memory.total - memory.available) / 2**20,
+        memory_total_mb=memory.total / 2**20,
+        **gpu,
+    )
+
+
+def _gpu_sample() -> dict[str, float | None]:
+    """First GPU's figures from ``nvidia-smi``; empty where there is no NVIDIA GPU."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return {}
+    query = "utilization.gpu,memory.used,memory.total,temperature.gpu"
+    try:
+        out = subprocess.run(
+            [smi, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+        util, used, total, temp = (float(v) for v in out.splitlines()[0].split(","))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return {}
+    return {
+        "gpu_utilization": util,
+        "gpu_memory_used_mb": used,
+        "gpu_memory_total_mb": total,
+        "gpu_temperature": temp,
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("skyward-core")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _pump(fd: int, stream: str, agent: Agent) -> None:
+    with io.open(fd, "rb", buffering=0) as source:
+        pending = b""
+        while True:
+            chunk = source.read(65536)
+            if not chunk:
+                return
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            now = time.time()
+            for raw in lines:
+                line = raw.decode("utf-8", "replace")
+                agent._send_current(messages.Log(stream=stream, line=line, timestamp=now))
+
+
+def _capture_output(agent: Agent) -> int:
+    """Route fds 1 and 2 into pipes streamed to the client; return a dup of the old stdout."""
+    original = os.dup(1)
+    for fd, stream in ((1, "stdout"), (2, "stderr")):
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, fd)
+        os.close(write_end)
+        threading.Thread(target=_pump, args=(read_end, stream, agent), daemon=True).start()
+    sys.stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False), line_buffering=True)  # noqa: SIM115
+    sys.stderr = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False), line_buffering=True)  # noqa: SIM115
+    return original
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m skyward.agent")
+    parser.add_argument("--node", type=int, required=True)
+    parser.add_argument("--total-nodes", type=int, required=True)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--job-id", default="local")
+    parser.add_argument("--head-addr", default="127.0.0.1")
+    parser.add_argument("--head-port", type=int, default=0)
+    parser.add_argument("--accelerators", default="")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--heartbeat-timeout", type=float, default=30.0)
+    parser.add_argument("--lifetime", type=float, default=None)
+    parser.add_argument("--metrics-interval", type=float, default=None)
+    parser.add_argument("--on-expire", choices=("exit", "poweroff"), default="exit")
+    parser.add_argument(
+        "--env-stdin",
+        action="store_true",
+        help="read the functions' environment as one JSON line on stdin (keeps secrets off argv)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = _parse(argv)
+    logging.basicConfig(
+        filename="agent.log",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if options.env_stdin:
+        os.environ.update(json.loads(sys.stdin.readline() or "{}"))
+    # A Ctrl-C meant for the client must not reach the agent; the client stops it itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    agent = Agent(options)
+    cluster.set_node_info(agent.info)
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", options.port))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+
+    original_stdout = _capture_output(agent)
+    os.write(original_stdout, f"{READY_PREFIX} {port} {os.getpid()}\n".encode())
+    os.close(original_stdout)
+    _log.info("node %d listening on 127.0.0.1:%d", options.node, port)
+
+    threading.Thread(target=agent.watchdog, daemon=True, name="watchdog").start()
+    for index in range(options.concurrency):
+        threading.Thread(target=agent.worker, args=(index,), daemon=True, name=f"w{index}").start()
+    if options.metrics_interval:
+        threading.Thread(
+            target=agent.sampler, args=(options.metrics_interval,), daemon=True, name="metrics"
+        ).start()
+    agent.serve(listener)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Start a node agent as a local process, and connect to one on this machine.
+
+Used by the ``Local`` provider, and public so that other providers that run nodes as local
+processes (containers, test doubles, the example plugin in ``tests/``) need no core change.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from attrs import frozen
+
+from skyward.agent import READY_PREFIX
+from skyward.errors import ProvisioningError
+from skyward.provider import AgentConfig, AgentEndpoint
+
+__all__ = ["AgentProcess", "connect_loopback", "start_agent_process", "stop_process_group"]
+
+POOL_ID_ENV = "SKYWARD_POOL_ID"
+INSTANCE_ID_ENV = "SKYWARD_INSTANCE_ID"
+
+
+@frozen
+class AgentProcess:
+    """A running agent process and where it listens."""
+
+    process: subprocess.Popen[bytes]
+    endpoint: AgentEndpoint
+
+
+def start_agent_process(
+    python: str,
+    config: AgentConfig,
+    *,
+    cwd: Path,
+    pool_id: str,
+    instance_id: str,
+    base_env: Mapping[str, str] | None = None,
+    provider: str = "local",
+    timeout: float = 60.0,
+) -> AgentProcess:
+    """Start ``python -m skyward.agent`` in its own session (its own process group).
+
+    The functions' environment (``config.env``) goes into the process environment, never
+    onto the command line. Returns once the agent announced its port.
+    """
+    env = dict(os.environ if base_env is None else base_env)
+    env.update(config.env)
+    env[POOL_ID_ENV] = pool_id
+    env[INSTANCE_ID_ENV] = instance_id
+    env["PYTHONUNBUFFERED"] = "1"
+    cwd.mkdir(parents=True, exist_ok=True)
+    with open(cwd / "agent.stderr", "wb") as stderr:
+        process = subprocess.Popen(
+            [python, "-m", "skyward.agent", *config.argv()],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    try:
+        port, pid = _read_ready(process, timeout)
+    except BaseException:
+        stop_process_group(process)
+        raise
+    finally:
+        assert process.stdout is not None
+        process.stdout.close()
+    if port == 0:
+        tail = _tail(cwd / "agent.stderr")
+        raise ProvisioningError(
+            provider, f"the node agent exited with {process.returncode} before starting:\n{tail}"
+        )
+    return AgentProcess(process, AgentEndpoint(port=port, pid=pid))
+
+
+def _read_ready(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, int]:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            chunk = os.read(process.stdout.fileno(), 4096)
+            if not chunk:
+                process.wait(timeout=10)
+                return 0, 0
+            buffer += chunk
+            for line in buffer.decode(errors="replace").splitlines():
+                if line.startswith(READY_PREFIX):
+                    _, port, pid = line.split()
+                    return int(port), int(pid)
+    raise ProvisioningError("local", f"the node agent did not start within {timeout:g}s")
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+def connect_loopback(port: int, timeout: float = 10.0) -> socket.socket:
+    """A TCP connection to an agent on 127.0.0.1, tuned for small frames."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.settimeout(None)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace: float = 3.0) -> None:
+    """Stop a process started in its own session, and everything it started."""
+    if process.poll() is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # Children may outlive a leader that already exited: clear the whole group.
+    _signal_group(process.pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.wait(timeout=10)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

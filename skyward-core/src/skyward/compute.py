@@ -1,0 +1,171 @@
+"""The programming model: ``@sky.compute``, ``PendingCompute``, ``PendingBatch``, ``gather``.
+
+Calling a compute function runs nothing: it builds a :class:`PendingCompute`. An operator
+sends it somewhere: ``>> pool`` runs it on one worker, ``@ pool`` on every node, and
+``a & b`` groups computations into a :class:`PendingBatch` that runs in parallel.
+``>> sky`` / ``@ sky`` (the ``skyward`` module itself) mean "the pool this code runs in".
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import sysconfig
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple, Unpack, overload
+
+import cloudpickle
+
+from skyward.errors import PoolClosedError
+
+if TYPE_CHECKING:
+    from skyward.pool import ComputePool
+
+__all__ = ["ComputeFunction", "PendingBatch", "PendingCompute", "compute", "gather"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+R2 = TypeVar("R2")
+Ts = TypeVarTuple("Ts")
+
+
+def _installed_roots() -> tuple[str, ...]:
+    paths = sysconfig.get_paths()
+    roots = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    return tuple(sorted(roots))
+
+
+@functools.cache
+def _ship_module_by_value(module_name: str) -> None:
+    """Send the user's own modules by value: the node has their packages, not their files.
+
+    Installed packages and the standard library stay by reference (the image installs
+    them); a module that lives anywhere else (a script's directory, a test folder) is
+    registered with cloudpickle so its functions and classes travel with the call.
+    """
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    if module is None or module_name == "__main__" or path is None:
+        return
+    if module_name.split(".")[0] == "skyward" or path.startswith(_installed_roots()):
+        return
+    cloudpickle.register_pickle_by_value(module)
+
+
+class ComputeFunction(Generic[P, R]):
+    """A function made lazy by ``@sky.compute``: calling it returns a ``PendingCompute``."""
+
+    def __init__(self, fn: Callable[P, R]) -> None:
+        functools.update_wrapper(self, fn)
+        self._fn = fn
+
+    @property
+    def local(self) -> Callable[P, R]:
+        """The original function, to run here and now."""
+        return self._fn
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> PendingCompute[R]:
+        _ship_module_by_value(self._fn.__module__)
+        return PendingCompute(self._fn, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<compute function {self._fn.__qualname__}>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ComputeFunction, (self._fn,))
+
+
+def compute(fn: Callable[P, R]) -> ComputeFunction[P, R]:
+    """Make ``fn`` lazy: ``fn(...)`` returns a :class:`PendingCompute` to send to a pool."""
+    return ComputeFunction(fn)
+
+
+def _implicit_pool(target: object) -> ComputePool:
+    """Resolve the right-hand side of ``>>``/``@``: a pool, or ``sky`` for the current one."""
+    from skyward.pool import ComputePool, current_pool
+
+    if isinstance(target, ComputePool):
+        return target
+    if isinstance(target, types.ModuleType) and target.__name__ == "skyward":
+        pool = current_pool()
+        if pool is None:
+            raise PoolClosedError(
+                "`>> sky` / `@ sky` need an active pool: use them inside a function decorated "
+                "with @sky.pool(...) or a `with sky.ComputePool(...)` block, or send to a pool"
+            )
+        return pool
+    raise TypeError(f"cannot send a computation to {target!r}: expected a ComputePool or `sky`")
+
+
+class PendingCompute(Generic[R]):
+    """A deferred call: a function with its arguments, not yet run."""
+
+    __slots__ = ("args", "fn", "kwargs")
+
+    def __init__(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def __rshift__(self, target: ComputePool | types.ModuleType) -> R:
+        """Run on one worker (the least loaded) and return the result."""
+        return _implicit_pool(target).run(self)
+
+    def __matmul__(self, target: ComputePool | types.ModuleType) -> tuple[R, ...]:
+        """Run on every node; return the results in node order."""
+        return _implicit_pool(target).broadcast(self)
+
+    @overload
+    def __and__(self, other: PendingCompute[R2]) -> PendingBatch[R, R2]: ...
+    @overload
+    def __and__(self, other: PendingBatch[Unpack[Ts]]) -> PendingBatch[R, Unpack[Ts]]: ...
+    def __and__(self, other: PendingCompute[Any] | PendingBatch[Unpack[Ts]]) -> PendingBatch[Any]:
+        """Group with another computation; the batch runs in parallel."""
+        if isinstance(other, PendingBatch):
+            return PendingBatch(self, *other.computations)
+        if isinstance(other, PendingCompute):
+            return PendingBatch(self, other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        name = getattr(self.fn, "__qualname__", repr(self.fn))
+        return f"<PendingCompute {name}(...)>"
+
+
+class PendingBatch(Generic[Unpack[Ts]]):
+    """Computations that run in parallel; ``>> pool`` returns their results as a tuple."""
+
+    __slots__ = ("computations",)
+
+    def __init__(self, *computations: PendingCompute[Any]) -> None:
+        for item in computations:
+            if not isinstance(item, PendingCompute):
+                raise TypeError(
+                    f"{item!r} is not a pending computation: call a @sky.compute function"
+                )
+        self.computations: tuple[PendingCompute[Any], ...] = computations
+
+    def __and__(self, other: PendingCompute[R2]) -> PendingBatch[Unpack[Ts], R2]:
+        if isinstance(other, PendingBatch):
+            return PendingBatch(*self.computations, *other.computations)
+        if isinstance(other, PendingCompute):
+            return PendingBatch(*self.computations, other)
+        return NotImplemented
+
+    def __rshift__(self, target: ComputePool | types.ModuleType) -> tuple[Unpack[Ts]]:
+        """Run every computation, spread over the pool's workers; results in order."""
+        results: tuple[Any, ...] = _implicit_pool(target).run_batch(self)
+        return results  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return len(self.computations)
+
+    def __repr__(self) -> str:
+        return f"<PendingBatch of {len(self.computations)}>"
+
+
+def gather(*computations: PendingCompute[Any]) -> PendingBatch[Unpack[tuple[Any, ...]]]:
+    """Group any number of computations to run in parallel: ``gather(*calls) >> pool``."""
+    return PendingBatch(*computations)

@@ -1,0 +1,127 @@
+"""Every exception Skyward raises on purpose.
+
+One base, :class:`SkywardError`. Mistakes in what the user asked for also subclass
+:class:`ValueError`, so ``except ValueError`` keeps working for code that does not know us.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AllProvidersFailedError",
+    "CapacityError",
+    "ConfigurationError",
+    "NoAvailableProviderError",
+    "PluginError",
+    "PluginNotInstalledError",
+    "PoolClosedError",
+    "PoolTimeoutError",
+    "ProvisioningError",
+    "RemoteError",
+    "RemoteTraceback",
+    "SerializationError",
+    "SkywardError",
+    "WorkerLostError",
+]
+
+
+class SkywardError(Exception):
+    """Base class of every error Skyward raises on purpose."""
+
+
+class ConfigurationError(SkywardError, ValueError):
+    """A value the user gave is wrong. Raised before any provider is called.
+
+    ``field`` names the parameter; the message says what is wrong and how to fix it.
+    """
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        self.field = field
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{field}: {problem}. {fix}")
+
+
+class PluginError(SkywardError):
+    """A plugin misbehaved (bad registration, name clash, failing hook).
+
+    ``plugin`` names the plugin, so the user knows whom to blame.
+    """
+
+    def __init__(self, plugin: str, message: str) -> None:
+        self.plugin = plugin
+        super().__init__(f"plugin {plugin!r}: {message}")
+
+
+class PluginNotInstalledError(SkywardError, ImportError):
+    """A name (``sky.AWS``, ``sky.integrations.torch``) needs a package that is not installed."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message, name=name)
+
+
+class ProvisioningError(SkywardError):
+    """A provider could not create, reach or bootstrap the machines of a pool."""
+
+    def __init__(self, provider: str, message: str) -> None:
+        self.provider = provider
+        super().__init__(f"{provider}: {message}")
+
+
+class CapacityError(ProvisioningError):
+    """The provider has no capacity for the requested offer; selection may try the next one."""
+
+
+class NoAvailableProviderError(SkywardError):
+    """No provider has an offer that matches the pool's requirements."""
+
+
+class AllProvidersFailedError(SkywardError):
+    """Every candidate provider failed to provision; ``failures`` holds each cause."""
+
+    def __init__(self, failures: list[tuple[str, BaseException]]) -> None:
+        self.failures = failures
+        detail = "; ".join(f"{name}: {error}" for name, error in failures)
+        super().__init__(f"all providers failed to provision the pool ({detail})")
+
+
+class PoolClosedError(SkywardError):
+    """Work was sent to a pool that is not active (not entered yet, or already closed)."""
+
+
+class PoolTimeoutError(SkywardError):
+    """The pool reached its ``timeout`` (its hard lifetime) and was shut down."""
+
+
+class SerializationError(SkywardError, TypeError):
+    """A function, argument or result cannot be pickled. Nothing was sent; the pool is fine."""
+
+
+class WorkerLostError(SkywardError):
+    """The node running a task went away before answering; the task may not have finished."""
+
+    def __init__(self, node: int, message: str) -> None:
+        self.node = node
+        super().__init__(f"node {node}: {message}")
+
+
+class RemoteTraceback(Exception):  # noqa: N818 - mirrors concurrent.futures' name
+    """Carries the remote traceback text as the ``__cause__`` of a re-raised remote error."""
+
+    def __init__(self, tb: str) -> None:
+        self.tb = tb
+        super().__init__(tb)
+
+    def __str__(self) -> str:
+        return f"\n\nRemote traceback:\n{self.tb}"
+
+
+class RemoteError(SkywardError):
+    """A remote exception whose type could not be recreated on the client.
+
+    ``type_name`` is the remote type's qualified name and ``remote_traceback`` its traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+        super().__init__(f"{type_name}: {message}")

@@ -1,0 +1,142 @@
+"""Messages between the client and a node agent.
+
+Envelopes hold only skyward types and plain data, so they always unpickle on both sides.
+A task's function and arguments, and a result's value, travel as a separate inner pickle
+(``Payload``): when *that* fails to unpickle (a module missing on the node, an exception
+type missing on the client), the receiver still knows which task it belonged to and can
+answer with a clear error instead of losing the connection.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any
+
+from attrs import frozen
+
+from skyward import wire
+
+__all__ = [
+    "Failure",
+    "Heartbeat",
+    "Hello",
+    "Log",
+    "Payload",
+    "Result",
+    "Sample",
+    "Shutdown",
+    "Task",
+]
+
+
+@frozen
+class Payload:
+    """An inner pickle with its out-of-band buffers."""
+
+    data: bytes
+    buffers: tuple[Any, ...] = ()
+
+    @classmethod
+    def of(cls, obj: object) -> Payload:
+        """Pickle ``obj``; raises :class:`~skyward.errors.SerializationError`."""
+        data, buffers = wire.dumps(obj)
+        return cls(data, tuple(buffers))
+
+    def open(self) -> Any:
+        return wire.loads(self.data, self.buffers)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Hand inner buffers to the outer pickler as PickleBuffers so they go out of band
+        # in the frame too, instead of being copied into the envelope.
+        return (Payload, (self.data, tuple(pickle.PickleBuffer(b) for b in self.buffers)))
+
+
+@frozen
+class Hello:
+    """First frame an agent sends on every new connection."""
+
+    node: int
+    pid: int
+    python: str
+    skyward_version: str
+
+
+@frozen
+class Task:
+    """Run ``payload`` = ``(fn, args, kwargs)`` and answer with a :class:`Result` of ``id``."""
+
+    id: int
+    payload: Payload
+
+
+@frozen
+class Failure:
+    """A remote exception, described well enough to re-raise on the client."""
+
+    type_name: str
+    message: str
+    traceback: str
+    exception: Payload | None = None
+    """The pickled exception itself, when it could be pickled."""
+
+    @classmethod
+    def of(cls, error: BaseException, *, skip_frames: int = 0) -> Failure:
+        tb = traceback.format_exception(type(error), error, error.__traceback__)
+        if skip_frames and len(tb) > 1 + skip_frames:
+            tb = [tb[0], *tb[1 + skip_frames :]]
+        kind = type(error)
+        try:
+            pickled: Payload | None = Payload.of(error)
+            # Must also come back: exceptions with odd __init__ pickle but do not unpickle.
+            pickled.open()
+        except Exception:
+            pickled = None
+        return cls(
+            type_name=f"{kind.__module__}.{kind.__qualname__}",
+            message=str(error),
+            traceback="".join(tb),
+            exception=pickled,
+        )
+
+
+@frozen
+class Result:
+    """The answer to task ``id``: a value payload, or a failure."""
+
+    id: int
+    value: Payload | None = None
+    failure: Failure | None = None
+
+
+@frozen
+class Heartbeat:
+    """Client → agent: I am still here."""
+
+
+@frozen
+class Shutdown:
+    """Client → agent: finish, stop, and exit."""
+
+
+@frozen
+class Log:
+    """Agent → client: one line a function (or anything on the node) printed."""
+
+    stream: str
+    line: str
+    timestamp: float
+
+
+@frozen
+class Sample:
+    """Agent → client: one resource sample."""
+
+    cpu_percent: float
+    memory_percent: float
+    memory_used_mb: float
+    memory_total_mb: float
+    gpu_utilization: float | None = None
+    gpu_memory_used_mb: float | None = None
+    gpu_memory_total_mb: float | None = None
+    gpu_temperature: float | None = None

@@ -1,0 +1,405 @@
+"""``ComputePool``, ``@sky.pool`` and ``MultiPool``: open machines, run calls, close them.
+
+A pool validates its whole spec at construction (no provider is called), provisions on
+``__enter__``, and tears everything down on ``__exit__`` — after a return, an exception,
+Ctrl-C, or SIGTERM — and at its ``timeout`` at the latest.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import functools
+import logging
+import signal
+import threading
+import types
+import uuid
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from skyward import callbacks
+from skyward.cost import CostTracker
+from skyward.errors import (
+    ConfigurationError,
+    PoolClosedError,
+    PoolTimeoutError,
+    WorkerLostError,
+)
+from skyward.events import CostFinal, Error, PoolStopping, SkywardEvent
+from skyward.provisioning import AgentSettings, Cluster, provision
+from skyward.selection import SelectionLike, check_selection
+from skyward.spec import ComputeSpec, DisplayMode, build_spec, check_callable, check_display
+
+if TYPE_CHECKING:
+    from skyward.allocation import AllocationLike
+    from skyward.compute import PendingBatch, PendingCompute
+    from skyward.image import Image
+    from skyward.accelerators import AcceleratorSpec
+    from skyward.node import NodeClient
+    from skyward.provider import ProviderConfig
+    from skyward.volumes import VolumeLike
+
+__all__ = ["ComputePool", "MultiPool", "current_pool", "pool"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_log = logging.getLogger("skyward.pool")
+_current: contextvars.ContextVar[ComputePool | None] = contextvars.ContextVar(
+    "skyward_pool", default=None
+)
+_open_pools: weakref.WeakSet[ComputePool] = weakref.WeakSet()
+
+
+def current_pool() -> ComputePool | None:
+    """The innermost pool active in this context (what ``>> sky`` sends to)."""
+    return _current.get()
+
+
+def _providers(value: object) -> tuple[ProviderConfig, ...]:
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    if not items:
+        raise ConfigurationError("provider", "the list is empty", "Give at least one provider")
+    for item in items:
+        if not (hasattr(item, "create") and hasattr(item, "provider_name")):
+            raise ConfigurationError(
+                "provider",
+                f"{item!r} is not a provider",
+                "Use e.g. sky.Local(), sky.AWS() or a list of them",
+            )
+    return tuple(items)  # type: ignore[arg-type]
+
+
+class _Scheduler:
+    """Least-loaded dispatch with a bounded window per node, so batches pipeline."""
+
+    def __init__(self, clients: list[NodeClient], concurrency: int) -> None:
+        self._clients = clients
+        self._window = concurrency * 4
+        self._load = [0] * len(clients)
+        self._cond = threading.Condition()
+
+    def acquire(self) -> int:
+        with self._cond:
+            while True:
+                live = [i for i, c in enumerate(self._clients) if c.alive]
+                if not live:
+                    raise WorkerLostError(-1, "no node of the pool is reachable")
+                best = min(live, key=lambda i: self._load[i])
+                if self._load[best] < self._window:
+                    self._load[best] += 1
+                    return best
+                self._cond.wait(0.5)
+
+    def release(self, index: int) -> None:
+        with self._cond:
+            self._load[index] -= 1
+            self._cond.notify()
+
+
+class ComputePool:
+    """A set of machines that exists for the duration of a ``with`` block.
+
+    Every parameter is validated here, before any provider is called; a bad value raises a
+    :class:`~skyward.errors.ConfigurationError` (a ``ValueError``) naming it.
+    """
+
+    def __init__(
+        self,
+        provider: ProviderConfig | Sequence[ProviderConfig],
+        *,
+        selection: SelectionLike = "first",
+        image: Image | None = None,
+        nodes: int = 1,
+        machine: str | None = None,
+        accelerator: str | AcceleratorSpec | None = None,
+        cpu: int | None = None,
+        memory: str | None = None,
+        volume: Sequence[VolumeLike] | None = None,
+        volumes: Sequence[VolumeLike] | None = None,
+        allocation: AllocationLike = "spot-if-available",
+        timeout: int = 3600,
+        env: dict[str, str] | None = None,
+        concurrency: int = 1,
+        display: DisplayMode = "log",
+        on_event: callbacks.Callback | None = None,
+        collect_metrics: bool = True,
+    ) -> None:
+        self.providers = _providers(provider)
+        self.selector = check_selection(selection)
+        self.spec: ComputeSpec = build_spec(
+            nodes=nodes,
+            machine=machine,
+            accelerator=accelerator,
+            cpu=cpu,
+            memory=memory,
+            image=image,
+            allocation=allocation,
+            volume=volume,
+            volumes=volumes,
+            timeout=timeout,
+            env=env,
+            concurrency=concurrency,
+        )
+        self.display: DisplayMode = check_display(display)
+        self.on_event = check_callable("on_event", on_event)
+        if not isinstance(collect_metrics, bool):
+            raise ConfigurationError(
+                "collect_metrics", f"{collect_metrics!r} is not a bool", "Use True or False"
+            )
+        self.collect_metrics = collect_metrics
+        for config in self.providers:
+            config.validate(self.spec)
+        self.pool_id = ""
+        self._cluster: Cluster | None = None
+        self._scheduler: _Scheduler | None = None
+        self._emit: Callable[[SkywardEvent], None] = lambda _: None
+        self._display: Any = None
+        self._cost: CostTracker | None = None
+        self._token: contextvars.Token[ComputePool | None] | None = None
+        self._timer: threading.Timer | None = None
+        self._timed_out = False
+        self._lock = threading.Lock()
+        self._previous_sigterm: Any = None
+
+    # -- life -------------------------------------------------------------------------
+
+    def __enter__(self) -> ComputePool:
+        self.open()
+        self._token = _current.set(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _current.reset(self._token)
+            self._token = None
+        self.close()
+
+    def open(self) -> None:
+        """Provision the machines and start the agents (what ``with`` does on entry)."""
+        if self._cluster is not None:
+            raise PoolClosedError("this pool is already open")
+        self.pool_id = f"sky-{uuid.uuid4().hex[:12]}"
+        from skyward.display import make_display  # rich loads only when a pool opens
+
+        self._display = make_display(self.display)
+        self._cost = CostTracker()
+        self._emit = callbacks.compose(
+            *callbacks.registered(), self.on_event, self._cost, self._display
+        )
+        self._install_sigterm()
+        settings = AgentSettings.from_env(collect_metrics=self.collect_metrics)
+        try:
+            self._cluster = provision(
+                self.providers, self.selector, self.spec, self.pool_id, settings, self._emit
+            )
+        except BaseException:
+            self._finish()
+            raise
+        self._scheduler = _Scheduler(self._cluster.clients, self.spec.concurrency)
+        _open_pools.add(self)
+        self._timer = threading.Timer(self.spec.timeout, self._on_timeout)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def close(self) -> None:
+        """Tear everything down (what ``with`` does on exit). Idempotent."""
+        with self._lock:
+            cluster, self._cluster = self._cluster, None
+        if self._timer is not None:
+            self._timer.cancel()
+        if cluster is None:
+            return
+        _open_pools.discard(self)
+        with _sigint_deferred():
+            self._emit(PoolStopping())
+            cluster.shutdown()
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._cost is not None:
+            final: CostFinal = self._cost.final()
+            self._emit(final)
+        if self._display is not None and hasattr(self._display, "close"):
+            self._display.close()
+        self._restore_sigterm()
+
+    def _on_timeout(self) -> None:
+        self._timed_out = True
+        self._emit(Error(f"pool reached its timeout of {self.spec.timeout}s; shutting down"))
+        self.close()
+
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return  # the program handles SIGTERM itself; do not take it over
+
+        def on_sigterm(signum: int, frame: types.FrameType | None) -> None:
+            raise SystemExit(128 + signum)
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+    # -- state ------------------------------------------------------------------------
+
+    @property
+    def is_active(self) -> bool:
+        """True while the pool is provisioned."""
+        return self._cluster is not None
+
+    @property
+    def instance_count(self) -> int:
+        """Number of instances (``nodes``) of the pool."""
+        cluster = self._cluster
+        return len(cluster.instances) if cluster is not None else 0
+
+    def _active(self) -> tuple[Cluster, _Scheduler]:
+        cluster, scheduler = self._cluster, self._scheduler
+        if cluster is None or scheduler is None:
+            if self._timed_out:
+                raise PoolTimeoutError(f"the pool reached its timeout of {self.spec.timeout}s")
+            raise PoolClosedError("the pool is not active: use it inside `with ComputePool(...)`")
+        return cluster, scheduler
+
+    # -- work -------------------------------------------------------------------------
+
+    def _submit(self, pending: PendingCompute[Any]) -> Future[Any]:
+        cluster, scheduler = self._active()
+        index = scheduler.acquire()
+        try:
+            future = cluster.clients[index].submit(pending.fn, pending.args, pending.kwargs)
+        except BaseException:
+            scheduler.release(index)
+            raise
+        future.add_done_callback(lambda _: scheduler.release(index))
+        return future
+
+    def _result(self, future: Future[Any]) -> Any:
+        try:
+            return future.result()
+        except WorkerLostError:
+            if self._timed_out:
+                raise PoolTimeoutError(
+                    f"the pool reached its timeout of {self.spec.timeout}s"
+                ) from None
+            raise
+
+    def run(self, pending: PendingCompute[R]) -> R:
+        """Run one computation on the least-loaded worker and return its result."""
+        result: R = self._result(self._submit(pending))
+        return result
+
+    def run_batch(self, batch: PendingBatch[Any]) -> tuple[Any, ...]:
+        """Run every computation of a batch in parallel; results in the batch's order."""
+        futures = [self._submit(p) for p in batch.computations]
+        return tuple(self._result(f) for f in futures)
+
+    def broadcast(self, pending: PendingCompute[R]) -> tuple[R, ...]:
+        """Run the computation on every node at once; results in node order."""
+        cluster, _ = self._active()
+        futures = [c.submit(pending.fn, pending.args, pending.kwargs) for c in cluster.clients]
+        return tuple(self._result(f) for f in futures)
+
+    def __repr__(self) -> str:
+        state = "active" if self.is_active else "inactive"
+        names = ", ".join(p.provider_name for p in self.providers)
+        return f"<ComputePool {self.pool_id or '(not opened)'} {state} on {names}>"
+
+
+class _SigintDeferred:
+    """Hold Ctrl-C while tearing down, so a second Ctrl-C cannot strand machines."""
+
+    def __enter__(self) -> None:
+        self._previous: Any = None
+        self._received = False
+        if threading.current_thread() is threading.main_thread():
+
+            def remember(signum: int, frame: types.FrameType | None) -> None:
+                self._received = True
+
+            self._previous = signal.signal(signal.SIGINT, remember)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        if self._received and exc_info[0] is None:
+            raise KeyboardInterrupt
+
+
+def _sigint_deferred() -> _SigintDeferred:
+    return _SigintDeferred()
+
+
+def pool(
+    provider: ProviderConfig | Sequence[ProviderConfig], **options: Any
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a function to run inside a pool: ``>> sky`` / ``@ sky`` reach that pool.
+
+    Takes the same parameters as :class:`ComputePool`; they are validated when the
+    decorator is applied. Each call of the function provisions and tears down a pool.
+    """
+    ComputePool(provider, **options)  # validate now, not at the first call
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            with ComputePool(provider, **options):
+                return fn(*args, **kwargs)
+
+        return run
+
+    return decorate
+
+
+class MultiPool:
+    """Several pools provisioned in parallel; all of them are cleaned up if one fails."""
+
+    def __init__(self, *pools: ComputePool) -> None:
+        if not pools:
+            raise ConfigurationError("pools", "no pool given", "Pass one or more ComputePool")
+        for item in pools:
+            if not isinstance(item, ComputePool):
+                raise ConfigurationError(
+                    "pools", f"{item!r} is not a ComputePool", "Pass ComputePool instances"
+                )
+        self.pools = pools
+
+    def __enter__(self) -> tuple[ComputePool, ...]:
+        with ThreadPoolExecutor(max_workers=len(self.pools)) as executor:
+            futures = [executor.submit(p.open) for p in self.pools]
+            errors = []
+            for future in futures:
+                try:
+                    future.result()
+                except BaseException as error:
+                    errors.append(error)
+        if errors:
+            self._close_all()
+            raise errors[0]
+        return self.pools
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._close_all()
+
+    def _close_all(self) -> None:
+        with ThreadPoolExecutor(max_workers=len(self.pools)) as executor:
+            list(executor.map(lambda p: p.close(), self.pools))
+
+
+@atexit.register
+def _close_forgotten_pools() -> None:
+    """A pool opened with ``open()`` and never closed still goes when Python exits."""
+    for forgotten in list(_open_pools):
+        try:
+            forgotten.close()
+        except Exception:
+            _log.exception("closing pool %s at exit", forgotten.pool_id)
+

@@ -1,0 +1,254 @@
+"""The interface a provider plugin implements.
+
+Two objects per provider:
+
+- a **config** (``sky.Local(...)``, ``sky.AWS(...)``): what the user writes, frozen, validated
+  at construction, and able to check a pool's spec without any network call;
+- a **provider** (made by ``config.create()``): the live object that sells offers, launches,
+  describes and terminates instances, and opens a :class:`NodeTransport` to each.
+
+Core drives them in this order (see ``docs/architecture.md``): ``offers`` → ``prepare`` →
+``launch`` → ``describe`` until running → ``connect`` → ``NodeTransport.bootstrap`` →
+``NodeTransport.start_agent`` / ``open_stream``; and on every exit path ``terminate`` →
+``describe`` until terminated → ``teardown``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
+
+from attrs import field, frozen
+
+from skyward.offers import Offer
+
+if TYPE_CHECKING:
+    from skyward.image import Image
+    from skyward.spec import ComputeSpec
+
+__all__ = [
+    "AgentConfig",
+    "AgentEndpoint",
+    "BootstrapReporter",
+    "Infrastructure",
+    "Instance",
+    "InstanceState",
+    "LaunchRequest",
+    "NodeTransport",
+    "Provider",
+    "ProviderConfig",
+    "Stream",
+]
+
+MANAGED_TAG = "skyward:managed"
+"""Tag key set on every resource Skyward creates, so ``skyward down`` can find it."""
+POOL_TAG = "skyward:pool"
+"""Tag key whose value is the id of the pool that created the resource."""
+
+
+class InstanceState(enum.Enum):
+    """Where an instance is in its life, as its provider reports it."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    TERMINATED = "terminated"
+
+
+@frozen
+class Instance:
+    """One machine of a pool, as its provider last described it."""
+
+    id: str
+    """The provider's instance id."""
+    provider: str
+    """Name of the provider that owns it."""
+    state: InstanceState
+    """State at the last ``launch``/``describe``."""
+    instance_type: str = ""
+    """Machine type it was launched as."""
+    ip: str | None = None
+    """Address the client connects to (public address for cloud machines)."""
+    private_ip: str | None = None
+    """Address the other nodes of the pool see it at."""
+    spot: bool = False
+    """Whether it was bought on the spot market."""
+    region: str = ""
+    zone: str | None = None
+    price_on_demand: float | None = None
+    price_spot: float | None = None
+    tags: Mapping[str, str] = field(factory=dict)
+    """Tags as set on the provider; always includes the pool and managed tags."""
+
+    @property
+    def hourly_price(self) -> float:
+        """What it costs per hour as launched (spot or on-demand), 0.0 when unknown."""
+        price = self.price_spot if self.spot else self.price_on_demand
+        return price or 0.0
+
+
+@frozen
+class Infrastructure:
+    """Shared infrastructure a provider prepared for a pool (network, security group, ...).
+
+    Providers subclass it to carry their own handles; core only reads ``region``.
+    """
+
+    region: str
+    """Where the pool's machines will live; shown in ``InfraCreated``."""
+    head_port: int = 29500
+    """Port on node 0 reserved for distributed frameworks' rendezvous (``head_port``)."""
+
+
+@frozen
+class LaunchRequest:
+    """What core asks a provider to launch."""
+
+    pool_id: str
+    """Unique id of the pool; every resource is tagged with it."""
+    offer: Offer
+    """The offer selection chose."""
+    count: int
+    """How many machines."""
+    spec: ComputeSpec
+    """The pool's whole spec (image, allocation, volumes, timeout...)."""
+    tags: Mapping[str, str]
+    """Tags to set on every resource created for this launch."""
+
+
+@frozen
+class AgentConfig:
+    """How to start the node agent on one machine.
+
+    Secrets live only in ``env``: transports pass it to the agent through its
+    environment or standard input, never on a command line or in a file left behind.
+    """
+
+    node: int
+    total_nodes: int
+    concurrency: int
+    job_id: str
+    head_addr: str
+    head_port: int
+    accelerators: tuple[str, ...] = ()
+    heartbeat_timeout: float = 30.0
+    """Seconds without a heartbeat after which the agent gives up and exits."""
+    lifetime: float | None = None
+    """Hard lifetime in seconds from agent start (the pool's ``timeout``)."""
+    metrics_interval: float | None = 5.0
+    """Seconds between resource samples; ``None`` turns metrics off."""
+    env: Mapping[str, str] = field(factory=dict)
+    """Environment for the user's functions (image env, then pool env)."""
+    on_expire: str = "exit"
+    """What the agent does when its watchdog or lifetime fires: ``"exit"`` or ``"poweroff"``."""
+
+    def argv(self) -> list[str]:
+        """Command-line arguments of ``python -m skyward.agent`` (never holds ``env``)."""
+        args = [
+            f"--node={self.node}",
+            f"--total-nodes={self.total_nodes}",
+            f"--concurrency={self.concurrency}",
+            f"--job-id={self.job_id}",
+            f"--head-addr={self.head_addr}",
+            f"--head-port={self.head_port}",
+            f"--heartbeat-timeout={self.heartbeat_timeout}",
+            f"--on-expire={self.on_expire}",
+        ]
+        if self.accelerators:
+            args.append(f"--accelerators={','.join(self.accelerators)}")
+        if self.lifetime is not None:
+            args.append(f"--lifetime={self.lifetime}")
+        if self.metrics_interval is not None:
+            args.append(f"--metrics-interval={self.metrics_interval}")
+        return args
+
+
+@frozen
+class AgentEndpoint:
+    """Where a started agent listens, on the node's own loopback interface."""
+
+    port: int
+    pid: int | None = None
+
+
+@runtime_checkable
+class Stream(Protocol):
+    """A connected byte stream to an agent: a socket, or an SSH channel."""
+
+    def sendall(self, data: bytes | memoryview, /) -> None: ...
+    def recv_into(self, buffer: memoryview, nbytes: int = 0, /) -> int: ...
+    def close(self) -> None: ...
+
+
+class BootstrapReporter(Protocol):
+    """Callbacks a transport reports bootstrap progress through."""
+
+    def step(self, name: str, *, cached: bool = False) -> None:
+        """A bootstrap step started (or was skipped because its work was already done)."""
+
+    def log(self, line: str) -> None:
+        """One line of bootstrap output."""
+
+
+class NodeTransport(Protocol):
+    """How core reaches one machine: bootstrap it, start the agent, connect to it."""
+
+    def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
+        """Make the machine able to run the agent for ``image``; idempotent and cached."""
+
+    def start_agent(self, config: AgentConfig) -> AgentEndpoint:
+        """Start the node agent and return where it listens (on the node's loopback)."""
+
+    def open_stream(self, endpoint: AgentEndpoint) -> Stream:
+        """Open a new connection to the agent; called again to reconnect."""
+
+    def close(self) -> None:
+        """Stop the agent if still running and release connections. Idempotent."""
+
+
+class Provider(Protocol):
+    """A live provider: made by :meth:`ProviderConfig.create` for one pool."""
+
+    name: str
+    """The registered provider name, used in events and errors."""
+
+    def offers(self, spec: ComputeSpec) -> Sequence[Offer]:
+        """Machine types that can satisfy ``spec``, with prices. May call the cloud."""
+
+    def prepare(self, spec: ComputeSpec, pool_id: str) -> Infrastructure:
+        """Create or find shared infrastructure for a pool; reuse what exists."""
+
+    def launch(self, infra: Infrastructure, request: LaunchRequest) -> Sequence[Instance]:
+        """Request ``request.count`` machines. All or nothing: on a partial launch the
+        provider tops up or terminates what it got, then raises."""
+
+    def describe(self, instances: Sequence[Instance]) -> Sequence[Instance]:
+        """Current state of the given instances (same order)."""
+
+    def terminate(self, instances: Sequence[Instance]) -> None:
+        """Ask for the given instances to be terminated; must not raise for ones already gone."""
+
+    def list_by_tag(self, pool_id: str | None = None) -> Sequence[Instance]:
+        """Live instances Skyward manages (of one pool, or all): the orphan sweep."""
+
+    def connect(self, infra: Infrastructure, instance: Instance) -> NodeTransport:
+        """A transport to a running instance."""
+
+    def teardown(self, infra: Infrastructure) -> None:
+        """Delete the per-pool resources ``prepare`` created; shared ones stay for reuse."""
+
+
+class ProviderConfig(Protocol):
+    """What the user passes as ``provider=``: frozen configuration, no live state."""
+
+    provider_name: ClassVar[str]
+    """Registered name, e.g. ``"aws"``."""
+
+    def validate(self, spec: ComputeSpec) -> None:
+        """Raise :class:`~skyward.errors.ConfigurationError` for a spec this provider
+        cannot serve. Makes no network call."""
+
+    def create(self) -> Provider:
+        """The live provider for one pool."""
+

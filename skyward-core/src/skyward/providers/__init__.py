@@ -1,0 +1,1 @@
+"""Providers built into core: ``Local`` (and ``SSH`` later), registered as plugins."""

@@ -1,0 +1,137 @@
+"""Python environments for ``Local`` nodes: one cached venv per image content hash.
+
+An empty image reuses the client's own interpreter. Any other image gets a venv built with
+uv under the cache directory, keyed by ``Image.content_hash()``; concurrent nodes (and
+concurrent pools) building the same image take a file lock, so it is built once. Skyward
+itself is made importable in the venv from the client's own copy (a ``.pth`` entry pointing
+at a directory holding only the ``skyward`` package), and its runtime dependencies are
+installed at the client's exact versions.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.metadata
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import skyward
+from skyward.errors import ProvisioningError
+from skyward.image import Image
+from skyward.provider import BootstrapReporter
+
+__all__ = ["default_cache_dir", "ensure_environment", "find_uv"]
+
+_READY = ".skyward-ready"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
+# Needed to *build* environments on the client, not to run an agent.
+_CLIENT_ONLY = {"uv"}
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "skyward" / "local"
+
+
+def find_uv() -> str:
+    """The uv binary: the one installed with skyward-core, else one on PATH."""
+    try:
+        from uv import find_uv_bin
+
+        return str(find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("uv")
+        if found is None:
+            raise ProvisioningError(
+                "local", "uv is needed to build image environments: pip install uv"
+            ) from None
+        return found
+
+
+def runtime_requirements() -> list[str]:
+    """skyward-core's own dependencies, pinned to the versions installed here."""
+    pins = []
+    for requirement in importlib.metadata.requires("skyward-core") or []:
+        if ";" in requirement and "extra" in requirement.split(";", 1)[1]:
+            continue
+        match = _NAME.match(requirement)
+        if match is None or match.group(0) in _CLIENT_ONLY:
+            continue
+        name = match.group(0)
+        pins.append(f"{name}=={importlib.metadata.version(name)}")
+    return pins
+
+
+def _run(command: list[str], reporter: BootstrapReporter, step: str) -> None:
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    assert process.stdout is not None
+    tail: list[str] = []
+    for raw in process.stdout:
+        line = raw.decode(errors="replace").rstrip()
+        reporter.log(line)
+        tail = [*tail[-19:], line]
+    if process.wait() != 0:
+        output = "\n".join(tail)
+        raise ProvisioningError("local", f"bootstrap step {step!r} failed:\n{output}")
+
+
+def _skyward_link_dir(cache_dir: Path) -> Path:
+    """A directory whose only entry is a link to the client's ``skyward`` package."""
+    package = Path(skyward.__file__).resolve().parent
+    key = hashlib.sha256(str(package).encode()).hexdigest()[:12]
+    link_dir = cache_dir / "skyward-src" / key
+    link = link_dir / "skyward"
+    if not link.exists():
+        link_dir.mkdir(parents=True, exist_ok=True)
+        tmp = link_dir / f".skyward.{key}.tmp"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(package, target_is_directory=True)
+        tmp.replace(link)
+    return link_dir
+
+
+def _site_packages(env_dir: Path) -> Path:
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    return env_dir / "lib" / version / "site-packages"
+
+
+def ensure_environment(image: Image, cache_dir: Path, reporter: BootstrapReporter) -> str:
+    """Path of a Python interpreter that has ``image`` installed, building it if needed."""
+    if image.apt:
+        reporter.log(
+            "Local nodes share this machine: apt packages "
+            f"({', '.join(image.apt)}) are not installed; install them yourself if needed"
+        )
+    if image.is_empty:
+        reporter.step("deps", cached=True)
+        return sys.executable
+    env_dir = cache_dir / "envs" / image.content_hash()
+    python = env_dir / "bin" / "python"
+    env_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(env_dir.parent / f"{env_dir.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (env_dir / _READY).exists():
+            reporter.step("deps", cached=True)
+            reporter.step("skyward", cached=True)
+            return str(python)
+        reporter.step("uv")
+        uv = find_uv()
+        reporter.step("deps")
+        if env_dir.exists():
+            shutil.rmtree(env_dir)  # a half-built venv from an interrupted run
+        _run([uv, "venv", "--quiet", "--python", sys.executable, str(env_dir)], reporter, "deps")
+        install = [uv, "pip", "install", "--python", str(python)]
+        if image.pip_extra_index_url:
+            install += ["--extra-index-url", image.pip_extra_index_url]
+        _run([*install, *runtime_requirements(), *image.pip], reporter, "deps")
+        reporter.step("skyward")
+        (_site_packages(env_dir) / "skyward-client.pth").write_text(
+            f"{_skyward_link_dir(cache_dir)}\n"
+        )
+        (env_dir / _READY).write_text(image.content_hash() + "\n")
+    return str(python)

@@ -1,0 +1,319 @@
+"""From a spec to a running cluster of node agents, and back to nothing.
+
+:func:`provision` tries providers (selector's choice first, then the rest in order) and
+their offers (best first); a :class:`~skyward.errors.CapacityError` moves to the next
+offer, any other failure to the next provider. Whatever a failed attempt created is torn
+down before the next attempt starts. :class:`Cluster` owns what succeeded and tears it
+down exactly once, on every exit path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from attrs import define, field
+
+from skyward import selection
+from skyward.errors import (
+    AllProvidersFailedError,
+    CapacityError,
+    NoAvailableProviderError,
+    ProvisioningError,
+)
+from skyward.events import (
+    BootstrapCompleted,
+    BootstrapProgress,
+    BootstrapStarting,
+    Error,
+    InfraCreated,
+    InfraCreating,
+    InstanceLaunching,
+    InstanceProvisioned,
+    InstanceStopping,
+    LogLine,
+    SkywardEvent,
+)
+from skyward.node import NodeClient, wait_for_heartbeats
+from skyward.offers import Offer
+from skyward.provider import (
+    MANAGED_TAG,
+    POOL_TAG,
+    AgentConfig,
+    Infrastructure,
+    Instance,
+    InstanceState,
+    LaunchRequest,
+    NodeTransport,
+    Provider,
+    ProviderConfig,
+)
+from skyward.spec import ComputeSpec
+
+__all__ = ["AgentSettings", "Cluster", "provision"]
+
+_log = logging.getLogger("skyward.provisioning")
+
+Emit = Callable[[SkywardEvent], None]
+
+HEARTBEAT_TIMEOUT_ENV = "SKYWARD_HEARTBEAT_TIMEOUT"
+
+
+@define(frozen=True)
+class AgentSettings:
+    """Knobs of the agents a pool starts (not part of the public pool parameters)."""
+
+    heartbeat_timeout: float = 30.0
+    """An agent that hears nothing for this long exits (and powers a cloud node off)."""
+    metrics_interval: float | None = 5.0
+    ready_timeout: float = 600.0
+    """How long instances may take to reach the running state."""
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return max(0.05, min(5.0, self.heartbeat_timeout / 4))
+
+    @classmethod
+    def from_env(cls, *, collect_metrics: bool) -> AgentSettings:
+        raw = os.environ.get(HEARTBEAT_TIMEOUT_ENV)
+        timeout = float(raw) if raw else 30.0
+        return cls(heartbeat_timeout=timeout, metrics_interval=5.0 if collect_metrics else None)
+
+
+@define
+class Cluster:
+    """A provisioned pool: its provider, infrastructure, instances and node connections."""
+
+    provider: Provider
+    infra: Infrastructure
+    emit: Emit
+    instances: list[Instance] = field(factory=list)
+    transports: list[NodeTransport] = field(factory=list)
+    clients: list[NodeClient] = field(factory=list)
+    _stop: threading.Event = field(factory=threading.Event)
+    _closed: bool = False
+
+    def start_heartbeats(self, interval: float) -> None:
+        threading.Thread(
+            target=wait_for_heartbeats,
+            args=(self.clients, interval, self._stop),
+            daemon=True,
+            name="skyward-heartbeat",
+        ).start()
+
+    def shutdown(self, *, ready_timeout: float = 120.0) -> None:
+        """Stop agents, terminate instances, wait until gone, tear down infra. Once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        for client in self.clients:
+            client.close()
+        for instance in self.instances:
+            self.emit(InstanceStopping(instance.id))
+        for transport in self.transports:
+            _quietly(transport.close, "closing a node transport")
+        if self.instances:
+            _quietly(lambda: self.provider.terminate(self.instances), "terminating instances")
+            _quietly(lambda: self._wait_terminated(ready_timeout), "waiting for termination")
+        _quietly(lambda: self.provider.teardown(self.infra), "tearing down infrastructure")
+
+    def _wait_terminated(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(self.instances)
+        while pending:
+            pending = [
+                i for i in self.provider.describe(pending) if i.state != InstanceState.TERMINATED
+            ]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                ids = ", ".join(i.id for i in pending)
+                self.emit(Error(f"instances not terminated after {timeout:g}s: {ids}"))
+                return
+            time.sleep(0.2)
+
+
+def _quietly(action: Callable[[], object], what: str) -> None:
+    """Teardown keeps going when one step fails: every other resource still goes."""
+    try:
+        action()
+    except Exception:
+        _log.exception("error while %s", what)
+
+
+def _wait_running(provider: Provider, instances: Sequence[Instance], timeout: float) -> list[Instance]:
+    deadline = time.monotonic() + timeout
+    current = list(instances)
+    while True:
+        if all(i.state == InstanceState.RUNNING for i in current):
+            return current
+        if any(i.state == InstanceState.TERMINATED for i in current):
+            raise ProvisioningError(provider.name, "an instance terminated while starting")
+        if time.monotonic() > deadline:
+            raise ProvisioningError(provider.name, f"instances not running after {timeout:g}s")
+        time.sleep(0.5)
+        current = list(provider.describe(current))
+
+
+class _Reporter:
+    def __init__(self, emit: Emit, node: int, instance_id: str) -> None:
+        self._emit = emit
+        self._node = node
+        self._instance_id = instance_id
+
+    def step(self, name: str, *, cached: bool = False) -> None:
+        self._emit(BootstrapProgress(self._instance_id, name, cached))
+
+    def log(self, line: str) -> None:
+        self._emit(LogLine(self._node, self._instance_id, line, time.time()))
+
+
+def _bring_up_node(
+    cluster: Cluster,
+    spec: ComputeSpec,
+    pool_id: str,
+    settings: AgentSettings,
+    node: int,
+    transport: NodeTransport,
+) -> NodeClient:
+    instance = cluster.instances[node]
+    head = cluster.instances[0]
+    emit = cluster.emit
+    emit(BootstrapStarting(instance.id))
+    transport.bootstrap(spec.image, _Reporter(emit, node, instance.id))
+    accelerators: tuple[str, ...] = ()
+    if spec.accelerator is not None:
+        accelerators = (spec.accelerator.name,) * max(1, int(spec.accelerator.count))
+    config = AgentConfig(
+        node=node,
+        total_nodes=spec.nodes,
+        concurrency=spec.concurrency,
+        job_id=pool_id,
+        head_addr=head.private_ip or head.ip or "127.0.0.1",
+        head_port=cluster.infra.head_port,
+        accelerators=accelerators,
+        heartbeat_timeout=settings.heartbeat_timeout,
+        lifetime=float(spec.timeout),
+        metrics_interval=settings.metrics_interval,
+        env={**spec.image.env, **spec.env},
+    )
+    emit(BootstrapProgress(instance.id, "server"))
+    endpoint = transport.start_agent(config)
+    client = NodeClient(node, instance, transport, endpoint, emit)
+    client.connect()
+    emit(BootstrapCompleted(instance.id))
+    return client
+
+
+def _launch(
+    provider: Provider,
+    offer: Offer,
+    spec: ComputeSpec,
+    pool_id: str,
+    settings: AgentSettings,
+    emit: Emit,
+) -> Cluster:
+    emit(InfraCreating())
+    infra = provider.prepare(spec, pool_id)
+    cluster = Cluster(provider=provider, infra=infra, emit=emit)
+    try:
+        emit(InfraCreated(infra.region))
+        emit(InstanceLaunching(spec.nodes, offer.instance_type, provider.name))
+        tags = {MANAGED_TAG: "true", POOL_TAG: pool_id}
+        request = LaunchRequest(pool_id=pool_id, offer=offer, count=spec.nodes, spec=spec, tags=tags)
+        cluster.instances = list(provider.launch(infra, request))
+        cluster.instances = _wait_running(provider, cluster.instances, settings.ready_timeout)
+        for node, instance in enumerate(cluster.instances):
+            emit(
+                InstanceProvisioned(
+                    instance_id=instance.id,
+                    node=node,
+                    spot=instance.spot,
+                    provider=provider.name,
+                    ip=instance.ip,
+                    instance_type=instance.instance_type or offer.instance_type,
+                    price_on_demand=instance.price_on_demand,
+                    price_spot=instance.price_spot,
+                )
+            )
+        cluster.transports = [provider.connect(infra, i) for i in cluster.instances]
+        with ThreadPoolExecutor(max_workers=len(cluster.instances)) as executor:
+            futures = [
+                executor.submit(_bring_up_node, cluster, spec, pool_id, settings, node, transport)
+                for node, transport in enumerate(cluster.transports)
+            ]
+            errors: list[BaseException] = []
+            for future in futures:
+                try:
+                    cluster.clients.append(future.result())
+                except BaseException as error:
+                    errors.append(error)
+            if errors:
+                raise errors[0]
+    except BaseException:
+        cluster.shutdown()
+        raise
+    cluster.start_heartbeats(settings.heartbeat_interval)
+    return cluster
+
+
+def provision(
+    configs: Sequence[ProviderConfig],
+    selector: selection.ProviderSelector,
+    spec: ComputeSpec,
+    pool_id: str,
+    settings: AgentSettings,
+    emit: Emit,
+) -> Cluster:
+    """Bring up a cluster on the first provider and offer that works."""
+    providers = tuple(config.create() for config in configs)
+    first = selector(providers, spec)
+    order = [first, *(p for p in providers if p is not first)]
+    failures: list[tuple[str, BaseException]] = []
+    tried_any = False
+    for provider in order:
+        try:
+            offers = selection.rank_offers(selection.offers_for(provider, spec), spec)
+        except Exception as error:
+            failures.append((provider.name, error))
+            continue
+        for offer in offers:
+            tried_any = True
+            try:
+                return _launch(provider, offer, spec, pool_id, settings, emit)
+            except CapacityError as error:
+                emit(Error(f"{provider.name}: no capacity for {offer.instance_type}: {error}"))
+                failures.append((provider.name, error))
+                continue
+            except ProvisioningError as error:
+                emit(Error(str(error)))
+                failures.append((provider.name, error))
+                break
+    if not tried_any and not failures:
+        names = ", ".join(p.name for p in providers)
+        raise NoAvailableProviderError(
+            f"no provider ({names}) has a machine for {_describe(spec)}; "
+            "relax the accelerator/machine/cpu/memory requirements or add a provider"
+        )
+    if len(failures) == 1:
+        raise failures[0][1]
+    raise AllProvidersFailedError(failures)
+
+
+def _describe(spec: ComputeSpec) -> str:
+    parts = [f"{spec.nodes} node(s)"]
+    if spec.accelerator is not None:
+        parts.append(f"accelerator {spec.accelerator}")
+    if spec.machine:
+        parts.append(f"machine {spec.machine}")
+    if spec.cpu:
+        parts.append(f"{spec.cpu} CPUs")
+    if spec.memory_gb:
+        parts.append(f"{spec.memory_gb:g} GB memory")
+    return ", ".join(parts)
+

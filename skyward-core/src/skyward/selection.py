@@ -1,0 +1,116 @@
+"""Which provider a pool tries first, and which offer of it.
+
+A selector picks the provider to try first; if it fails, the others are tried in the
+order given. Within a provider, offers are tried best-first (see :func:`rank_offers`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal, TypeAlias
+
+from skyward import plugins
+from skyward.allocation import AllocationStrategy, AlwaysSpot, OnDemandAllocation
+from skyward.errors import ConfigurationError
+from skyward.offers import Offer
+from skyward.provider import Provider
+from skyward.spec import ComputeSpec
+
+__all__ = [
+    "ProviderSelector",
+    "SelectionLike",
+    "check_selection",
+    "offers_for",
+    "rank_offers",
+    "select_available",
+    "select_cheapest",
+    "select_first",
+]
+
+ProviderSelector: TypeAlias = Callable[[tuple[Provider, ...], ComputeSpec], Provider]
+"""A custom strategy: given the live providers and the spec, the one to try first."""
+SelectionLike: TypeAlias = Literal["first", "cheapest", "available"] | ProviderSelector
+
+
+def offers_for(provider: Provider, spec: ComputeSpec) -> list[Offer]:
+    """The provider's offers for ``spec`` after every plugin's ``adjust_offers``, matching
+    the spec's ``machine`` when one is given."""
+    offers: Sequence[Offer] = list(provider.offers(spec))
+    hook = plugins.get_plugin_manager().hook.adjust_offers
+    for impl in reversed(hook.get_hookimpls()):  # pluggy lists last-registered first
+        adjusted = impl.function(spec=spec, offers=offers)
+        if adjusted is not None:
+            offers = list(adjusted)
+    if spec.machine is not None:
+        offers = [o for o in offers if o.instance_type == spec.machine]
+    return list(offers)
+
+
+def _price(offer: Offer, allocation: AllocationStrategy) -> float:
+    if isinstance(allocation, OnDemandAllocation):
+        price = offer.price_on_demand
+    elif isinstance(allocation, AlwaysSpot):
+        price = offer.price_spot
+    else:
+        price = offer.cheapest_price
+    return math.inf if price is None else price
+
+
+def rank_offers(offers: Sequence[Offer], spec: ComputeSpec) -> list[Offer]:
+    """Offers best-first: available, cheapest for the allocation, then the smallest."""
+    if isinstance(spec.allocation, AlwaysSpot):
+        offers = [o for o in offers if o.price_spot is not None or o.price_on_demand == 0]
+    return sorted(
+        offers,
+        key=lambda o: (
+            not o.available,
+            _price(o, spec.allocation),
+            o.accelerator_count,
+            o.vcpus,
+            o.memory_gb,
+        ),
+    )
+
+
+def select_first(providers: tuple[Provider, ...], spec: ComputeSpec) -> Provider:
+    """The first provider in the list."""
+    return providers[0]
+
+
+def select_cheapest(providers: tuple[Provider, ...], spec: ComputeSpec) -> Provider:
+    """The provider whose best offer is cheapest."""
+
+    def best(provider: Provider) -> float:
+        ranked = rank_offers(offers_for(provider, spec), spec)
+        return _price(ranked[0], spec.allocation) if ranked else math.inf
+
+    return min(providers, key=best)
+
+
+def select_available(providers: tuple[Provider, ...], spec: ComputeSpec) -> Provider:
+    """The first provider with an available matching offer."""
+    for provider in providers:
+        if any(o.available for o in offers_for(provider, spec)):
+            return provider
+    return providers[0]
+
+
+_BY_NAME: dict[str, ProviderSelector] = {
+    "first": select_first,
+    "cheapest": select_cheapest,
+    "available": select_available,
+}
+
+
+def check_selection(value: object) -> ProviderSelector:
+    """Validate ``selection=`` into a selector function."""
+    if isinstance(value, str) and value in _BY_NAME:
+        return _BY_NAME[value]
+    if callable(value) and not isinstance(value, str):
+        return value  # type: ignore[no-any-return]
+    raise ConfigurationError(
+        "selection",
+        f"{value!r} is not a selection strategy",
+        'Use "first", "cheapest", "available", or a function (providers, spec) -> provider',
+    )

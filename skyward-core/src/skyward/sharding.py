@@ -1,0 +1,86 @@
+"""``sky.shard()``: each node takes its own slice of data that every node received whole."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from typing import Any, TypeVar, overload
+
+from skyward.cluster import instance_info
+from skyward.errors import ConfigurationError
+
+__all__ = ["partition_indices", "shard"]
+
+T = TypeVar("T")
+
+
+def partition_indices(
+    length: int, part: int, parts: int, *, shuffle: bool = False, seed: int | None = None
+) -> list[int]:
+    """Indices of part ``part`` of ``parts``: contiguous (or shuffled) and exact.
+
+    Every index lands in exactly one part and part sizes differ by at most one. With
+    ``shuffle`` every part must use the same ``seed`` so the parts still partition.
+    """
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is outside 0..{parts - 1}")
+    order = list(range(length))
+    if shuffle:
+        random.Random(seed).shuffle(order)
+    base, extra = divmod(length, parts)
+    start = part * base + min(part, extra)
+    stop = start + base + (1 if part < extra else 0)
+    return order[start:stop]
+
+
+def _take(data: Any, indices: list[int]) -> Any:
+    if isinstance(data, list):
+        return [data[i] for i in indices]
+    if isinstance(data, tuple):
+        return tuple(data[i] for i in indices)
+    if hasattr(data, "__array__") and hasattr(data, "shape"):
+        return data[indices]  # numpy (and array-likes with fancy indexing)
+    if isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        return [data[i] for i in indices]
+    raise ConfigurationError(
+        "shard",
+        f"cannot shard a {type(data).__name__}",
+        "Pass lists, tuples or numpy arrays",
+    )
+
+
+def _default_seed(job_id: str) -> int:
+    # Nodes must agree on the permutation without talking to each other: derive it
+    # from the pool's id, which every node knows.
+    return int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:8], "big")
+
+
+@overload
+def shard(array: T, /, *, shuffle: bool = False, seed: int | None = None) -> T: ...
+@overload
+def shard(
+    first: Any, second: Any, /, *arrays: Any, shuffle: bool = False, seed: int | None = None
+) -> tuple[Any, ...]: ...
+def shard(*arrays: Any, shuffle: bool = False, seed: int | None = None) -> Any:
+    """This node's part of each array (one array in, one out; several in, a tuple out).
+
+    Parts follow the node index (``instance_info().node`` of ``total_nodes``), so a call
+    broadcast with ``@`` covers the data exactly once. Several arrays are cut at the same
+    indices, so ``x`` and ``y`` stay aligned.
+    """
+    if not arrays:
+        raise ConfigurationError("shard", "nothing to shard", "Pass one or more arrays")
+    lengths = {len(a) for a in arrays}
+    if len(lengths) != 1:
+        raise ConfigurationError(
+            "shard", f"arrays have different lengths {sorted(lengths)}", "Pass aligned arrays"
+        )
+    info = instance_info()
+    if shuffle and seed is None:
+        seed = _default_seed(info.job_id)
+    indices = partition_indices(
+        lengths.pop(), info.node, info.total_nodes, shuffle=shuffle, seed=seed
+    )
+    parts = tuple(_take(a, indices) for a in arrays)
+    return parts[0] if len(parts) == 1 else parts

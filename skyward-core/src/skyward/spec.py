@@ -1,0 +1,179 @@
+"""The pool's spec: everything ``ComputePool(...)`` was asked for, validated and normalized.
+
+Validation happens here, before any provider is called: each bad value raises a
+:class:`~skyward.errors.ConfigurationError` naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, Literal, TypeAlias
+
+from attrs import frozen
+
+from skyward.accelerators import AcceleratorSpec, parse_memory_gb
+from skyward.allocation import AllocationStrategy, parse_allocation
+from skyward.errors import ConfigurationError
+from skyward.image import Image
+from skyward.volumes import S3Volume, Volume, VolumeLike
+
+__all__ = ["DISPLAY_MODES", "ComputeSpec", "DisplayMode", "build_spec"]
+
+DisplayMode: TypeAlias = Literal["log", "spinner", "quiet"]
+DISPLAY_MODES: tuple[DisplayMode, ...] = ("log", "spinner", "quiet")
+
+
+@frozen
+class ComputeSpec:
+    """What a pool needs from its machines, as selection and providers see it."""
+
+    nodes: int = 1
+    machine: str | None = None
+    accelerator: AcceleratorSpec | None = None
+    cpu: int | None = None
+    memory_gb: float | None = None
+    image: Image = Image()
+    allocation: AllocationStrategy = parse_allocation("spot-if-available")
+    volumes: tuple[VolumeLike, ...] = ()
+    timeout: int = 3600
+    env: Mapping[str, str] = MappingProxyType({})
+    concurrency: int = 1
+
+
+def _positive_int(field: str, value: object, example: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(field, f"{value!r} is not a positive whole number", example)
+    return value
+
+
+def _accelerator(value: object) -> AcceleratorSpec | None:
+    if value is None or isinstance(value, AcceleratorSpec):
+        return value
+    if isinstance(value, str):
+        from skyward.plugins import accelerator_catalog
+
+        return accelerator_catalog().parse(value)
+    raise ConfigurationError(
+        "accelerator",
+        f"{value!r} is neither an accelerator name nor an AcceleratorSpec",
+        'Use e.g. "A100" or sky.AcceleratorSpec.NVIDIA.A100(count=8)',
+    )
+
+
+def _volumes(volume: object, volumes: object) -> tuple[VolumeLike, ...]:
+    if volume is not None and volumes is not None:
+        raise ConfigurationError(
+            "volumes", "both volume= and volumes= were given", "Pass the list once, as volumes="
+        )
+    given = volumes if volumes is not None else volume
+    if given is None:
+        return ()
+    if isinstance(given, Volume | S3Volume):
+        given = [given]
+    if not isinstance(given, Sequence) or isinstance(given, str):
+        raise ConfigurationError(
+            "volumes", f"{given!r} is not a list of volumes", "Use e.g. [sky.Volume(100, '/data')]"
+        )
+    for item in given:
+        if not isinstance(item, Volume | S3Volume):
+            raise ConfigurationError(
+                "volumes", f"{item!r} is not a Volume or S3Volume", "Use sky.Volume or sky.S3Volume"
+            )
+    paths = [v.mount_path for v in given]
+    if len(set(paths)) != len(paths):
+        raise ConfigurationError(
+            "volumes", f"mount paths repeat: {paths}", "Give each volume its own mount_path"
+        )
+    return tuple(given)
+
+
+def _env(value: object) -> Mapping[str, str]:
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise ConfigurationError("env", f"{value!r} is not a mapping", 'Use e.g. {"KEY": "value"}')
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigurationError(
+                "env", f"{key!r} is not a valid variable name", "Use letters, digits and _"
+            )
+        if not isinstance(item, str):
+            raise ConfigurationError(
+                "env", f"the value of {key} is {type(item).__name__}, not str", "Pass str(value)"
+            )
+    return MappingProxyType(dict(value))
+
+
+def _python_matches_client(image: Image) -> None:
+    client = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if image.python != client:
+        raise ConfigurationError(
+            "image.python",
+            f"nodes would run Python {image.python} but this client runs {client}; "
+            "functions travel by value (cloudpickle) and need the same minor version",
+            f'Leave python unset (it defaults to "{client}") or run the client on {image.python}',
+        )
+
+
+def build_spec(
+    *,
+    nodes: object = 1,
+    machine: object = None,
+    accelerator: object = None,
+    cpu: object = None,
+    memory: object = None,
+    image: object = None,
+    allocation: object = "spot-if-available",
+    volume: object = None,
+    volumes: object = None,
+    timeout: object = 3600,
+    env: object = None,
+    concurrency: object = 1,
+) -> ComputeSpec:
+    """Validate raw ``ComputePool`` arguments into a :class:`ComputeSpec`."""
+    if image is None:
+        image = Image()
+    if not isinstance(image, Image):
+        raise ConfigurationError("image", f"{image!r} is not an Image", "Use sky.Image(...)")
+    _python_matches_client(image)
+    if machine is not None and (not isinstance(machine, str) or not machine.strip()):
+        raise ConfigurationError(
+            "machine", f"{machine!r} is not an instance type name", 'Use e.g. "p5.48xlarge"'
+        )
+    memory_gb: float | None = None
+    if memory is not None:
+        if not isinstance(memory, str | int | float) or isinstance(memory, bool):
+            raise ConfigurationError("memory", f"{memory!r} is not a size", 'Use e.g. "32GB"')
+        memory_gb = parse_memory_gb(memory)
+    return ComputeSpec(
+        nodes=_positive_int("nodes", nodes, "Use e.g. nodes=4"),
+        machine=machine,
+        accelerator=_accelerator(accelerator),
+        cpu=None if cpu is None else _positive_int("cpu", cpu, "Use e.g. cpu=8"),
+        memory_gb=memory_gb,
+        image=image,
+        allocation=parse_allocation(allocation),
+        volumes=_volumes(volume, volumes),
+        timeout=_positive_int("timeout", timeout, "Use seconds, e.g. timeout=3600"),
+        env=_env(env),
+        concurrency=_positive_int("concurrency", concurrency, "Use e.g. concurrency=4"),
+    )
+
+
+def check_display(value: object) -> DisplayMode:
+    """Validate ``display=``."""
+    for mode in DISPLAY_MODES:
+        if value == mode:
+            return mode
+    raise ConfigurationError(
+        "display", f"{value!r} is not a display mode", 'Use "log", "spinner" or "quiet"'
+    )
+
+
+def check_callable(field: str, value: object) -> Callable[..., Any] | None:
+    """Validate an optional callable parameter (``on_event``)."""
+    if value is not None and not callable(value):
+        raise ConfigurationError(field, f"{value!r} is not callable", "Pass a function or None")
+    return value  # type: ignore[return-value]

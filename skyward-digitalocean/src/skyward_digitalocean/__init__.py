@@ -1,0 +1,1 @@
+"""skyward-digitalocean: the DigitalOcean provider (`sky.DigitalOcean`) for Skyward."""

@@ -1,0 +1,1 @@
+"""skyward-verda: the Verda provider (`sky.Verda`) for Skyward."""
