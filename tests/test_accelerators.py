@@ -638,37 +638,41 @@ def test_aws_namespace_does_not_invent_private_attributes() -> None:
 # -- is_* helpers -------------------------------------------------------------------------
 
 
+HELPERS = {
+    "nvidia": is_nvidia,
+    "amd": is_amd,
+    "tpu": is_tpu,
+    "trainium": is_trainium,
+    "inferentia": is_inferentia,
+}
+
+
 @pytest.mark.parametrize(
-    ("name", "nvidia", "amd", "tpu", "trainium", "inferentia"),
+    ("name", "kind"),
     [
-        ("H100", True, False, False, False, False),
-        ("8xA100-40GB", True, False, False, False, False),
-        ("V100", True, False, False, False, False),
-        ("RTX4090", True, False, False, False, False),
-        ("MI300X", False, True, False, False, False),
-        ("MI325X", False, True, False, False, False),
-        ("v5p-8", False, False, True, False, False),
-        ("TPU-v6e", False, False, True, False, False),
-        ("tpu-v7", False, False, True, False, False),
-        ("Trainium", False, False, False, True, False),
-        ("Trainium2", False, False, False, True, False),
-        ("trn1", False, False, False, True, False),
-        ("trn1n", False, False, False, True, False),
-        ("Inferentia2", False, False, False, False, True),
-        ("inf2", False, False, False, False, True),
-        ("nonsense", False, False, False, False, False),
-        ("", False, False, False, False, False),
-        ("8xH100:8", False, False, False, False, False),
+        ("H100", "nvidia"),
+        ("8xA100-40GB", "nvidia"),
+        ("V100", "nvidia"),
+        ("RTX4090", "nvidia"),
+        ("MI300X", "amd"),
+        ("MI325X", "amd"),
+        ("v5p-8", "tpu"),
+        ("TPU-v6e", "tpu"),
+        ("tpu-v7", "tpu"),
+        ("Trainium", "trainium"),
+        ("Trainium2", "trainium"),
+        ("trn1", "trainium"),
+        ("trn1n", "trainium"),
+        ("Inferentia2", "inferentia"),
+        ("inf2", "inferentia"),
+        ("nonsense", None),
+        ("", None),
+        ("8xH100:8", None),
     ],
 )
-def test_is_helpers_on_plain_strings(
-    name: str, nvidia: bool, amd: bool, tpu: bool, trainium: bool, inferentia: bool
-) -> None:
-    assert is_nvidia(name) is nvidia
-    assert is_amd(name) is amd
-    assert is_tpu(name) is tpu
-    assert is_trainium(name) is trainium
-    assert is_inferentia(name) is inferentia
+def test_is_helpers_on_plain_strings(name: str, kind: str | None) -> None:
+    answers = {helper: check(name) for helper, check in HELPERS.items()}
+    assert answers == {helper: helper == kind for helper in HELPERS}
 
 
 def test_is_helpers_on_specs() -> None:
@@ -722,38 +726,38 @@ def test_parse_memory_gb_errors(bad: str | float) -> None:
 
 def offer(
     instance_type: str,
-    *,
     vcpus: int,
     memory_gb: float,
-    accelerator: str | None = None,
-    count: float = 0,
-    accelerator_memory_gb: float | None = None,
+    gpu: tuple[str, float, float] | None = None,
     price: float | None = None,
+    *,
     available: bool = True,
 ) -> Offer:
+    """An offer; ``gpu`` is (name, count, memory of one in GB)."""
+    name, count, gpu_memory = gpu if gpu is not None else (None, 0, None)
     return Offer(
         provider="test",
         instance_type=instance_type,
         vcpus=vcpus,
         memory_gb=memory_gb,
-        accelerator=accelerator,
+        accelerator=name,
         accelerator_count=count,
-        accelerator_memory_gb=accelerator_memory_gb,
+        accelerator_memory_gb=gpu_memory,
         price_on_demand=price,
         available=available,
     )
 
 
 OFFERS = [
-    offer("p4de.24xlarge", 96, 1152, "A100", 8, 80, 40.0),
-    offer("p4d.24xlarge", 96, 1152, "A100", 8, 40, 32.0),
-    offer("a2-highgpu-1g", 12, 85, "A100", 1, 40, 3.7),
-    offer("a2-ultragpu-1g", 12, 170, "A100", 1, 80, 5.0),
-    offer("a2-ultragpu-4g", 48, 680, "A100", 4, 80, 20.0),
-    offer("p5.48xlarge", 192, 2048, "H100", 8, 80, 98.0),
-    offer("g4dn.xlarge", 4, 16, "T4", 1, 16, 0.5),
-    offer("g4dn.2xlarge", 8, 32, "T4", 1, 16, 0.75),
-    offer("g4dn.12xlarge", 48, 192, "T4", 4, 16, 3.9),
+    offer("p4de.24xlarge", 96, 1152, ("A100", 8, 80), 40.0),
+    offer("p4d.24xlarge", 96, 1152, ("A100", 8, 40), 32.0),
+    offer("a2-highgpu-1g", 12, 85, ("A100", 1, 40), 3.7),
+    offer("a2-ultragpu-1g", 12, 170, ("A100", 1, 80), 5.0),
+    offer("a2-ultragpu-4g", 48, 680, ("A100", 4, 80), 20.0),
+    offer("p5.48xlarge", 192, 2048, ("H100", 8, 80), 98.0),
+    offer("g4dn.xlarge", 4, 16, ("T4", 1, 16), 0.5),
+    offer("g4dn.2xlarge", 8, 32, ("T4", 1, 16), 0.75),
+    offer("g4dn.12xlarge", 48, 192, ("T4", 4, 16), 3.9),
     offer("m7i.large", 2, 8, price=0.1),
     offer("m7i.xlarge", 4, 16, price=0.2),
     offer("c7i.8xlarge", 32, 64, price=1.4),
@@ -795,7 +799,7 @@ def test_select_respects_the_memory_variant() -> None:
 
 
 def test_select_tolerates_reported_usable_memory() -> None:
-    offers = [offer("gpu-1", 8, 64, "H100", 1, 79.6, 3.0)]
+    offers = [offer("gpu-1", 8, 64, ("H100", 1, 79.6), 3.0)]
     assert select_instance(offers, accelerator="H100-80GB") == offers[0]
     assert select_instance(offers, accelerator="H100-40GB") is None
 
@@ -827,9 +831,9 @@ def test_select_cpu_and_memory_requirements() -> None:
 
 def test_select_breaks_ties_by_price() -> None:
     offers = [
-        offer("pricey", 4, 16, "L4", 1, 24, 1.0),
-        offer("unknown-price", 4, 16, "L4", 1, 24, None),
-        offer("cheap", 4, 16, "L4", 1, 24, 0.7),
+        offer("pricey", 4, 16, ("L4", 1, 24), 1.0),
+        offer("unknown-price", 4, 16, ("L4", 1, 24), None),
+        offer("cheap", 4, 16, ("L4", 1, 24), 0.7),
     ]
     chosen = select_instance(offers, accelerator="L4")
     assert chosen is not None
@@ -838,8 +842,8 @@ def test_select_breaks_ties_by_price() -> None:
 
 def test_select_matches_names_case_insensitively_and_skips_unavailable() -> None:
     offers = [
-        offer("gone", 4, 16, "l4", 1, 24, 0.5, available=False),
-        offer("here", 8, 32, "l4", 1, 24, 0.9),
+        offer("gone", 4, 16, ("l4", 1, 24), 0.5, available=False),
+        offer("here", 8, 32, ("l4", 1, 24), 0.9),
     ]
     chosen = select_instance(offers, accelerator="L4")
     assert chosen is not None
@@ -865,9 +869,9 @@ def test_select_validates_its_inputs() -> None:
 
 def test_select_with_plugin_accelerators(aws_catalog: AcceleratorCatalog) -> None:
     offers = [
-        offer("trn1.32xlarge", 128, 512, "Trainium1", 16, 32, 21.5),
-        offer("trn1.2xlarge", 8, 32, "Trainium1", 1, 32, 1.3),
-        offer("trn2.48xlarge", 192, 2048, "Trainium2", 16, 96, 40.0),
+        offer("trn1.32xlarge", 128, 512, ("Trainium1", 16, 32), 21.5),
+        offer("trn1.2xlarge", 8, 32, ("Trainium1", 1, 32), 1.3),
+        offer("trn2.48xlarge", 192, 2048, ("Trainium2", 16, 96), 40.0),
     ]
     chosen = select_instance(offers, accelerator=AcceleratorSpec.AWS.Trainium(version=1))
     assert chosen is not None

@@ -61,6 +61,7 @@ _log = logging.getLogger("skyward.provisioning")
 Emit = Callable[[SkywardEvent], None]
 
 HEARTBEAT_TIMEOUT_ENV = "SKYWARD_HEARTBEAT_TIMEOUT"
+METRICS_INTERVAL_ENV = "SKYWARD_METRICS_INTERVAL"
 
 
 @define(frozen=True)
@@ -79,9 +80,9 @@ class AgentSettings:
 
     @classmethod
     def from_env(cls, *, collect_metrics: bool) -> AgentSettings:
-        raw = os.environ.get(HEARTBEAT_TIMEOUT_ENV)
-        timeout = float(raw) if raw else 30.0
-        return cls(heartbeat_timeout=timeout, metrics_interval=5.0 if collect_metrics else None)
+        timeout = float(os.environ.get(HEARTBEAT_TIMEOUT_ENV) or 30.0)
+        interval = float(os.environ.get(METRICS_INTERVAL_ENV) or 5.0)
+        return cls(heartbeat_timeout=timeout, metrics_interval=interval if collect_metrics else None)
 
 
 @define
