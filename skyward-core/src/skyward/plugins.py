@@ -29,8 +29,10 @@ from skyward.errors import PluginError, PluginNotInstalledError
 
 if TYPE_CHECKING:
     from skyward.accelerators import AcceleratorCatalog, AcceleratorDefinition
+    from skyward.image import BootstrapStep, Image
     from skyward.integrations import Framework
     from skyward.provider import ProviderConfig
+    from skyward.spec import ComputeSpec
 
 __all__ = [
     "DEFAULT_PLUGINS",
@@ -262,3 +264,13 @@ def framework(name: str) -> Framework:
         f"sky.integrations.{name} is provided by the skyward-integrations package, which is "
         f'not installed or does not provide it. Install it with: pip install "skyward[integrations]"',
     )
+
+
+def bootstrap_steps(image: Image, spec: ComputeSpec | None) -> list[BootstrapStep]:
+    """Every plugin's bootstrap steps for ``image``, in plugin registration order."""
+    hook = get_plugin_manager().hook.bootstrap_steps
+    steps: list[BootstrapStep] = []
+    for contributed in reversed(hook(image=image, spec=spec)):  # pluggy: last-registered first
+        if contributed:
+            steps.extend(contributed)
+    return steps
