@@ -33,7 +33,6 @@ from skyward import cluster, messages, wire
 from skyward.cluster import InstanceInfo
 from skyward.errors import SerializationError
 
-READY_PREFIX = "SKYWARD-AGENT-READY"
 POWEROFF_ENV = "SKYWARD_POWEROFF_CMD"
 """Overrides the command ``--on-expire=poweroff`` runs (tests point it at something harmless)."""
 
@@ -330,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     port = listener.getsockname()[1]
 
     original_stdout = _capture_output(agent)
-    os.write(original_stdout, f"{READY_PREFIX} {port} {os.getpid()}\n".encode())
+    os.write(original_stdout, f"{messages.READY_PREFIX} {port} {os.getpid()}\n".encode())
     os.close(original_stdout)
     _log.info("node %d listening on 127.0.0.1:%d", options.node, port)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from attrs import frozen
 
-from skyward.agent import READY_PREFIX
 from skyward.errors import ProvisioningError
+from skyward.messages import READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint
 
 __all__ = ["AgentProcess", "connect_loopback", "start_agent_process", "stop_process_group"]

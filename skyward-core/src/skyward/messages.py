@@ -18,6 +18,7 @@ from attrs import frozen
 from skyward import wire
 
 __all__ = [
+    "READY_PREFIX",
     "Failure",
     "Heartbeat",
     "Hello",
@@ -28,6 +29,9 @@ __all__ = [
     "Shutdown",
     "Task",
 ]
+
+READY_PREFIX = "SKYWARD-AGENT-READY"
+"""First line an agent prints on its original stdout: ``SKYWARD-AGENT-READY <port> <pid>``."""
 
 
 @frozen
