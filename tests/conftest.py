@@ -81,4 +81,4 @@ def local_pool_factory() -> Iterator[Callable[..., sky.ComputePool]]:
 @pytest.fixture(autouse=True, scope="session")
 def _quick_metrics() -> Iterator[None]:
     os.environ.setdefault("SKYWARD_METRICS_INTERVAL", "0.5")
-    yield
+    return

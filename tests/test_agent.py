@@ -147,7 +147,7 @@ def test_poweroff_on_expire_runs_the_poweroff_command(start, tmp_path: Path) -> 
 
 def test_expiry_kills_what_tasks_started(start) -> None:  # type: ignore[no-untyped-def]
     agent = start(_config(heartbeat_timeout=1.5))
-    reader, writer = _session(agent)
+    _reader, writer = _session(agent)
     writer.send(_call(subprocess.Popen, ["sleep", "300"]))
     assert wait_until(lambda: bool(psutil.Process(agent.process.pid).children()), 5)
     child = psutil.Process(agent.process.pid).children()[0]

@@ -118,6 +118,13 @@ def test_percent_out_of_range_fails_at_construction(spot: float) -> None:
     assert info.value.field == "allocation"
 
 
+@pytest.mark.parametrize("spot", ["most", None])
+def test_percent_with_a_non_number_names_the_field(spot: object) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        sky.Allocation.Percent(spot=spot)  # type: ignore[arg-type]
+    assert info.value.field == "allocation"
+
+
 def test_unknown_name_error_lists_the_valid_names() -> None:
     with pytest.raises(ConfigurationError) as info:
         parse_allocation("sometimes")

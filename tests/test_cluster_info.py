@@ -9,7 +9,13 @@ from typing import TypeVar
 import pytest
 
 import skyward as sky
-from skyward.cluster import InstanceInfo, current_accelerator, instance_info, set_node_info, set_worker
+from skyward.cluster import (
+    InstanceInfo,
+    current_accelerator,
+    instance_info,
+    set_node_info,
+    set_worker,
+)
 
 T = TypeVar("T")
 
@@ -110,7 +116,9 @@ def test_current_accelerator_takes_the_first(node_info: Callable[[InstanceInfo],
 
 def test_worker_index_is_per_thread(node_info: Callable[[InstanceInfo], None]) -> None:
     node_info(
-        InstanceInfo(node=1, total_nodes=2, job_id="pool-9", accelerators=["L4"], workers_per_node=4)
+        InstanceInfo(
+            node=1, total_nodes=2, job_id="pool-9", accelerators=["L4"], workers_per_node=4
+        )
     )
     barrier = threading.Barrier(4)
     seen: dict[int, InstanceInfo] = {}

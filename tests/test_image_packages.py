@@ -50,6 +50,8 @@ def test_pip_package_is_importable_on_every_node_and_cached(tmp_path: Path) -> N
 
 def test_package_missing_from_the_image_is_not_importable(tmp_path: Path) -> None:
     """The client has no humanize: an empty image reuses the client, and it is missing."""
-    with sky.ComputePool(provider=sky.Local(), display="quiet") as pool:
-        with pytest.raises(ModuleNotFoundError, match="humanize"):
-            import_package() >> pool
+    with (
+        sky.ComputePool(provider=sky.Local(), display="quiet") as pool,
+        pytest.raises(ModuleNotFoundError, match="humanize"),
+    ):
+        import_package() >> pool

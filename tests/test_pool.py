@@ -157,7 +157,7 @@ def test_pool_decorator_validates_when_applied() -> None:
 
 
 def test_sky_outside_a_pool_is_a_clear_error() -> None:
-    with pytest.raises(sky.PoolClosedError, match="@sky.pool"):
+    with pytest.raises(sky.PoolClosedError, match=r"@sky\.pool"):
         node_of() >> sky
 
 
@@ -193,11 +193,13 @@ def test_concurrent_pools_in_threads_do_not_confuse_sky() -> None:
 def test_multipool_provisions_all_and_closes_all() -> None:
     pools = [sky.ComputePool(provider=sky.Local(), nodes=n, display="quiet") for n in (1, 2)]
     with sky.MultiPool(*pools) as (small, big):
-        assert small.is_active and big.is_active
+        assert small.is_active
+        assert big.is_active
         assert total_nodes() >> small == 1
         assert total_nodes() >> big == 2
         ids = [small.pool_id, big.pool_id]
-    assert not small.is_active and not big.is_active
+    assert not small.is_active
+    assert not big.is_active
     assert all(agent_processes(i) == [] for i in ids)
 
 

@@ -238,11 +238,6 @@ def test_nothing_to_shard_is_an_error() -> None:
     assert info.value.field == "shard"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: sharding.py:74 calls len() on every argument before checking its type, so "
-    "an object without len (a generator, an int) raises TypeError, not ConfigurationError",
-)
 @pytest.mark.parametrize("data", [42, (i for i in range(3))])
 def test_unsized_unsupported_type_is_a_configuration_error(data: object) -> None:
     with pytest.raises(ConfigurationError) as info:

@@ -96,6 +96,10 @@ class UnpicklableError(Exception):
         self.lock = threading.Lock()
 
 
+def closure_over(value: object) -> Callable[[], object]:
+    return lambda: value
+
+
 def raised(error: BaseException) -> BaseException:
     """``error`` with a real traceback."""
 
@@ -209,6 +213,27 @@ def test_64mb_array_arrives_intact_and_writable(pair: Pair) -> None:
     assert array[0] == 0.0
 
 
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.asfortranarray(np.arange(20_000.0).reshape(100, 200)),
+        np.arange(100_000.0)[::3],
+        np.array([], dtype=np.float32),
+        np.zeros((0, 5)),
+        np.array(["a", "bb", "ccc"]),
+    ],
+    ids=["fortran-order", "strided-view", "empty", "empty-2d", "strings"],
+)
+def test_unusual_arrays_round_trip(pair: Pair, array: np.ndarray) -> None:
+    a, b = pair
+    join = in_background(lambda: wire.FrameWriter(a).send(array))
+    got = wire.FrameReader(b).read()
+    join()
+    assert got.dtype == array.dtype
+    assert got.shape == array.shape
+    np.testing.assert_array_equal(got, array)
+
+
 def test_big_array_is_not_copied_into_the_pickle() -> None:
     array = np.ones(1024 * 1024, dtype=np.uint8)
     parts = wire.encode(array)
@@ -309,9 +334,9 @@ def test_task_payload_travels_with_its_buffers_out_of_band(pair: Pair) -> None:
     [
         lambda: threading.Lock(),
         lambda: {"ok": 1, "lock": threading.Lock()},
-        lambda: (lambda lock=threading.Lock(): lock),
+        lambda: closure_over(threading.Lock()),
     ],
-    ids=["lock", "dict-with-lock", "lambda-closing-over-lock"],
+    ids=["lock", "dict-with-lock", "lambda-closing-over-a-lock"],
 )
 def test_unpicklable_objects_raise_serialization_error(make: Callable[[], object]) -> None:
     with pytest.raises(SerializationError) as info:
@@ -328,7 +353,7 @@ def test_unpicklable_frame_writes_nothing(pair: Pair) -> None:
     with pytest.raises(SerializationError):
         writer.send({"lock": threading.Lock()})
     with pytest.raises(SerializationError):
-        writer.send(messages.Task(1, messages.Payload.of(print)).payload and threading.Lock())
+        writer.send(messages.Log(stream="stdout", line=threading.Lock(), timestamp=0.0))  # type: ignore[arg-type]
 
     assert nothing_to_read(b)
     # The stream is still usable: the next frame is the first one the reader sees.
@@ -465,6 +490,17 @@ def test_unpicklable_exception_has_no_payload() -> None:
     failure = messages.Failure.of(raised(UnpicklableError("locked")))
     assert failure.exception is None
     assert failure.message == "locked"
+
+
+class BadStrError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() is broken")
+
+
+def test_failure_of_an_exception_whose_str_fails() -> None:
+    failure = messages.Failure.of(raised(BadStrError()))
+    assert failure.type_name.endswith("test_wire.BadStrError")
+    assert "BadStrError" in failure.traceback
 
 
 def test_rebuild_exception_returns_the_original_type_with_the_remote_traceback() -> None:

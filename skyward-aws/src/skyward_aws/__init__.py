@@ -1,1 +1,3 @@
-"""skyward-aws: the AWS provider (`sky.AWS`), Trainium/Inferentia catalog entries and S3 volumes for Skyward."""
+"""skyward-aws: the AWS provider (`sky.AWS`), Trainium/Inferentia catalog entries and S3 volumes
+for Skyward.
+"""

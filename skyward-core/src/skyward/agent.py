@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import io
 import json
 import logging
@@ -152,7 +153,9 @@ class Agent:
         try:
             return messages.Result(task.id, value=messages.Payload.of(value))
         except SerializationError as error:
-            message = f"the result of {getattr(fn, '__qualname__', fn)!r} cannot be sent back: {error}"
+            message = (
+                f"the result of {getattr(fn, '__qualname__', fn)!r} cannot be sent back: {error}"
+            )
             return messages.Result(
                 task.id, failure=messages.Failure.of(SerializationError(message))
             )
@@ -174,7 +177,7 @@ class Agent:
         _log.warning("expiring: %s", reason)
         if self.options.on_expire == "poweroff":
             command = os.environ.get(POWEROFF_ENV) or _default_poweroff()
-            subprocess.run(command, shell=True, check=False, timeout=60)  # noqa: S602
+            subprocess.run(command, shell=True, check=False, timeout=60)
         self.shutdown(1)
 
     def shutdown(self, code: int) -> None:
@@ -206,10 +209,8 @@ def _kill_children() -> None:
     except psutil.Error:
         return
     for child in children:
-        try:
+        with contextlib.suppress(psutil.Error):
             child.kill()
-        except psutil.Error:
-            pass
 
 
 def _sample(psutil: Any) -> messages.Sample:
@@ -259,7 +260,7 @@ def _version() -> str:
 
 
 def _pump(fd: int, stream: str, agent: Agent) -> None:
-    with io.open(fd, "rb", buffering=0) as source:
+    with open(fd, "rb", buffering=0) as source:
         pending = b""
         while True:
             chunk = source.read(65536)

@@ -6,6 +6,7 @@ processes (containers, test doubles, the example plugin in ``tests/``) need no c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -123,10 +124,8 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = 3.0) -> 
     """Stop a process started in its own session, and everything it started."""
     if process.poll() is None:
         _signal_group(process.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
     # Children may outlive a leader that already exited: clear the whole group.
     _signal_group(process.pid, signal.SIGKILL)
     if process.poll() is None:
@@ -134,7 +133,5 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = 3.0) -> 
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -11,6 +11,14 @@ from skyward.errors import ConfigurationError
 __all__ = ["Allocation", "AllocationLike", "AllocationStrategy", "parse_allocation"]
 
 
+def _fraction(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(
+            "allocation", f"spot fraction {value!r} is not a number", "Use e.g. Percent(spot=0.8)"
+        )
+    return float(value)
+
+
 def _check_fraction(_: object, __: object, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise ConfigurationError(
@@ -50,11 +58,13 @@ class Cheapest:
 class Percent:
     """At least ``spot`` (a fraction 0..1) of the nodes on spot, the rest on-demand."""
 
-    spot: float = field(converter=float, validator=_check_fraction)
+    spot: float = field(converter=_fraction, validator=_check_fraction)
     name: ClassVar[str] = "percent"
 
 
-AllocationStrategy: TypeAlias = SpotIfAvailable | AlwaysSpot | OnDemandAllocation | Cheapest | Percent
+AllocationStrategy: TypeAlias = (
+    SpotIfAvailable | AlwaysSpot | OnDemandAllocation | Cheapest | Percent
+)
 """A parsed allocation strategy."""
 
 AllocationName = Literal["spot-if-available", "always-spot", "spot", "on-demand", "cheapest"]
@@ -85,7 +95,12 @@ def parse_allocation(value: object) -> AllocationStrategy:
     """Turn anything ``allocation=`` accepts into a strategy, or raise ConfigurationError."""
     if isinstance(value, SpotIfAvailable | AlwaysSpot | OnDemandAllocation | Cheapest | Percent):
         return value
-    if isinstance(value, type) and value in (SpotIfAvailable, AlwaysSpot, OnDemandAllocation, Cheapest):
+    if isinstance(value, type) and value in (
+        SpotIfAvailable,
+        AlwaysSpot,
+        OnDemandAllocation,
+        Cheapest,
+    ):
         instance: AllocationStrategy = value()
         return instance
     if isinstance(value, bool):

@@ -43,7 +43,7 @@ def _deliver(callbacks: tuple[Callback, ...], event: SkywardEvent, depth: int) -
             _deliver(callbacks, derived, depth + 1)
 
 
-def compose(*callbacks: Callback | None) -> Callback:
+def compose(*callbacks: Callback | None) -> Callable[[SkywardEvent], None]:
     """Merge callbacks into one that calls each in order.
 
     ``None`` entries are skipped. An event a callback returns is sent through the whole

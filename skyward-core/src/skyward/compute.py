@@ -13,7 +13,7 @@ import sys
 import sysconfig
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple, Unpack, overload
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple, overload
 
 import cloudpickle
 
@@ -49,7 +49,7 @@ def _ship_module_by_value(module_name: str) -> None:
     path = getattr(module, "__file__", None)
     if module is None or module_name == "__main__" or path is None:
         return
-    if module_name.split(".")[0] == "skyward" or path.startswith(_installed_roots()):
+    if module_name.split(".", maxsplit=1)[0] == "skyward" or path.startswith(_installed_roots()):
         return
     cloudpickle.register_pickle_by_value(module)
 
@@ -120,8 +120,8 @@ class PendingCompute(Generic[R]):
     @overload
     def __and__(self, other: PendingCompute[R2]) -> PendingBatch[R, R2]: ...
     @overload
-    def __and__(self, other: PendingBatch[Unpack[Ts]]) -> PendingBatch[R, Unpack[Ts]]: ...
-    def __and__(self, other: PendingCompute[Any] | PendingBatch[Unpack[Ts]]) -> PendingBatch[Any]:
+    def __and__(self, other: PendingBatch[*Ts]) -> PendingBatch[R, *Ts]: ...
+    def __and__(self, other: PendingCompute[Any] | PendingBatch[*Ts]) -> PendingBatch[Any]:
         """Group with another computation; the batch runs in parallel."""
         if isinstance(other, PendingBatch):
             return PendingBatch(self, *other.computations)
@@ -134,7 +134,7 @@ class PendingCompute(Generic[R]):
         return f"<PendingCompute {name}(...)>"
 
 
-class PendingBatch(Generic[Unpack[Ts]]):
+class PendingBatch(Generic[*Ts]):
     """Computations that run in parallel; ``>> pool`` returns their results as a tuple."""
 
     __slots__ = ("computations",)
@@ -147,17 +147,18 @@ class PendingBatch(Generic[Unpack[Ts]]):
                 )
         self.computations: tuple[PendingCompute[Any], ...] = computations
 
-    def __and__(self, other: PendingCompute[R2]) -> PendingBatch[Unpack[Ts], R2]:
-        if isinstance(other, PendingBatch):
-            return PendingBatch(*self.computations, *other.computations)
-        if isinstance(other, PendingCompute):
-            return PendingBatch(*self.computations, other)
+    def __and__(self, other: PendingCompute[R2]) -> PendingBatch[*Ts, R2]:
+        extra: object = other  # untyped callers may pass a batch too
+        if isinstance(extra, PendingBatch):
+            return PendingBatch(*self.computations, *extra.computations)
+        if isinstance(extra, PendingCompute):
+            return PendingBatch(*self.computations, extra)
         return NotImplemented
 
-    def __rshift__(self, target: ComputePool | types.ModuleType) -> tuple[Unpack[Ts]]:
+    def __rshift__(self, target: ComputePool | types.ModuleType) -> tuple[*Ts]:
         """Run every computation, spread over the pool's workers; results in order."""
-        results: tuple[Any, ...] = _implicit_pool(target).run_batch(self)
-        return results  # type: ignore[return-value]
+        results: Any = _implicit_pool(target).run_batch(self)
+        return results  # type: ignore[no-any-return]
 
     def __len__(self) -> int:
         return len(self.computations)
@@ -166,6 +167,6 @@ class PendingBatch(Generic[Unpack[Ts]]):
         return f"<PendingBatch of {len(self.computations)}>"
 
 
-def gather(*computations: PendingCompute[Any]) -> PendingBatch[Unpack[tuple[Any, ...]]]:
+def gather(*computations: PendingCompute[Any]) -> PendingBatch[*tuple[Any, ...]]:
     """Group any number of computations to run in parallel: ``gather(*calls) >> pool``."""
     return PendingBatch(*computations)

@@ -104,7 +104,7 @@ class WorkerLostError(SkywardError):
         super().__init__(f"node {node}: {message}")
 
 
-class RemoteTraceback(Exception):  # noqa: N818 - mirrors concurrent.futures' name
+class RemoteTraceback(Exception):
     """Carries the remote traceback text as the ``__cause__`` of a re-raised remote error."""
 
     def __init__(self, tb: str) -> None:

@@ -36,7 +36,7 @@ hookimpl = pluggy.HookimplMarker("skyward")
 
 
 @hookspec
-def register_providers(register: Callable[[type[ProviderConfig]], None]) -> None:  # type: ignore[empty-body]
+def register_providers(register: Callable[[type[ProviderConfig]], None]) -> None:
     """Register provider config classes.
 
     Called once, when the plugin registry is first needed. Call ``register(cls)`` for each
@@ -57,7 +57,8 @@ def adjust_offers(spec: ComputeSpec, offers: Sequence[Offer]) -> Sequence[Offer]
     """Re-price, annotate or drop offers before selection ranks them.
 
     Called once per provider and pool, after ``Provider.offers``. Implementations run in
-    turn, each receiving the previous one's result (a negotiated discount, then a policy
+    pluggy's call order (``tryfirst`` first, then the most recently registered), each
+    receiving the previous one's result (a negotiated discount, then a policy
     that drops regions, ...). Return ``None`` to leave the offers as they are.
 
     :param spec: what the pool asked for.
@@ -87,7 +88,7 @@ def bootstrap_steps(image: Image, spec: ComputeSpec | None) -> Sequence[Bootstra
 
 
 @hookspec
-def register_accelerators(register: Callable[[AcceleratorDefinition], None]) -> None:  # type: ignore[empty-body]
+def register_accelerators(register: Callable[[AcceleratorDefinition], None]) -> None:
     """Add accelerator definitions to the catalog (Trainium from the AWS package, ...).
 
     Called once, when the catalog is first needed. A name already registered with a
@@ -102,7 +103,7 @@ def register_accelerators(register: Callable[[AcceleratorDefinition], None]) -> 
 
 
 @hookspec
-def register_frameworks(register: Callable[[Framework], None]) -> None:  # type: ignore[empty-body]
+def register_frameworks(register: Callable[[Framework], None]) -> None:
     """Register distributed-framework integrations (torch, jax, keras, ...).
 
     Called once, when ``sky.integrations`` is first used. A framework object carries the

@@ -90,18 +90,26 @@ class Failure:
         if skip_frames and len(tb) > 1 + skip_frames:
             tb = [tb[0], *tb[1 + skip_frames :]]
         kind = type(error)
+        pickled: Payload | None
         try:
-            pickled: Payload | None = Payload.of(error)
+            pickled = Payload.of(error)
             # Must also come back: exceptions with odd __init__ pickle but do not unpickle.
             pickled.open()
         except Exception:
             pickled = None
         return cls(
             type_name=f"{kind.__module__}.{kind.__qualname__}",
-            message=str(error),
+            message=_message(error),
             traceback="".join(tb),
             exception=pickled,
         )
+
+
+def _message(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception as broken:  # a broken __str__ must not cost the task its answer
+        return f"<str() of the exception failed: {broken!r}>"
 
 
 @frozen

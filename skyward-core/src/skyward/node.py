@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import sys
@@ -10,6 +11,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
+
+import attrs
 
 from skyward import messages, wire
 from skyward.errors import RemoteError, RemoteTraceback, SerializationError, WorkerLostError
@@ -38,10 +41,9 @@ def rebuild_exception(failure: messages.Failure) -> BaseException:
     if error is None:
         error = RemoteError(failure.type_name, failure.message, failure.traceback)
     error.__cause__ = RemoteTraceback(failure.traceback)
-    try:
+    # Exceptions with __slots__ refuse the attribute; the cause still carries the text.
+    with contextlib.suppress(AttributeError):
         error.remote_traceback = failure.traceback  # type: ignore[attr-defined]
-    except AttributeError:
-        pass  # exceptions with __slots__: the cause still carries it
     return error
 
 
@@ -96,15 +98,11 @@ class NodeClient:
             return
         self._closing = True
         if self._writer is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._writer.send(messages.Shutdown())
-            except OSError:
-                pass
         if self._stream is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._stream.close()
-            except OSError:
-                pass
         self._fail_all(WorkerLostError(self.node, "the pool was shut down"))
 
     @property
@@ -117,7 +115,9 @@ class NodeClient:
 
     # -- work -------------------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+    def submit(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[Any]:
         """Send one task. Pickling errors raise here, before anything is sent."""
         task_id = next(self._ids)
         parts = wire.encode(messages.Task(task_id, messages.Payload.of((fn, args, kwargs))))
@@ -161,10 +161,8 @@ class NodeClient:
             if future is not None:
                 self._resolve(future, message)
         elif isinstance(message, messages.Log):
-            stream = "stderr" if message.stream == "stderr" else "stdout"
-            self._emit(
-                LogLine(self.node, self.instance.id, message.line, message.timestamp, stream)
-            )
+            line = LogLine(self.node, self.instance.id, message.line, message.timestamp)
+            self._emit(attrs.evolve(line, stream="stderr") if message.stream == "stderr" else line)
         elif isinstance(message, messages.Sample):
             self._emit(
                 Metrics(
@@ -190,7 +188,9 @@ class NodeClient:
             future.set_result(result.value.open())
         except Exception as error:
             future.set_exception(
-                SerializationError(f"node {self.node}: the result cannot be unpickled here: {error!r}")
+                SerializationError(
+                    f"node {self.node}: the result cannot be unpickled here: {error!r}"
+                )
             )
 
     def _on_lost(self, error: BaseException) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 from attrs import define, field
+from pluggy import HookImpl
 
 from skyward import hookspecs
 from skyward.errors import PluginError, PluginNotInstalledError
@@ -149,6 +150,11 @@ def _plugin_name(pm: pluggy.PluginManager, plugin: object) -> str:
     return pm.get_name(plugin) or repr(plugin)
 
 
+def call_impl(impl: HookImpl, **arguments: object) -> object:
+    """Call one implementation with the arguments it asks for (it may take a subset)."""
+    return impl.function(**{name: arguments[name] for name in impl.argnames})
+
+
 def _call_each(pm: pluggy.PluginManager, hook_name: str, make_register: Any) -> None:
     """Call a registration hook once per plugin, so each registration knows its owner."""
     hook = getattr(pm.hook, hook_name)
@@ -156,7 +162,7 @@ def _call_each(pm: pluggy.PluginManager, hook_name: str, make_register: Any) -> 
         owner = _plugin_name(pm, impl.plugin)
         register = make_register(owner)
         try:
-            impl.function(register=register)
+            call_impl(impl, register=register)
         except PluginError:
             raise
         except Exception as error:
@@ -262,7 +268,8 @@ def framework(name: str) -> Framework:
     raise PluginNotInstalledError(
         name,
         f"sky.integrations.{name} is provided by the skyward-integrations package, which is "
-        f'not installed or does not provide it. Install it with: pip install "skyward[integrations]"',
+        "not installed or does not provide it. Install it with: "
+        'pip install "skyward[integrations]"',
     )
 
 

@@ -34,10 +34,10 @@ from skyward.selection import SelectionLike, check_selection
 from skyward.spec import ComputeSpec, DisplayMode, build_spec, check_callable, check_display
 
 if TYPE_CHECKING:
+    from skyward.accelerators import AcceleratorSpec
     from skyward.allocation import AllocationLike
     from skyward.compute import PendingBatch, PendingCompute
     from skyward.image import Image
-    from skyward.accelerators import AcceleratorSpec
     from skyward.node import NodeClient
     from skyward.provider import ProviderConfig
     from skyward.volumes import VolumeLike
@@ -244,7 +244,10 @@ class ComputePool:
         self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
 
     def _restore_sigterm(self) -> None:
-        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+        if (
+            self._previous_sigterm is not None
+            and threading.current_thread() is threading.main_thread()
+        ):
             signal.signal(signal.SIGTERM, self._previous_sigterm)
             self._previous_sigterm = None
 
@@ -297,7 +300,7 @@ class ComputePool:
         result: R = self._result(self._submit(pending))
         return result
 
-    def run_batch(self, batch: PendingBatch[Any]) -> tuple[Any, ...]:
+    def run_batch(self, batch: PendingBatch[*tuple[Any, ...]]) -> tuple[Any, ...]:
         """Run every computation of a batch in parallel; results in the batch's order."""
         futures = [self._submit(p) for p in batch.computations]
         return tuple(self._result(f) for f in futures)
@@ -402,4 +405,3 @@ def _close_forgotten_pools() -> None:
             forgotten.close()
         except Exception:
             _log.exception("closing pool %s at exit", forgotten.pool_id)
-

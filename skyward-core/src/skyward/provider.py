@@ -251,4 +251,3 @@ class ProviderConfig(Protocol):
 
     def create(self) -> Provider:
         """The live provider for one pool."""
-

@@ -82,7 +82,9 @@ class AgentSettings:
     def from_env(cls, *, collect_metrics: bool) -> AgentSettings:
         timeout = float(os.environ.get(HEARTBEAT_TIMEOUT_ENV) or 30.0)
         interval = float(os.environ.get(METRICS_INTERVAL_ENV) or 5.0)
-        return cls(heartbeat_timeout=timeout, metrics_interval=interval if collect_metrics else None)
+        return cls(
+            heartbeat_timeout=timeout, metrics_interval=interval if collect_metrics else None
+        )
 
 
 @define
@@ -147,7 +149,9 @@ def _quietly(action: Callable[[], object], what: str) -> None:
         _log.exception("error while %s", what)
 
 
-def _wait_running(provider: Provider, instances: Sequence[Instance], timeout: float) -> list[Instance]:
+def _wait_running(
+    provider: Provider, instances: Sequence[Instance], timeout: float
+) -> list[Instance]:
     deadline = time.monotonic() + timeout
     current = list(instances)
     while True:
@@ -226,7 +230,9 @@ def _launch(
         emit(InfraCreated(infra.region))
         emit(InstanceLaunching(spec.nodes, offer.instance_type, provider.name))
         tags = {MANAGED_TAG: "true", POOL_TAG: pool_id}
-        request = LaunchRequest(pool_id=pool_id, offer=offer, count=spec.nodes, spec=spec, tags=tags)
+        request = LaunchRequest(
+            pool_id=pool_id, offer=offer, count=spec.nodes, spec=spec, tags=tags
+        )
         cluster.instances = list(provider.launch(infra, request))
         cluster.instances = _wait_running(provider, cluster.instances, settings.ready_timeout)
         for node, instance in enumerate(cluster.instances):
@@ -317,4 +323,3 @@ def _describe(spec: ComputeSpec) -> str:
     if spec.memory_gb:
         parts.append(f"{spec.memory_gb:g} GB memory")
     return ", ".join(parts)
-

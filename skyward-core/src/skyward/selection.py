@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, cast
 
 from skyward import plugins
 from skyward.allocation import AllocationStrategy, AlwaysSpot, OnDemandAllocation
@@ -38,8 +38,10 @@ def offers_for(provider: Provider, spec: ComputeSpec) -> list[Offer]:
     the spec's ``machine`` when one is given."""
     offers: Sequence[Offer] = list(provider.offers(spec))
     hook = plugins.get_plugin_manager().hook.adjust_offers
-    for impl in reversed(hook.get_hookimpls()):  # pluggy lists last-registered first
-        adjusted = impl.function(spec=spec, offers=offers)
+    # pluggy's own call order (tryfirst first, then the last registered first); each
+    # implementation sees the previous one's result.
+    for impl in reversed(hook.get_hookimpls()):
+        adjusted = cast("Sequence[Offer] | None", plugins.call_impl(impl, spec=spec, offers=offers))
         if adjusted is not None:
             offers = list(adjusted)
     if spec.machine is not None:
@@ -108,7 +110,7 @@ def check_selection(value: object) -> ProviderSelector:
     if isinstance(value, str) and value in _BY_NAME:
         return _BY_NAME[value]
     if callable(value) and not isinstance(value, str):
-        return value  # type: ignore[no-any-return]
+        return value
     raise ConfigurationError(
         "selection",
         f"{value!r} is not a selection strategy",

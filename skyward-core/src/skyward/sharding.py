@@ -71,6 +71,13 @@ def shard(*arrays: Any, shuffle: bool = False, seed: int | None = None) -> Any:
     """
     if not arrays:
         raise ConfigurationError("shard", "nothing to shard", "Pass one or more arrays")
+    for array in arrays:
+        if not hasattr(array, "__len__") or isinstance(array, str | bytes):
+            raise ConfigurationError(
+                "shard",
+                f"cannot shard a {type(array).__name__}",
+                "Pass lists, tuples or numpy arrays",
+            )
     lengths = {len(a) for a in arrays}
     if len(lengths) != 1:
         raise ConfigurationError(

@@ -6,15 +6,17 @@ Validation happens here, before any provider is called: each bad value raises a
 
 from __future__ import annotations
 
+import posixpath
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal, TypeAlias
 
-from attrs import frozen
+from attrs import field, frozen
 
 from skyward.accelerators import AcceleratorSpec, parse_memory_gb
-from skyward.allocation import AllocationStrategy, parse_allocation
+from skyward.allocation import AllocationStrategy, SpotIfAvailable, parse_allocation
 from skyward.errors import ConfigurationError
 from skyward.image import Image
 from skyward.volumes import S3Volume, Volume, VolumeLike
@@ -23,6 +25,7 @@ __all__ = ["DISPLAY_MODES", "ComputeSpec", "DisplayMode", "build_spec"]
 
 DisplayMode: TypeAlias = Literal["log", "spinner", "quiet"]
 DISPLAY_MODES: tuple[DisplayMode, ...] = ("log", "spinner", "quiet")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @frozen
@@ -34,8 +37,8 @@ class ComputeSpec:
     accelerator: AcceleratorSpec | None = None
     cpu: int | None = None
     memory_gb: float | None = None
-    image: Image = Image()
-    allocation: AllocationStrategy = parse_allocation("spot-if-available")
+    image: Image = field(factory=Image)
+    allocation: AllocationStrategy = field(factory=SpotIfAvailable)
     volumes: tuple[VolumeLike, ...] = ()
     timeout: int = 3600
     env: Mapping[str, str] = MappingProxyType({})
@@ -81,7 +84,7 @@ def _volumes(volume: object, volumes: object) -> tuple[VolumeLike, ...]:
             raise ConfigurationError(
                 "volumes", f"{item!r} is not a Volume or S3Volume", "Use sky.Volume or sky.S3Volume"
             )
-    paths = [v.mount_path for v in given]
+    paths = [posixpath.normpath(v.mount_path) for v in given]
     if len(set(paths)) != len(paths):
         raise ConfigurationError(
             "volumes", f"mount paths repeat: {paths}", "Give each volume its own mount_path"
@@ -95,7 +98,7 @@ def _env(value: object) -> Mapping[str, str]:
     if not isinstance(value, Mapping):
         raise ConfigurationError("env", f"{value!r} is not a mapping", 'Use e.g. {"KEY": "value"}')
     for key, item in value.items():
-        if not isinstance(key, str) or not key.isidentifier():
+        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
             raise ConfigurationError(
                 "env", f"{key!r} is not a valid variable name", "Use letters, digits and _"
             )
@@ -176,4 +179,4 @@ def check_callable(field: str, value: object) -> Callable[..., Any] | None:
     """Validate an optional callable parameter (``on_event``)."""
     if value is not None and not callable(value):
         raise ConfigurationError(field, f"{value!r} is not callable", "Pass a function or None")
-    return value  # type: ignore[return-value]
+    return value

@@ -17,7 +17,7 @@ def _absolute_path(_: object, attribute: object, value: str) -> None:
         raise ConfigurationError(
             "volume.mount_path", f"{value!r} is not an absolute path", 'Use e.g. "/data"'
         )
-    if posixpath.normpath(value) == "/":
+    if not posixpath.normpath(value).strip("/"):
         raise ConfigurationError("volume.mount_path", "cannot mount over /", 'Use e.g. "/data"')
 
 

@@ -1,1 +1,3 @@
-"""skyward-integrations: `sky.integrations.torch`, `.jax`, `.keras`, `.tensorflow`, `.transformers`, `JoblibPool` and `ScikitLearnPool` for Skyward."""
+"""skyward-integrations: `sky.integrations.torch`, `.jax`, `.keras`, `.tensorflow`,
+`.transformers`, `JoblibPool` and `ScikitLearnPool` for Skyward.
+"""

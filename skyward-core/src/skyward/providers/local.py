@@ -121,7 +121,9 @@ class LocalProvider:
         else:
             root, owns = Path(self.config.root) / pool_id, False
             root.mkdir(parents=True, exist_ok=True)
-        return LocalInfrastructure(region="local", head_port=_free_port(), root=root, owns_root=owns)
+        return LocalInfrastructure(
+            region="local", head_port=_free_port(), root=root, owns_root=owns
+        )
 
     def launch(self, infra: Infrastructure, request: LaunchRequest) -> Sequence[Instance]:
         assert isinstance(infra, LocalInfrastructure)
