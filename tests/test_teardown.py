@@ -126,3 +126,37 @@ def test_sigkill_agents_exit_after_watchdog_interval(tmp_path: Path) -> None:
     assert wait_until(lambda: not agent_processes(pool_id), timeout=10)
     elapsed = time.monotonic() - killed_at
     assert elapsed < 2 + 3, f"agents took {elapsed:.1f}s to notice the client was gone"
+
+
+def test_skyward_down_sweeps_orphans_of_a_killed_client(tmp_path: Path) -> None:
+    process, pool_id = _start(tmp_path, "wait", heartbeat="300")
+    _go(process)
+    process.kill()
+    process.wait(timeout=10)
+    assert len(agent_processes(pool_id)) == 2
+    listed = subprocess.run(
+        [sys.executable, "-m", "skyward.cli", "down", "--pool", pool_id, "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert len(listed.stdout.splitlines()) == 2
+    assert f"{pool_id}-node0" in listed.stdout
+    assert len(agent_processes(pool_id)) == 2, "--dry-run only lists"
+    subprocess.run(
+        [sys.executable, "-m", "skyward.cli", "down", "--provider", "local", "--pool", pool_id],
+        capture_output=True,
+        check=True,
+    )
+    assert wait_until(lambda: not agent_processes(pool_id), 5)
+
+
+def test_skyward_providers_lists_registered_providers() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "skyward.cli", "providers"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "local\tsky.Local" in out
+    assert "example\tsky.Example\t(from example)" in out

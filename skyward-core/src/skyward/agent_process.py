@@ -22,7 +22,13 @@ from skyward.errors import ProvisioningError
 from skyward.messages import READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint
 
-__all__ = ["AgentProcess", "connect_loopback", "start_agent_process", "stop_process_group"]
+__all__ = [
+    "AgentProcess",
+    "connect_loopback",
+    "start_agent_process",
+    "stop_orphan_group",
+    "stop_process_group",
+]
 
 POOL_ID_ENV = "SKYWARD_POOL_ID"
 INSTANCE_ID_ENV = "SKYWARD_INSTANCE_ID"
@@ -130,6 +136,19 @@ def stop_process_group(process: subprocess.Popen[bytes], grace: float = 3.0) -> 
     _signal_group(process.pid, signal.SIGKILL)
     if process.poll() is None:
         process.wait(timeout=10)
+
+
+def stop_orphan_group(pid: int, grace: float = 3.0) -> None:
+    """Stop an agent this process did not start (found by an orphan sweep)."""
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    _signal_group(pid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -25,6 +25,7 @@ from skyward.agent_process import (
     AgentProcess,
     connect_loopback,
     start_agent_process,
+    stop_orphan_group,
     stop_process_group,
 )
 from skyward.errors import ConfigurationError
@@ -174,6 +175,8 @@ class LocalProvider:
                 self._terminated.add(instance.id)
             if agent is not None:
                 stop_process_group(agent.process)
+            elif "pid" in instance.tags:  # an orphan found by list_by_tag
+                stop_orphan_group(int(instance.tags["pid"]))
 
     def list_by_tag(self, pool_id: str | None = None) -> Sequence[Instance]:
         """Agent processes of this user that belong to a pool (any pool when ``None``)."""
