@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: example test lint typecheck pytest sync bench
+.PHONY: example test lint typecheck pytest sync docs
 
 example: sync
 	$(VENV)/bin/python examples/hello.py
@@ -24,6 +24,9 @@ typecheck: sync
 
 pytest: sync
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+docs: sync
+	$(VENV)/bin/python docs/plugins/build_hook_reference.py
 
 sync: $(UV)
 	$(UV) sync --quiet --all-packages --all-extras --python $(PYTHON)

@@ -243,3 +243,26 @@ def test_unsized_unsupported_type_is_a_configuration_error(data: object) -> None
     with pytest.raises(ConfigurationError) as info:
         sky.shard(data)
     assert info.value.field == "shard"
+
+
+def test_distributed_sampler_partitions_each_epoch() -> None:
+    from skyward.cluster import InstanceInfo, set_node_info
+    from skyward.sharding import DistributedSampler
+
+    dataset = list(range(37))
+    try:
+        per_epoch = []
+        for epoch in (0, 1):
+            seen = []
+            for node in range(3):
+                set_node_info(InstanceInfo(node=node, total_nodes=3, job_id="j"))
+                sampler = DistributedSampler(dataset, shuffle=True)
+                sampler.set_epoch(epoch)
+                indices = list(sampler)
+                assert len(sampler) == len(indices)
+                seen.append(indices)
+            assert sorted(i for part in seen for i in part) == dataset
+            per_epoch.append(seen)
+        assert per_epoch[0] != per_epoch[1], "set_epoch changes the shuffle"
+    finally:
+        set_node_info(None)

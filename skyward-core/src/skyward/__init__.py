@@ -80,7 +80,7 @@ from skyward.selection import (
     select_cheapest,
     select_first,
 )
-from skyward.sharding import shard
+from skyward.sharding import DistributedSampler, shard
 from skyward.spec import ComputeSpec
 from skyward.volumes import S3Volume, Volume
 
@@ -111,6 +111,7 @@ __all__ = [
     "ConfigurationError",
     "CostFinal",
     "CostUpdate",
+    "DistributedSampler",
     "Error",
     "Image",
     "InfraCreated",

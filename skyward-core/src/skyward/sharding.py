@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence, Sized
 from typing import Any, TypeVar, overload
 
 from skyward.cluster import instance_info
 from skyward.errors import ConfigurationError
 
-__all__ = ["partition_indices", "shard"]
+__all__ = ["DistributedSampler", "partition_indices", "shard"]
 
 T = TypeVar("T")
 
@@ -91,3 +91,41 @@ def shard(*arrays: Any, shuffle: bool = False, seed: int | None = None) -> Any:
     )
     parts = tuple(_take(a, indices) for a in arrays)
     return parts[0] if len(parts) == 1 else parts
+
+
+class DistributedSampler:
+    """Indices of this node's share of a dataset, for ``torch.utils.data.DataLoader``.
+
+    Works like ``torch.utils.data.DistributedSampler`` with the node index as rank and
+    the pool's node count as world size, without needing torch itself. Call
+    :meth:`set_epoch` each epoch so shuffling differs between epochs (and agrees
+    between nodes).
+    """
+
+    def __init__(self, dataset: Sized, shuffle: bool = True, seed: int = 0) -> None:
+        info = instance_info()
+        self.dataset = dataset
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = info.node
+        self.num_replicas = info.total_nodes
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use a different (but node-wide identical) shuffle for ``epoch``."""
+        self.epoch = epoch
+
+    def _indices(self) -> list[int]:
+        return partition_indices(
+            len(self.dataset),
+            self.rank,
+            self.num_replicas,
+            shuffle=self.shuffle,
+            seed=self.seed + self.epoch,
+        )
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices())
+
+    def __len__(self) -> int:
+        return len(self._indices())
