@@ -82,3 +82,54 @@ def local_pool_factory() -> Iterator[Callable[..., sky.ComputePool]]:
 def _quick_metrics() -> Iterator[None]:
     os.environ.setdefault("SKYWARD_METRICS_INTERVAL", "0.5")
     return
+
+
+# -- real SSH test hosts (see tests/ssh_hosts.py) ------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from tests.ssh_hosts import ClientKey, HostFarm, NamespaceHost, SSHTestHost  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ssh_client_key(tmp_path_factory: pytest.TempPathFactory) -> ClientKey:
+    """The client's ed25519 key pair, authorized on every test host."""
+    return ClientKey.create(tmp_path_factory.mktemp("ssh-client-key"))
+
+
+@pytest.fixture(scope="session")
+def ssh_farm(ssh_client_key: ClientKey) -> Iterator[HostFarm]:
+    """Loopback sshd hosts skyt<i>@127.0.0.<10+i>:2222, grown on demand; all stopped at the end."""
+    farm = HostFarm(ssh_client_key)
+    yield farm
+    farm.stop()
+
+
+@pytest.fixture
+def ssh_hosts(ssh_farm: HostFarm) -> Iterator[Callable[[int], list[SSHTestHost]]]:
+    """``ssh_hosts(n)``: n running hosts; afterwards their user processes are killed
+    (``~/.skyward`` caches stay)."""
+    used: list[SSHTestHost] = []
+
+    def hosts(n: int) -> list[SSHTestHost]:
+        found = ssh_farm.ensure(n)
+        used.extend(host for host in found if host not in used)
+        return found
+
+    yield hosts
+    for host in used:
+        host.kill_processes()
+
+
+@pytest.fixture(scope="session")
+def ssh_known_hosts(ssh_farm: HostFarm) -> Path:
+    """A known_hosts file naming every farm host (kept current as the farm grows)."""
+    return ssh_farm.known_hosts_path
+
+
+@pytest.fixture
+def netns_host(ssh_client_key: ClientKey) -> Iterator[NamespaceHost]:
+    """An sshd host in a fresh network namespace at 169.254.213.2:2222, closed afterwards."""
+    host = NamespaceHost.open(ssh_client_key)
+    yield host
+    host.close()

@@ -296,3 +296,36 @@ def test_accelerator_on_local_has_no_offer(local_pool_factory: Any) -> None:
     with pytest.raises(sky.NoAvailableProviderError, match="accelerator A100"):
         pool.open()
     assert not pool.is_active
+
+
+@sky.compute
+def agent_pid() -> int:
+    return os.getpid()
+
+
+def test_agent_killed_mid_task_is_a_worker_lost_error_and_the_node_recovers(
+    local_pool_factory: Any,
+) -> None:
+    import signal
+
+    with local_pool_factory(nodes=1) as pool:
+        first_pid = agent_pid() >> pool
+        outcome: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                sleep_for(30) >> pool
+            except BaseException as error:
+                outcome.append(error)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        time.sleep(0.5)
+        os.kill(first_pid, signal.SIGKILL)
+        caller.join(timeout=20)
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], sky.WorkerLostError)
+        assert "restarted" in str(outcome[0])
+        assert add(2, 2) >> pool == 4, "the pool serves the next call"
+        assert agent_pid() >> pool != first_pid
+    assert wait_until(lambda: not agent_processes(pool.pool_id), 5)

@@ -133,6 +133,15 @@ def test_skyward_down_sweeps_orphans_of_a_killed_client(tmp_path: Path) -> None:
     _go(process)
     process.kill()
     process.wait(timeout=10)
+    try:
+        _sweep_and_check(pool_id)
+    finally:  # a failed assertion must not leave agents for 300 s
+        subprocess.run(
+            [sys.executable, "-m", "skyward.cli", "down", "--pool", pool_id], check=False
+        )
+
+
+def _sweep_and_check(pool_id: str) -> None:
     assert len(agent_processes(pool_id)) == 2
     listed = subprocess.run(
         [sys.executable, "-m", "skyward.cli", "down", "--pool", pool_id, "--dry-run"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import contextlib
 import io
 import json
 import logging
@@ -56,12 +57,15 @@ class Agent:
         )
         self.started = time.monotonic()
         self.last_seen = time.monotonic()
-        self.tasks: queue.Queue[tuple[messages.Task, wire.FrameWriter]] = queue.Queue()
+        self.tasks: queue.Queue[messages.Task] = queue.Queue()
         self._lock = threading.Lock()
         self._current: wire.FrameWriter | None = None
-        # Log lines and results written while no client is connected wait here.
+        # Log lines written while no client is connected wait here.
         self._backlog: collections.deque[object] = collections.deque(maxlen=_LOG_BACKLOG)
-        self._undelivered: list[messages.Result] = []
+        # Results stay until the client acknowledges them, so a connection that drops
+        # after a result was written (but before it arrived) loses nothing.
+        self._inflight: set[int] = set()
+        self._retained: dict[int, messages.Result] = {}
 
     # -- outbound ---------------------------------------------------------------------
 
@@ -76,16 +80,15 @@ class Agent:
         except OSError:
             self._backlog.append(message)
 
-    def _send_result(self, writer: wire.FrameWriter, result: messages.Result) -> None:
-        try:
-            writer.send(result)
-        except OSError:
-            with self._lock:
-                current = self._current
-                if current is None or current is writer:
-                    self._undelivered.append(result)
-                    return
-            self._send_result(current, result)
+    def _complete(self, result: messages.Result) -> None:
+        with self._lock:
+            self._inflight.discard(result.id)
+            self._retained[result.id] = result
+            writer = self._current
+        if writer is not None:
+            # A failed write is fine: the result is retained for the next connection.
+            with contextlib.suppress(OSError):
+                writer.send(result)
 
     # -- connections ------------------------------------------------------------------
 
@@ -95,30 +98,44 @@ class Agent:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
+    def _greet(self, writer: wire.FrameWriter) -> None:
+        """Make ``writer`` the current connection: Hello, then what the client missed."""
+        with self._lock:
+            self._current = writer
+            retained = list(self._retained.values())
+            writer.send(
+                messages.Hello(
+                    node=self.info.node,
+                    pid=os.getpid(),
+                    python=f"{sys.version_info.major}.{sys.version_info.minor}",
+                    skyward_version=_version(),
+                    inflight=tuple(sorted(self._inflight)),
+                    completed=tuple(r.id for r in retained),
+                )
+            )
+            backlog, self._backlog = list(self._backlog), collections.deque(maxlen=_LOG_BACKLOG)
+            for message in [*retained, *backlog]:
+                writer.send(message)
+
     def _connection(self, conn: socket.socket) -> None:
         writer = wire.FrameWriter(conn)
         reader = wire.FrameReader(conn)
-        writer.send(
-            messages.Hello(
-                node=self.info.node,
-                pid=os.getpid(),
-                python=f"{sys.version_info.major}.{sys.version_info.minor}",
-                skyward_version=_version(),
-            )
-        )
-        with self._lock:
-            self._current = writer
-            backlog, self._backlog = list(self._backlog), collections.deque(maxlen=_LOG_BACKLOG)
-            undelivered, self._undelivered = self._undelivered, []
-        for message in [*backlog, *undelivered]:
-            writer.send(message)
-        self.last_seen = time.monotonic()
         try:
+            self._greet(writer)
+            self.last_seen = time.monotonic()
             while True:
                 message = reader.read()
                 self.last_seen = time.monotonic()
                 if isinstance(message, messages.Task):
-                    self.tasks.put((message, writer))
+                    with self._lock:
+                        duplicate = message.id in self._inflight or message.id in self._retained
+                        self._inflight.add(message.id)
+                    if not duplicate:
+                        self.tasks.put(message)
+                elif isinstance(message, messages.Ack):
+                    with self._lock:
+                        for task_id in message.ids:
+                            self._retained.pop(task_id, None)
                 elif isinstance(message, messages.Shutdown):
                     self.shutdown(0)
         except (EOFError, OSError):
@@ -134,8 +151,7 @@ class Agent:
     def worker(self, index: int) -> None:
         cluster.set_worker(index)
         while True:
-            task, writer = self.tasks.get()
-            self._send_result(writer, self._run(task))
+            self._complete(self._run(self.tasks.get()))
 
     def _run(self, task: messages.Task) -> messages.Result:
         try:
@@ -153,12 +169,9 @@ class Agent:
         try:
             return messages.Result(task.id, value=messages.Payload.of(value))
         except SerializationError as error:
-            message = (
-                f"the result of {getattr(fn, '__qualname__', fn)!r} cannot be sent back: {error}"
-            )
-            return messages.Result(
-                task.id, failure=messages.Failure.of(SerializationError(message))
-            )
+            name = getattr(fn, "__qualname__", fn)
+            message = f"the result of {name!r} cannot be sent back: {error}"
+            return messages.Result(task.id, failure=messages.Failure.of(SerializationError(message)))
 
     # -- watchdog and metrics ---------------------------------------------------------
 

@@ -10,6 +10,8 @@ __all__ = [
     "AllProvidersFailedError",
     "CapacityError",
     "ConfigurationError",
+    "ConnectError",
+    "HostKeyError",
     "NoAvailableProviderError",
     "PluginError",
     "PluginNotInstalledError",
@@ -125,3 +127,19 @@ class RemoteError(SkywardError):
         self.type_name = type_name
         self.remote_traceback = remote_traceback
         super().__init__(f"{type_name}: {message}")
+
+
+class HostKeyError(SkywardError):
+    """A host's SSH key is unknown or differs from the trusted one; nothing was sent to it.
+
+    ``fingerprint`` is the SHA256 fingerprint of the key the host presented.
+    """
+
+    def __init__(self, host: str, fingerprint: str, message: str) -> None:
+        self.host = host
+        self.fingerprint = fingerprint
+        super().__init__(message)
+
+
+class ConnectError(ProvisioningError):
+    """A host could not be reached or logged into within the allowed time."""

@@ -534,7 +534,9 @@ fi
 """
 
 _STEP_SKYWARD = r"""
-# step skyward: the client's own distributions, uploaded as wheels; no index is consulted.
+# step skyward: the client's own distributions, uploaded as wheels (installed without
+# resolving: they are the client's exact closure); compiled ones are pinned in
+# requirements.txt to the client's versions and come from the index.
 if [ -n "${SKYWARD_WHEELS:-}" ] && [ -d "$SKYWARD_WHEELS" ]; then
   _sky_say step skyward
   set --
@@ -544,12 +546,15 @@ if [ -n "${SKYWARD_WHEELS:-}" ] && [ -d "$SKYWARD_WHEELS" ]; then
     set -- "$@" --reinstall-package "${_sky_n%%-*}" "$_sky_w"
   done
   [ "$#" -gt 0 ] || _sky_fail "SKYWARD_WHEELS=$SKYWARD_WHEELS holds no .whl files"
-  _sky_stamp=$(cd "$SKYWARD_WHEELS" && cksum ./*.whl)
+  _sky_stamp=$(cd "$SKYWARD_WHEELS" && cksum ./*.whl ./requirements.txt 2>/dev/null || true)
   _sky_wheels_marker="$SKYWARD_VENV/.skyward-wheels-ok"
   if [ -f "$_sky_wheels_marker" ] && [ "$(cat "$_sky_wheels_marker")" = "$_sky_stamp" ]; then
     _sky_say cached skyward
   else
-    "$SKYWARD_UV" pip install --python "$SKYWARD_PYTHON" --no-index \
+    if [ -s "$SKYWARD_WHEELS/requirements.txt" ]; then
+      "$SKYWARD_UV" pip install --python "$SKYWARD_PYTHON" -r "$SKYWARD_WHEELS/requirements.txt"
+    fi
+    "$SKYWARD_UV" pip install --python "$SKYWARD_PYTHON" --no-index --no-deps \
       --find-links "$SKYWARD_WHEELS" "$@"
     printf '%s\n' "$_sky_stamp" > "$_sky_wheels_marker"
   fi

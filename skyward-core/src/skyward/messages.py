@@ -19,6 +19,7 @@ from skyward import wire
 
 __all__ = [
     "READY_PREFIX",
+    "Ack",
     "Failure",
     "Heartbeat",
     "Hello",
@@ -58,12 +59,20 @@ class Payload:
 
 @frozen
 class Hello:
-    """First frame an agent sends on every new connection."""
+    """First frame an agent sends on every new connection.
+
+    On a reconnection, ``inflight`` and ``completed`` tell the client which of its tasks
+    the agent has: the rest never arrived and are safe to send again.
+    """
 
     node: int
     pid: int
     python: str
     skyward_version: str
+    inflight: tuple[int, ...] = ()
+    """Tasks queued or running."""
+    completed: tuple[int, ...] = ()
+    """Tasks finished whose results the client has not acknowledged (re-sent next)."""
 
 
 @frozen
@@ -124,6 +133,13 @@ class Result:
 @frozen
 class Heartbeat:
     """Client → agent: I am still here."""
+
+
+@frozen
+class Ack:
+    """Client → agent: these results arrived; forget them. Also counts as a heartbeat."""
+
+    ids: tuple[int, ...]
 
 
 @frozen

@@ -1,4 +1,11 @@
-"""The client's side of one node: a connection to its agent, and the tasks in flight on it."""
+"""The client's side of one node: a connection to its agent, and the tasks in flight on it.
+
+When the connection drops, the client reconnects (through the transport, which may
+re-establish SSH) for as long as the agent's watchdog would wait. The agent's greeting
+says which tasks it has; the others never arrived and are sent again, so a task is
+neither lost nor run twice. If the agent itself died, it is restarted and the tasks it
+was running fail with :class:`~skyward.errors.WorkerLostError`.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ import attrs
 from skyward import messages, wire
 from skyward.errors import RemoteError, RemoteTraceback, SerializationError, WorkerLostError
 from skyward.events import Error, LogLine, Metrics, SkywardEvent
-from skyward.provider import AgentEndpoint, Instance, NodeTransport
+from skyward.provider import AgentConfig, AgentEndpoint, Instance, NodeTransport
 
 __all__ = ["NodeClient", "rebuild_exception"]
 
@@ -47,6 +54,12 @@ def rebuild_exception(failure: messages.Failure) -> BaseException:
     return error
 
 
+@attrs.define
+class _Pending:
+    future: Future[Any]
+    parts: wire.Parts
+
+
 class NodeClient:
     """Connection to one node agent: submit tasks, receive results, logs and samples."""
 
@@ -57,28 +70,36 @@ class NodeClient:
         transport: NodeTransport,
         endpoint: AgentEndpoint,
         emit: Callable[[SkywardEvent], None],
+        config: AgentConfig | None = None,
     ) -> None:
         self.node = node
         self.instance = instance
         self.transport = transport
         self.endpoint = endpoint
+        self.config = config
         self._emit = emit
         self._ids = itertools.count(1)
-        self._pending: dict[int, Future[Any]] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._acks: list[int] = []
         self._lock = threading.Lock()
         self._closing = False
-        self._lost: BaseException | None = None
+        self._dead: BaseException | None = None
         self._writer: wire.FrameWriter | None = None
         self._stream: Any = None
+        self._agent_pid: int | None = None
+        self._generation = 0
 
     # -- life -------------------------------------------------------------------------
 
     def connect(self) -> None:
         """Open the connection, check the agent's greeting, start reading."""
-        stream = self.transport.open_stream(self.endpoint)
+        self._attach(self.transport.open_stream(self.endpoint), first=True)
+
+    def _attach(self, stream: Any, *, first: bool) -> None:
         reader = wire.FrameReader(stream)
         hello = reader.read()
         if not isinstance(hello, messages.Hello):
+            stream.close()
             raise ConnectionError(f"node {self.node}: unexpected greeting {hello!r}")
         client_python = f"{sys.version_info.major}.{sys.version_info.minor}"
         if hello.python != client_python:
@@ -86,11 +107,36 @@ class NodeClient:
             raise ConnectionError(
                 f"node {self.node} runs Python {hello.python}, the client {client_python}"
             )
-        self._stream = stream
-        self._writer = wire.FrameWriter(stream)
+        writer = wire.FrameWriter(stream)
+        with self._lock:
+            restarted = not first and hello.pid != self._agent_pid
+            self._agent_pid = hello.pid
+            self._stream, self._writer = stream, writer
+            self._generation += 1
+            generation = self._generation
+            if restarted:
+                lost, self._pending = self._pending, {}
+                resend: list[_Pending] = []
+            else:
+                known = set(hello.inflight) | set(hello.completed)
+                lost = {}
+                resend = [p for i, p in self._pending.items() if i not in known]
+        for pending in lost.values():
+            pending.future.set_exception(
+                WorkerLostError(
+                    self.node,
+                    "the node agent stopped while running this task; it was restarted and "
+                    "the task was not retried (it may have run partly)",
+                )
+            )
         threading.Thread(
-            target=self._read_loop, args=(reader,), daemon=True, name=f"skyward-node{self.node}"
+            target=self._read_loop,
+            args=(reader, generation),
+            daemon=True,
+            name=f"skyward-node{self.node}",
         ).start()
+        for pending in resend:  # never reached the agent: safe to send again
+            writer.write(pending.parts)
 
     def close(self) -> None:
         """Ask the agent to stop and drop the connection. Idempotent."""
@@ -98,16 +144,17 @@ class NodeClient:
             return
         self._closing = True
         if self._writer is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, EOFError):
                 self._writer.send(messages.Shutdown())
         if self._stream is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, EOFError):
                 self._stream.close()
         self._fail_all(WorkerLostError(self.node, "the pool was shut down"))
 
     @property
     def alive(self) -> bool:
-        return self._lost is None and not self._closing and self._writer is not None
+        """False once the node is given up on (or closed); reconnecting counts as alive."""
+        return self._dead is None and not self._closing
 
     @property
     def inflight(self) -> int:
@@ -123,43 +170,52 @@ class NodeClient:
         parts = wire.encode(messages.Task(task_id, messages.Payload.of((fn, args, kwargs))))
         future: Future[Any] = Future()
         with self._lock:
-            if self._lost is not None:
-                raise WorkerLostError(self.node, f"connection lost earlier: {self._lost}")
+            if self._dead is not None:
+                raise WorkerLostError(self.node, f"the node is unreachable: {self._dead}")
             if self._closing:
                 raise WorkerLostError(self.node, "the pool is shutting down")
-            self._pending[task_id] = future
-        assert self._writer is not None
-        try:
-            self._writer.write(parts)
-        except OSError as error:
-            self._on_lost(error)
+            self._pending[task_id] = _Pending(future, parts)
+            writer = self._writer
+        if writer is not None:
+            # While reconnecting the write fails; the greeting will show the task missing
+            # and it is sent then.
+            with contextlib.suppress(OSError, EOFError):
+                writer.write(parts)
         return future
 
     def heartbeat(self) -> None:
-        if self.alive and self._writer is not None:
-            try:
-                self._writer.send(messages.Heartbeat())
-            except OSError as error:
-                self._on_lost(error)
+        """Tell the agent we are here, acknowledging results received since last time."""
+        writer = self._writer
+        if not self.alive or writer is None:
+            return
+        with self._lock:
+            acks, self._acks = self._acks, []
+        message: object = messages.Ack(tuple(acks)) if acks else messages.Heartbeat()
+        try:
+            writer.send(message)
+        except (OSError, EOFError):
+            with self._lock:
+                self._acks = acks + self._acks
 
     # -- inbound ----------------------------------------------------------------------
 
-    def _read_loop(self, reader: wire.FrameReader) -> None:
+    def _read_loop(self, reader: wire.FrameReader, generation: int) -> None:
         try:
             while True:
                 self._dispatch(reader.read())
         except (EOFError, OSError) as error:
-            self._on_lost(error)
+            self._on_lost(error, generation)
         except Exception as error:  # a frame we cannot read: the stream is unusable
             _log.exception("node %d: bad frame", self.node)
-            self._on_lost(error)
+            self._on_lost(error, generation)
 
     def _dispatch(self, message: object) -> None:
         if isinstance(message, messages.Result):
             with self._lock:
-                future = self._pending.pop(message.id, None)
-            if future is not None:
-                self._resolve(future, message)
+                pending = self._pending.pop(message.id, None)
+                self._acks.append(message.id)
+            if pending is not None and not pending.future.done():
+                self._resolve(pending.future, message)
         elif isinstance(message, messages.Log):
             line = LogLine(self.node, self.instance.id, message.line, message.timestamp)
             self._emit(attrs.evolve(line, stream="stderr") if message.stream == "stderr" else line)
@@ -193,28 +249,69 @@ class NodeClient:
                 )
             )
 
-    def _on_lost(self, error: BaseException) -> None:
+    # -- losing and finding the agent -------------------------------------------------
+
+    def _on_lost(self, error: BaseException, generation: int) -> None:
         with self._lock:
-            if self._lost is not None:
+            if generation != self._generation or self._closing or self._dead is not None:
                 return
-            self._lost = error
+            self._writer = None
+        if self.config is None:
+            self._give_up(error)
+            return
+        self._emit(Error(f"lost connection to node {self.node} ({error}); reconnecting"))
+        threading.Thread(
+            target=self._reconnect, args=(error,), daemon=True, name=f"skyward-rc{self.node}"
+        ).start()
+
+    def _reconnect(self, cause: BaseException) -> None:
+        assert self.config is not None
+        # Past the agent's watchdog there is nothing left to reconnect to.
+        deadline = time.monotonic() + self.config.heartbeat_timeout
+        delay = 0.1
+        while not self._closing and time.monotonic() < deadline:
+            try:
+                stream = self.transport.open_stream(self.endpoint)
+            except ConnectionRefusedError:
+                try:  # the agent is gone but the machine answers: start a new one
+                    self.endpoint = self.transport.start_agent(self.config)
+                    stream = self.transport.open_stream(self.endpoint)
+                except Exception as error:
+                    self._give_up(error)
+                    return
+            except Exception as error:
+                cause = error
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            try:
+                self._attach(stream, first=False)
+            except Exception as error:
+                cause = error
+                continue
+            _log.info("reconnected to node %d", self.node)
+            return
+        self._give_up(cause)
+
+    def _give_up(self, error: BaseException) -> None:
+        with self._lock:
+            if self._dead is not None:
+                return
+            self._dead = error
         if not self._closing:
-            self._emit(Error(f"lost connection to node {self.node}: {error}", self.instance.id))
+            self._emit(Error(f"node {self.node} is unreachable: {error}", self.instance.id))
         self._fail_all(WorkerLostError(self.node, f"the node stopped answering ({error})"))
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
-        for future in pending.values():
-            if not future.done():
-                future.set_exception(error)
+        for item in pending.values():
+            if not item.future.done():
+                item.future.set_exception(error)
 
 
-def wait_for_heartbeats(clients: list[NodeClient], interval: float, stop: threading.Event) -> None:
+def send_heartbeats(clients: list[NodeClient], interval: float, stop: threading.Event) -> None:
     """Heartbeat loop: one thread for the whole pool."""
     while not stop.wait(interval):
-        started = time.monotonic()
         for client in clients:
             client.heartbeat()
-        if time.monotonic() - started > interval:
-            _log.warning("heartbeats took longer than their interval")

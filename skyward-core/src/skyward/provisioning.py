@@ -38,7 +38,7 @@ from skyward.events import (
     LogLine,
     SkywardEvent,
 )
-from skyward.node import NodeClient, wait_for_heartbeats
+from skyward.node import NodeClient, send_heartbeats
 from skyward.offers import Offer
 from skyward.provider import (
     MANAGED_TAG,
@@ -102,7 +102,7 @@ class Cluster:
 
     def start_heartbeats(self, interval: float) -> None:
         threading.Thread(
-            target=wait_for_heartbeats,
+            target=send_heartbeats,
             args=(self.clients, interval, self._stop),
             daemon=True,
             name="skyward-heartbeat",
@@ -209,7 +209,7 @@ def _bring_up_node(
     )
     emit(BootstrapProgress(instance.id, "server"))
     endpoint = transport.start_agent(config)
-    client = NodeClient(node, instance, transport, endpoint, emit)
+    client = NodeClient(node, instance, transport, endpoint, emit, config)
     client.connect()
     emit(BootstrapCompleted(instance.id))
     return client

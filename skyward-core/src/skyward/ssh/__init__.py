@@ -1,0 +1,1 @@
+"""The SSH transport every remote provider uses: hosts, keys, connections, bootstrap."""
