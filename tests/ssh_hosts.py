@@ -39,6 +39,8 @@ SSHD = "/usr/sbin/sshd"
 SSH = "/usr/bin/ssh"
 SFTP = "/usr/bin/sftp"
 SSH_KEYGEN = "/usr/bin/ssh-keygen"
+RUNUSER = shutil.which("runuser") or "/usr/sbin/runuser"
+IP = shutil.which("ip") or "/usr/sbin/ip"
 PRIVSEP_DIR = Path("/run/sshd")
 FARM_PORT = 2222
 FARM_FIRST_OCTET = 11  # hosts are 127.0.0.11, 127.0.0.12, ...
@@ -73,13 +75,25 @@ def _run(args: Sequence[str], check: bool = True) -> subprocess.CompletedProcess
     return result
 
 
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE  # dead, just not reaped yet
+    except psutil.Error:
+        return True
+
+
 def _kill_processes(processes: Iterable[psutil.Process], timeout: float = 5.0) -> None:
+    """SIGKILL ``processes`` and wait until each is dead (a zombie counts as dead)."""
     alive = []
     for process in processes:
         with contextlib.suppress(psutil.Error):
             process.kill()
             alive.append(process)
-    psutil.wait_procs(alive, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while alive and time.monotonic() < deadline:
+        alive = [process for process in alive if not _gone(process)]
+        if alive:
+            time.sleep(0.01)
 
 
 def _user_processes(user: str) -> list[psutil.Process]:
@@ -392,7 +406,7 @@ class SSHTestHost:
         return self.sshd_pid is not None
 
     def _prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.netns] if self.netns else []
+        return [IP, "netns", "exec", self.netns] if self.netns else []
 
     # the sshd
 
@@ -490,7 +504,7 @@ class SSHTestHost:
             "LANG": "C.UTF-8",
         }
         return subprocess.run(
-            [*self._prefix(), "runuser", "-u", self.user, "--", "sh", "-c", command],
+            [*self._prefix(), RUNUSER, "-u", self.user, "--", "sh", "-c", command],
             capture_output=True,
             text=True,
             cwd=self.home,

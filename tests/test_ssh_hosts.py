@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from tests.conftest import wait_until
 from tests.ssh_hosts import (
     NS_HOST_ADDRESS,
+    RUNUSER,
     SFTP,
     ClientKey,
     HostFarm,
@@ -107,10 +109,11 @@ def test_restart_and_stop(
     [host] = ssh_hosts(1)
     before = host.sshd_pid
     host.restart()
-    assert host.sshd_pid not in (None, before)
+    after = host.sshd_pid
+    assert after not in (None, before)
     assert ssh(host, ssh_client_key, ssh_known_hosts, "echo ok").stdout.strip() == "ok"
     host.stop()
-    assert host.sshd_pid is None
+    assert not host.running
     assert ssh(host, ssh_client_key, ssh_known_hosts, "echo ok").returncode == 255
     # the factory starts a stopped host again
     [again] = ssh_hosts(1)
@@ -145,18 +148,16 @@ def test_direct_tcpip_forward_reaches_a_port_of_the_user(
 ) -> None:
     [host] = ssh_hosts(1)
     port = free_loopback_port()
+    serve = ["--bind", "127.0.0.1", "--directory", str(host.home), str(port)]
     server = subprocess.Popen(
-        ["runuser", "-u", host.user, "--", "/usr/bin/python3", "-m", "http.server"]
-        + ["--bind", "127.0.0.1", "--directory", str(host.home), str(port)],
+        [RUNUSER, "-u", host.user, "--", "/usr/bin/python3", "-m", "http.server", *serve],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         assert wait_until(lambda: _accepts("127.0.0.1", port), 10)
         done = subprocess.run(
-            ssh_command(
-                host, ssh_client_key, ssh_known_hosts, extra=["-W", f"127.0.0.1:{port}"]
-            ),
+            ssh_command(host, ssh_client_key, ssh_known_hosts, extra=["-W", f"127.0.0.1:{port}"]),
             input="GET / HTTP/1.0\r\n\r\n",
             capture_output=True,
             text=True,
@@ -172,7 +173,9 @@ def test_direct_tcpip_forward_reaches_a_port_of_the_user(
 
 def test_python311_runs_as_test_user(ssh_hosts: HostsFactory) -> None:
     [host] = ssh_hosts(1)
-    done = host.run("/usr/bin/python3.11 -c 'import os, sys; print(sys.version_info[:2], os.getuid())'")
+    done = host.run(
+        "/usr/bin/python3.11 -c 'import os, sys; print(sys.version_info[:2], os.getuid())'"
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("(3, 11)")
     assert done.stdout.split()[-1] != "0"
@@ -184,15 +187,14 @@ def test_sixteen_hosts_and_leftover_processes_are_killed(
     hosts = ssh_hosts(16)
     assert hosts[-1].address == "127.0.0.26"
     assert len(ssh_known_hosts.read_text().splitlines()) >= 16
+    assert hosts[0].run("mkdir -p .skyward && echo kept > .skyward/cache").returncode == 0
     marker = hosts[0].home / ".skyward" / "cache"
-    marker.parent.mkdir(exist_ok=True)
-    marker.write_text("kept")
     # something left running, as an agent would be
     hosts[0].run("nohup sleep 300 >/dev/null 2>&1 &")
     assert wait_until(lambda: bool(hosts[0].processes()), 5)
     hosts[0].kill_processes()
     assert not hosts[0].processes()
-    assert marker.read_text() == "kept"
+    assert marker.read_text() == "kept\n"
     listening = {
         (c.laddr.ip, c.laddr.port)
         for c in psutil.net_connections("inet")
@@ -226,6 +228,40 @@ def test_namespace_host_partition(
         assert not _accepts(NS_HOST_ADDRESS, netns_host.port, timeout=0.5)
     done = ssh(netns_host, ssh_client_key, known, "echo back")
     assert done.stdout.strip() == "back", done.stderr
+
+
+def test_live_session_stalls_during_partition_and_resumes(
+    netns_host: NamespaceHost, ssh_client_key: ClientKey, tmp_path: Path
+) -> None:
+    known = write_known_hosts(tmp_path / "known_hosts", [netns_host])
+    ticks: list[float] = []
+    session = subprocess.Popen(
+        ssh_command(netns_host, ssh_client_key, known, "while :; do echo t; sleep 0.1; done"),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+    def read() -> None:
+        assert session.stdout is not None
+        for _ in session.stdout:
+            ticks.append(time.monotonic())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert wait_until(lambda: len(ticks) >= 3, 10)
+        partition = netns_host.partition(1.5)
+        cut = time.monotonic()
+        partition.wait()
+        healed = time.monotonic()
+        assert not [t for t in ticks if cut + 0.3 < t < healed]  # nothing got through
+        assert wait_until(lambda: ticks[-1] > healed, 10)  # the same session resumes
+        assert session.poll() is None
+    finally:
+        session.kill()
+        session.wait()
 
 
 def _accepts(address: str, port: int, timeout: float = 1.0) -> bool:

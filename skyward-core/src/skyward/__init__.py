@@ -73,6 +73,7 @@ from skyward.offers import Offer
 from skyward.pool import ComputePool, MultiPool, pool
 from skyward.provider import Provider, ProviderConfig
 from skyward.providers.local import Local
+from skyward.providers.ssh import SSH
 from skyward.selection import (
     ProviderSelector,
     SelectionLike,
@@ -82,6 +83,7 @@ from skyward.selection import (
 )
 from skyward.sharding import DistributedSampler, shard
 from skyward.spec import ComputeSpec
+from skyward.ssh.hosts import SSHHost
 from skyward.volumes import S3Volume, Volume
 
 if TYPE_CHECKING:
@@ -137,6 +139,8 @@ __all__ = [
     "ProviderName",
     "ProviderSelector",
     "RemoteError",
+    "SSH",
+    "SSHHost",
     "S3Volume",
     "SelectionLike",
     "SerializationError",

@@ -420,7 +420,9 @@ SKYWARD_IMAGE_HASH=@HASH@
 SKYWARD_VENV="$SKYWARD_HOME/envs/$SKYWARD_IMAGE_HASH"
 SKYWARD_PYTHON="$SKYWARD_VENV/bin/python"
 UV_NO_PROJECT=1
-export SKYWARD_HOME SKYWARD_IMAGE_HASH SKYWARD_VENV SKYWARD_PYTHON UV_NO_PROJECT
+# Trust the machine's own certificate store, where organisations install their CAs.
+UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-1}"
+export SKYWARD_HOME SKYWARD_IMAGE_HASH SKYWARD_VENV SKYWARD_PYTHON UV_NO_PROJECT UV_SYSTEM_CERTS
 
 _sky_say() { printf '::skyward:%s %s\n' "$1" "$2"; }
 _sky_fail() { printf 'skyward: %s\n' "$1" >&2; exit 1; }

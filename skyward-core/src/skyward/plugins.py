@@ -54,6 +54,7 @@ LOAD_PLUGINS_ENV = "SKYWARD_LOAD_PLUGINS"
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "skyward.builtin_accelerators",
     "skyward.providers.local",
+    "skyward.providers.ssh",
 )
 """Built-in plugins: registered through the same hooks as any third-party package."""
 

@@ -42,13 +42,15 @@ def find_uv() -> str:
         from uv import find_uv_bin
 
         return str(find_uv_bin())
-    except (ImportError, FileNotFoundError):
-        found = shutil.which("uv")
-        if found is None:
-            raise ProvisioningError(
-                "local", "uv is needed to build image environments: pip install uv"
-            ) from None
-        return found
+    except Exception:  # not installed, or its lookup fails on this interpreter
+        pass
+    beside = Path(sys.executable).parent / "uv"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("uv")
+    if found is None:
+        raise ProvisioningError("local", "uv is needed to build image environments: pip install uv")
+    return found
 
 
 def runtime_requirements() -> list[str]:

@@ -7,7 +7,6 @@ import os
 import re
 from pathlib import Path
 
-import paramiko
 from attrs import evolve, field, frozen
 
 from skyward.errors import ConfigurationError
@@ -54,6 +53,8 @@ class SSHHost:
         path = config_path or Path.home() / ".ssh" / "config"
         found: dict[str, object] = {}
         if path.exists():
+            import paramiko  # client-side only: nodes never resolve hosts
+
             config = paramiko.SSHConfig.from_path(str(path))
             found = dict(config.lookup(self.host))
         hostname = str(found.get("hostname", self.host))

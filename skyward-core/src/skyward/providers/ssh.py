@@ -1,0 +1,234 @@
+"""``sky.SSH``: machines you already have, reached over SSH.
+
+Node *i* of a pool is the *i*-th host. Host keys are checked against your known_hosts.
+Teardown stops the agent and removes only the pool's own directory under
+``~/.skyward``; the machine is never powered off, and the image caches stay so the next
+pool starts fast.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from attrs import define, field, frozen
+
+from skyward.errors import ConfigurationError
+from skyward.hookspecs import hookimpl
+from skyward.offers import Offer
+from skyward.provider import (
+    POOL_TAG,
+    Infrastructure,
+    Instance,
+    InstanceState,
+    LaunchRequest,
+    Provider,
+    ProviderConfig,
+)
+from skyward.spec import ComputeSpec
+from skyward.ssh.hosts import SSHHost, parse_host
+
+if TYPE_CHECKING:
+    from skyward.ssh.connection import SSHConnection
+    from skyward.ssh.transport import SSHTransport
+
+__all__ = ["SSH"]
+
+
+def _hosts(value: object) -> tuple[SSHHost, ...]:
+    if isinstance(value, str | SSHHost):
+        value = [value]
+    if not isinstance(value, Sequence) or not value:
+        raise ConfigurationError(
+            "hosts", "no hosts given", 'Use e.g. SSH(hosts=["ubuntu@10.0.0.5"])'
+        )
+    return tuple(parse_host(v) for v in value)
+
+
+def _positive(field_name: str) -> Callable[[object, object, float], None]:
+    def check(_: object, __: object, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigurationError(field_name, f"{value!r} is not positive", "Use seconds, e.g. 60")
+
+    return check
+
+
+@frozen
+class SSH:
+    """Run a pool on machines you already own.
+
+    :param hosts: ``"user@host:port"`` strings or :class:`SSHHost` objects (identity file,
+        user, port, jump host); ``~/.ssh/config`` aliases work where paramiko reads them.
+    :param known_hosts: files trusted host keys are read from (default: your
+        ``~/.ssh/known_hosts`` and ``/etc/ssh/ssh_known_hosts``).
+    :param connect_timeout: how long to keep retrying a host before giving up, seconds.
+    :param ssh_config: an ssh_config file to resolve aliases with (default ``~/.ssh/config``).
+    """
+
+    hosts: tuple[SSHHost, ...] = field(converter=_hosts)
+    known_hosts: tuple[str, ...] | None = field(
+        default=None, converter=lambda v: (v,) if isinstance(v, str) else (tuple(v) if v else None)
+    )
+    connect_timeout: float = field(default=60.0, validator=_positive("connect_timeout"))
+    ssh_config: str | None = None
+    provider_name: ClassVar[str] = "ssh"
+
+    def validate(self, spec: ComputeSpec) -> None:
+        if spec.nodes > len(self.hosts):
+            raise ConfigurationError(
+                "nodes",
+                f"the pool asks for {spec.nodes} nodes but SSH has {len(self.hosts)} host(s)",
+                "Add hosts to SSH(hosts=[...]) or lower nodes",
+            )
+        if spec.volumes:
+            raise ConfigurationError(
+                "volumes",
+                "the SSH provider does not create volumes on your machines",
+                "Mount what you need on the hosts yourself",
+            )
+
+    def create(self) -> Provider:
+        return SSHProvider(self)
+
+
+@define
+class SSHProvider:
+    config: SSH
+    name: str = "ssh"
+    _hosts: dict[str, SSHHost] = field(factory=dict)
+    _spec: ComputeSpec | None = None
+    _terminated: set[str] = field(factory=set)
+    _lock: threading.Lock = field(factory=threading.Lock)
+
+    def offers(self, spec: ComputeSpec) -> Sequence[Offer]:
+        accelerator = spec.accelerator
+        return [
+            Offer(
+                provider=self.name,
+                instance_type="ssh",
+                vcpus=0,
+                memory_gb=0,
+                # The hosts are the user's: trust what the pool says they have.
+                accelerator=accelerator.name if accelerator else None,
+                accelerator_count=accelerator.count if accelerator else 0,
+                region="ssh",
+                price_on_demand=0.0,
+            )
+        ]
+
+    def prepare(self, spec: ComputeSpec, pool_id: str) -> Infrastructure:
+        self._spec = spec
+        return Infrastructure(region="ssh")
+
+    def launch(self, infra: Infrastructure, request: LaunchRequest) -> Sequence[Instance]:
+        instances = []
+        ssh_config = Path(self.config.ssh_config) if self.config.ssh_config else None
+        for node, host in enumerate(self.config.hosts[: request.count]):
+            resolved = host.resolved(ssh_config)
+            instance_id = f"{request.pool_id}-node{node}"
+            self._hosts[instance_id] = resolved
+            instances.append(
+                Instance(
+                    id=instance_id,
+                    provider=self.name,
+                    state=InstanceState.RUNNING,
+                    instance_type="ssh",
+                    ip=resolved.host,
+                    private_ip=resolved.host,
+                    region="ssh",
+                    price_on_demand=0.0,
+                    tags=dict(request.tags),
+                )
+            )
+        return instances
+
+    def describe(self, instances: Sequence[Instance]) -> Sequence[Instance]:
+        with self._lock:
+            gone = set(self._terminated)
+        return [
+            Instance(
+                id=i.id,
+                provider=i.provider,
+                state=InstanceState.TERMINATED if i.id in gone else InstanceState.RUNNING,
+                instance_type=i.instance_type,
+                ip=i.ip,
+                private_ip=i.private_ip,
+                region=i.region,
+                price_on_demand=i.price_on_demand,
+                tags=i.tags,
+            )
+            for i in instances
+        ]
+
+    def terminate(self, instances: Sequence[Instance]) -> None:
+        # Never power off a user's machine: the transports already stopped the agents.
+        for instance in instances:
+            if "pid" in instance.tags and instance.id in self._hosts:
+                self._connection(self._hosts[instance.id]).run(
+                    f"kill -TERM -- -{instance.tags['pid']} 2>/dev/null; true"
+                )
+            with self._lock:
+                self._terminated.add(instance.id)
+
+    def list_by_tag(self, pool_id: str | None = None) -> Sequence[Instance]:
+        """Agents left on the hosts (of one pool, or any), found by their ``--job-id``."""
+        found = []
+        for host in self.config.hosts:
+            resolved = host.resolved()
+            try:
+                output = self._connection(resolved).run("ps -eo pid=,args=").output
+            except Exception:
+                continue
+            for line in output.splitlines():
+                pid, _, args = line.strip().partition(" ")
+                if "skyward.agent" not in args or "--job-id=" not in args:
+                    continue
+                job = args.split("--job-id=", 1)[1].split()[0]
+                if pool_id is not None and job != pool_id:
+                    continue
+                instance_id = f"{job}-{resolved.target}-{pid}"
+                self._hosts[instance_id] = resolved
+                found.append(
+                    Instance(
+                        id=instance_id,
+                        provider=self.name,
+                        state=InstanceState.RUNNING,
+                        ip=resolved.host,
+                        tags={POOL_TAG: job, "pid": pid},
+                    )
+                )
+        return found
+
+    def _connection(self, host: SSHHost) -> SSHConnection:
+        from skyward.ssh.connection import SSHConnection
+        from skyward.ssh.keys import KnownHosts
+
+        verifier = (
+            KnownHosts(tuple(Path(p) for p in self.config.known_hosts))
+            if self.config.known_hosts
+            else KnownHosts()
+        )
+        return SSHConnection(
+            host, verifier, connect_timeout=self.config.connect_timeout, provider=self.name
+        )
+
+    def connect(self, infra: Infrastructure, instance: Instance) -> SSHTransport:
+        from skyward.ssh.transport import SSHTransport
+
+        node = int(instance.id.rsplit("node", 1)[1])
+        return SSHTransport(
+            self._connection(self._hosts[instance.id]),
+            pool_id=instance.tags.get(POOL_TAG, ""),
+            node=node,
+            spec=self._spec,
+        )
+
+    def teardown(self, infra: Infrastructure) -> None:
+        return None
+
+
+@hookimpl
+def register_providers(register: Callable[[type[ProviderConfig]], None]) -> None:
+    register(SSH)

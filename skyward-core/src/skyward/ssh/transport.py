@@ -1,0 +1,195 @@
+"""``SSHTransport``: bootstrap a machine over SSH, start its agent, tunnel to it.
+
+Every remote provider uses this one path:
+
+1. ``uname`` tells the machine's platform; when it matches the client's, the client's own
+   ``uv`` binary is uploaded (no download on the node);
+2. Skyward's wheels (:mod:`skyward.wheels`) are uploaded once per fingerprint;
+3. ``Image.bootstrap()`` (plus plugin steps) runs through ``sh -s`` on stdin — nothing is
+   left on disk, and it holds no secrets; its ``::skyward:`` markers become progress
+   events and every other line a log line;
+4. the agent starts in ``~/.skyward/pools/<pool>/node<i>``, bound to 127.0.0.1, with the
+   functions' environment written to its stdin (never argv, never a file);
+5. the client reaches it through a ``direct-tcpip`` channel of the same connection.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import select
+import shlex
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import paramiko
+
+from skyward import plugins
+from skyward.errors import ProvisioningError
+from skyward.messages import READY_PREFIX
+from skyward.provider import AgentConfig, AgentEndpoint, BootstrapReporter, Stream
+from skyward.ssh.connection import SSHConnection
+from skyward.wheels import build_node_wheels
+
+if TYPE_CHECKING:
+    from skyward.image import Image
+    from skyward.spec import ComputeSpec
+
+__all__ = ["SSHTransport"]
+
+HOME = ".skyward"  # relative to the login directory, for SFTP and the shell alike
+_TAIL = 25
+
+
+class SSHTransport:
+    """A :class:`~skyward.provider.NodeTransport` over one SSH connection."""
+
+    def __init__(
+        self,
+        connection: SSHConnection,
+        *,
+        pool_id: str,
+        node: int,
+        spec: ComputeSpec | None = None,
+        ttl: int = 0,
+        agent_timeout: float = 60.0,
+    ) -> None:
+        self.connection = connection
+        self.pool_id = pool_id
+        self.node = node
+        self.spec = spec
+        self.ttl = ttl
+        self.agent_timeout = agent_timeout
+        self.python = ""
+        self.endpoint: AgentEndpoint | None = None
+
+    @property
+    def workdir(self) -> str:
+        return f"{HOME}/pools/{self.pool_id}/node{self.node}"
+
+    @property
+    def provider(self) -> str:
+        return self.connection.provider
+
+    def _fail(self, message: str) -> ProvisioningError:
+        return ProvisioningError(self.provider, f"{self.connection.host.target}: {message}")
+
+    # -- bootstrap --------------------------------------------------------------------
+
+    def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
+        self._upload_uv(reporter)
+        wheels = build_node_wheels()
+        remote_wheels = f"{HOME}/wheels/{wheels.fingerprint}"
+        if self.connection.run(f"test -f {remote_wheels}/.complete").code == 0:
+            reporter.step("upload", cached=True)
+        else:
+            reporter.step("upload")
+            self.connection.upload(wheels.files, remote_wheels)
+            self.connection.run(f"touch {remote_wheels}/.complete")
+        script = image.bootstrap(self.ttl, steps=plugins.bootstrap_steps(image, self.spec))
+        tail: list[str] = []
+        step = "start"
+
+        def on_line(line: str) -> None:
+            nonlocal step
+            if line.startswith("::skyward:step "):
+                step = line.split(maxsplit=1)[1]
+                reporter.step(step)
+            elif line.startswith("::skyward:cached "):
+                reporter.step(line.split(maxsplit=1)[1], cached=True)
+            elif line.startswith("::skyward:python "):
+                self.python = line.split(maxsplit=1)[1]
+            else:
+                tail.append(line)
+                del tail[:-_TAIL]
+                reporter.log(line)
+
+        command = f'SKYWARD_WHEELS="$HOME/{remote_wheels}" exec sh -s'
+        result = self.connection.run(command, stdin=script.encode(), on_line=on_line)
+        if result.code != 0:
+            output = "\n".join(tail)
+            raise self._fail(f"bootstrap step {step!r} failed (exit {result.code}):\n{output}")
+        if not self.python:
+            raise self._fail("bootstrap finished without naming the agent's Python")
+
+    def _upload_uv(self, reporter: BootstrapReporter) -> None:
+        """Give the node the client's uv when the platforms match; else the script finds one."""
+        probe = self.connection.run(f"uname -sm; test -x {HOME}/bin/uv && echo has-uv")
+        lines = probe.output.split()
+        if "has-uv" in lines:
+            return
+        remote = " ".join(lines[:2])
+        local = f"{platform.system()} {platform.machine()}"
+        if remote != local:
+            reporter.log(f"node is {remote}, client {local}: the node installs uv itself")
+            return
+        from skyward.providers.local_env import find_uv
+
+        self.connection.upload([Path(find_uv())], f"{HOME}/bin")
+        self.connection.run(f"chmod 755 {HOME}/bin/uv")
+
+    # -- the agent --------------------------------------------------------------------
+
+    def start_agent(self, config: AgentConfig) -> AgentEndpoint:
+        if not self.python:
+            raise self._fail("start_agent called before bootstrap")
+        argv = " ".join(shlex.quote(a) for a in config.argv())
+        command = (
+            f"mkdir -p {self.workdir} && cd {self.workdir} && "
+            f"exec {shlex.quote(self.python)} -m skyward.agent {argv} --env-stdin"
+        )
+        channel = self.connection.open_session()
+        try:
+            channel.set_combine_stderr(True)
+            channel.exec_command(command)
+            channel.sendall((json.dumps(dict(config.env)) + "\n").encode())
+            channel.shutdown_write()
+            port, pid, output = _read_ready(channel, self.agent_timeout)
+        finally:
+            channel.close()
+        if port == 0:
+            raise self._fail(f"the node agent did not start:\n{output}")
+        self.endpoint = AgentEndpoint(port=port, pid=pid)
+        return self.endpoint
+
+    def open_stream(self, endpoint: AgentEndpoint) -> Stream:
+        try:
+            return self.connection.open_tunnel(endpoint.port)
+        except paramiko.ChannelException as error:
+            # sshd reached the machine but nothing listens there: the agent is gone.
+            raise ConnectionRefusedError(f"agent port {endpoint.port}: {error}") from error
+
+    def close(self) -> None:
+        """Stop the agent (if still running) and remove this pool's directory; keep caches."""
+        stop = ""
+        if self.endpoint is not None and self.endpoint.pid:
+            pid = self.endpoint.pid
+            stop = f"kill -TERM {pid} 2>/dev/null; sleep 0.2; kill -KILL -- -{pid} {pid} 2>/dev/null; "
+        pool_dir = f"{HOME}/pools/{self.pool_id}"
+        try:
+            self.connection.run(
+                f"{stop}rm -rf {self.workdir}; rmdir {pool_dir} 2>/dev/null; true", timeout=30
+            )
+        except Exception:
+            pass  # unreachable now: the agent's watchdog stops it on its own
+        finally:
+            self.connection.close()
+
+
+def _read_ready(channel: paramiko.Channel, timeout: float) -> tuple[int, int, str]:
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([channel], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            continue
+        chunk = channel.recv(4096)
+        if not chunk:
+            break
+        buffer += chunk
+        for line in buffer.decode(errors="replace").splitlines():
+            if line.startswith(READY_PREFIX):
+                _, port, pid = line.split()
+                return int(port), int(pid), ""
+    return 0, 0, buffer.decode(errors="replace")[-4000:]
