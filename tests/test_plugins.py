@@ -88,7 +88,7 @@ def test_disable_autoload_env_loads_only_builtins(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv(plugins.DISABLE_AUTOLOAD_ENV, "1")
     names = {name for name, _ in plugins.get_plugin_manager().list_name_plugin()}
     assert names == set(plugins.DEFAULT_PLUGINS)
-    assert plugins.get_registry().providers.keys() == {"local"}
+    assert plugins.get_registry().providers.keys() == {"local", "ssh"}
 
 
 def test_allowlist_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import contextlib
 import io
 import json
 import logging
@@ -171,7 +170,9 @@ class Agent:
         except SerializationError as error:
             name = getattr(fn, "__qualname__", fn)
             message = f"the result of {name!r} cannot be sent back: {error}"
-            return messages.Result(task.id, failure=messages.Failure.of(SerializationError(message)))
+            return messages.Result(
+                task.id, failure=messages.Failure.of(SerializationError(message))
+            )
 
     # -- watchdog and metrics ---------------------------------------------------------
 

@@ -6,8 +6,9 @@ an index (which could resolve to another version), the client ships what it has:
 - pure-Python distributions (skyward-core and its pure dependencies) are repacked from
   their installed files into wheels — or, for an editable install, built from the
   source tree with ``uv build``;
-- compiled distributions (psutil, ...) cannot be repacked for another machine, so they
-  are pinned to the client's exact version and installed from the index.
+- compiled distributions (psutil, ...) are repacked too when the node has the client's
+  platform (so a node with no index access still works); for another platform they are
+  pinned to the client's exact version and installed from the index.
 
 The result is cached under ``~/.cache/skyward/wheels/<fingerprint>``; the fingerprint
 changes when any shipped version or editable source file changes.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
-import importlib.metadata as metadata
 import io
 import json
 import re
@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import tempfile
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 from attrs import frozen
@@ -109,8 +110,15 @@ def _source_digest(source: Path) -> str:
     return digest.hexdigest()
 
 
-def _fingerprint(dists: list[metadata.Distribution]) -> str:
-    digest = hashlib.sha256()
+def _wheel_tag(dist: metadata.Distribution) -> str:
+    for line in (dist.read_text("WHEEL") or "").splitlines():
+        if line.startswith("Tag:"):
+            return line.split(":", 1)[1].strip()
+    return "py3-none-any"
+
+
+def _fingerprint(dists: list[metadata.Distribution], include_binary: bool) -> str:
+    digest = hashlib.sha256(b"binary" if include_binary else b"pure")
     for dist in dists:
         digest.update(f"{dist.metadata['Name']}=={dist.version}\n".encode())
         source = _editable_source(dist)
@@ -125,9 +133,9 @@ def _record_line(name: str, data: bytes) -> list[str]:
 
 
 def _repack(dist: metadata.Distribution, out: Path) -> Path:
-    """A wheel of an installed pure-Python distribution, from its own file list."""
+    """A wheel of an installed distribution, from its own file list and wheel tag."""
     name = re.sub(r"[-.]+", "_", dist.metadata["Name"])
-    wheel_path = out / f"{name}-{dist.version}-py3-none-any.whl"
+    wheel_path = out / f"{name}-{dist.version}-{_wheel_tag(dist)}.whl"
     records: list[list[str]] = []
     record_name = ""
     with zipfile.ZipFile(wheel_path, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -160,12 +168,16 @@ def _build_editable(source: Path, out: Path, uv: str) -> Path:
         return Path(shutil.move(str(built), out / built.name))
 
 
-def build_node_wheels(cache_dir: Path | None = None) -> NodeWheels:
-    """Wheels and pins for the client's Skyward; built once per fingerprint."""
+def build_node_wheels(cache_dir: Path | None = None, *, include_binary: bool = False) -> NodeWheels:
+    """Wheels and pins for the client's Skyward; built once per fingerprint.
+
+    :param include_binary: the node has the client's platform, so compiled
+        distributions are shipped as wheels too instead of pinned.
+    """
     from skyward.providers.local_env import find_uv
 
     dists = closure()
-    fingerprint = _fingerprint(dists)
+    fingerprint = _fingerprint(dists, include_binary)
     root = (cache_dir or Path.home() / ".cache" / "skyward" / "wheels") / fingerprint
     done = root / ".complete"
     if not done.exists():
@@ -176,7 +188,7 @@ def build_node_wheels(cache_dir: Path | None = None) -> NodeWheels:
             source = _editable_source(dist)
             if source is not None:
                 _build_editable(source, staging, find_uv())
-            elif _is_pure(dist):
+            elif include_binary or _is_pure(dist):
                 _repack(dist, staging)
             else:
                 pinned.append(f"{dist.metadata['Name']}=={dist.version}")

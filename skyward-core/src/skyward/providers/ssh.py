@@ -47,10 +47,18 @@ def _hosts(value: object) -> tuple[SSHHost, ...]:
     return tuple(parse_host(v) for v in value)
 
 
+def _paths(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    if value is None or isinstance(value, str):
+        return None if value is None else (value,)
+    return tuple(value) or None
+
+
 def _positive(field_name: str) -> Callable[[object, object, float], None]:
     def check(_: object, __: object, value: float) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ConfigurationError(field_name, f"{value!r} is not positive", "Use seconds, e.g. 60")
+            raise ConfigurationError(
+                field_name, f"{value!r} is not positive", "Use seconds, e.g. 60"
+            )
 
     return check
 
@@ -68,9 +76,7 @@ class SSH:
     """
 
     hosts: tuple[SSHHost, ...] = field(converter=_hosts)
-    known_hosts: tuple[str, ...] | None = field(
-        default=None, converter=lambda v: (v,) if isinstance(v, str) else (tuple(v) if v else None)
-    )
+    known_hosts: tuple[str, ...] | None = field(default=None, converter=_paths)
     connect_timeout: float = field(default=60.0, validator=_positive("connect_timeout"))
     ssh_config: str | None = None
     provider_name: ClassVar[str] = "ssh"

@@ -78,8 +78,8 @@ class SSHTransport:
     # -- bootstrap --------------------------------------------------------------------
 
     def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
-        self._upload_uv(reporter)
-        wheels = build_node_wheels()
+        same_platform = self._upload_uv(reporter)
+        wheels = build_node_wheels(include_binary=same_platform)
         remote_wheels = f"{HOME}/wheels/{wheels.fingerprint}"
         if self.connection.run(f"test -f {remote_wheels}/.complete").code == 0:
             reporter.step("upload", cached=True)
@@ -113,21 +113,22 @@ class SSHTransport:
         if not self.python:
             raise self._fail("bootstrap finished without naming the agent's Python")
 
-    def _upload_uv(self, reporter: BootstrapReporter) -> None:
-        """Give the node the client's uv when the platforms match; else the script finds one."""
+    def _upload_uv(self, reporter: BootstrapReporter) -> bool:
+        """Give the node the client's uv when the platforms match (the script finds one
+        otherwise). Returns whether the node has the client's platform."""
         probe = self.connection.run(f"uname -sm; test -x {HOME}/bin/uv && echo has-uv")
         lines = probe.output.split()
-        if "has-uv" in lines:
-            return
         remote = " ".join(lines[:2])
         local = f"{platform.system()} {platform.machine()}"
         if remote != local:
             reporter.log(f"node is {remote}, client {local}: the node installs uv itself")
-            return
-        from skyward.providers.local_env import find_uv
+            return False
+        if "has-uv" not in lines:
+            from skyward.providers.local_env import find_uv
 
-        self.connection.upload([Path(find_uv())], f"{HOME}/bin")
-        self.connection.run(f"chmod 755 {HOME}/bin/uv")
+            self.connection.upload([Path(find_uv())], f"{HOME}/bin")
+            self.connection.run(f"chmod 755 {HOME}/bin/uv")
+        return True
 
     # -- the agent --------------------------------------------------------------------
 
@@ -165,7 +166,9 @@ class SSHTransport:
         stop = ""
         if self.endpoint is not None and self.endpoint.pid:
             pid = self.endpoint.pid
-            stop = f"kill -TERM {pid} 2>/dev/null; sleep 0.2; kill -KILL -- -{pid} {pid} 2>/dev/null; "
+            stop = (
+                f"kill -TERM {pid} 2>/dev/null; sleep 0.2; kill -KILL -- -{pid} {pid} 2>/dev/null; "
+            )
         pool_dir = f"{HOME}/pools/{self.pool_id}"
         try:
             self.connection.run(
