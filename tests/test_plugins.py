@@ -58,6 +58,7 @@ def test_every_hookspec_is_documented() -> None:
         "bootstrap_steps",
         "register_accelerators",
         "register_frameworks",
+        "resolve_ssh_host",
     }
     assert {name for name in dir(pm.hook) if not name.startswith("_")} == names
     for name in names:

@@ -13,6 +13,7 @@ from skyward import hookspecs
 
 AREAS = {
     "register_providers": "1. Provisioning",
+    "resolve_ssh_host": "1. Provisioning",
     "adjust_offers": "2. Pricing and offers",
     "bootstrap_steps": "3. Bootstrap",
     "register_accelerators": "4. Accelerator catalogs",

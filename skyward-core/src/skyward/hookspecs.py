@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from skyward.image import BootstrapStep, Image
     from skyward.integrations import Framework
     from skyward.offers import Offer
-    from skyward.provider import ProviderConfig
+    from skyward.provider import Instance, ProviderConfig
     from skyward.spec import ComputeSpec
+    from skyward.ssh.hosts import SSHHost
 
 __all__ = ["hookimpl", "hookspec"]
 
@@ -46,6 +47,19 @@ def register_providers(register: Callable[[type[ProviderConfig]], None]) -> None
 
     :param register: the registry's callback.
     :returns: nothing; every implementation is called.
+    """
+
+
+@hookspec(firstresult=True)
+def resolve_ssh_host(instance: Instance, host: SSHHost) -> SSHHost | None:
+    """Say where to SSH to reach a cloud instance (a bastion, private addresses, a tunnel).
+
+    Called by remote providers once per instance, before connecting. The first non-``None``
+    result wins; the host key is still verified against the key pinned for the instance.
+
+    :param instance: the instance as its provider described it.
+    :param host: where the provider would connect (its public address, port 22, its user).
+    :returns: another :class:`~skyward.ssh.hosts.SSHHost` to connect to, or ``None``.
     """
 
 

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
     from skyward.accelerators import AcceleratorCatalog, AcceleratorDefinition
     from skyward.image import BootstrapStep, Image
     from skyward.integrations import Framework
-    from skyward.provider import ProviderConfig
+    from skyward.provider import Instance, ProviderConfig
     from skyward.spec import ComputeSpec
+    from skyward.ssh.hosts import SSHHost
 
 __all__ = [
     "DEFAULT_PLUGINS",
@@ -282,3 +283,9 @@ def bootstrap_steps(image: Image, spec: ComputeSpec | None) -> list[BootstrapSte
         if contributed:
             steps.extend(contributed)
     return steps
+
+
+def resolve_ssh_host(instance: Instance, host: SSHHost) -> SSHHost:
+    """Where to SSH for ``instance``: a plugin's answer, else ``host``."""
+    answer = get_plugin_manager().hook.resolve_ssh_host(instance=instance, host=host)
+    return answer if answer is not None else host

@@ -99,6 +99,9 @@ class Infrastructure:
     """Where the pool's machines will live; shown in ``InfraCreated``."""
     head_port: int = 29500
     """Port on node 0 reserved for distributed frameworks' rendezvous (``head_port``)."""
+    on_expire: str = "exit"
+    """What agents do when their watchdog or lifetime fires: ``"exit"``, or ``"poweroff"``
+    for cloud machines (whose provider then terminates them)."""
 
 
 @frozen

@@ -206,6 +206,7 @@ def _bring_up_node(
         lifetime=float(spec.timeout),
         metrics_interval=settings.metrics_interval,
         env={**spec.image.env, **spec.env},
+        on_expire=cluster.infra.on_expire,
     )
     emit(BootstrapProgress(instance.id, "server"))
     endpoint = transport.start_agent(config)

@@ -223,11 +223,10 @@ class SSHProvider:
     def connect(self, infra: Infrastructure, instance: Instance) -> SSHTransport:
         from skyward.ssh.transport import SSHTransport
 
-        node = int(instance.id.rsplit("node", 1)[1])
         return SSHTransport(
             self._connection(self._hosts[instance.id]),
             pool_id=instance.tags.get(POOL_TAG, ""),
-            node=node,
+            name=instance.id.rsplit("-", 1)[1],
             spec=self._spec,
         )
 

@@ -8,7 +8,7 @@ Every remote provider uses this one path:
 3. ``Image.bootstrap()`` (plus plugin steps) runs through ``sh -s`` on stdin — nothing is
    left on disk, and it holds no secrets; its ``::skyward:`` markers become progress
    events and every other line a log line;
-4. the agent starts in ``~/.skyward/pools/<pool>/node<i>``, bound to 127.0.0.1, with the
+4. the agent starts in ``~/.skyward/pools/<pool>/<name>``, bound to 127.0.0.1, with the
    functions' environment written to its stdin (never argv, never a file);
 5. the client reaches it through a ``direct-tcpip`` channel of the same connection.
 """
@@ -50,14 +50,14 @@ class SSHTransport:
         connection: SSHConnection,
         *,
         pool_id: str,
-        node: int,
+        name: str,
         spec: ComputeSpec | None = None,
         ttl: int = 0,
         agent_timeout: float = 60.0,
     ) -> None:
         self.connection = connection
         self.pool_id = pool_id
-        self.node = node
+        self.name = name
         self.spec = spec
         self.ttl = ttl
         self.agent_timeout = agent_timeout
@@ -66,7 +66,7 @@ class SSHTransport:
 
     @property
     def workdir(self) -> str:
-        return f"{HOME}/pools/{self.pool_id}/node{self.node}"
+        return f"{HOME}/pools/{self.pool_id}/{self.name}"
 
     @property
     def provider(self) -> str:

@@ -1,0 +1,131 @@
+"""``sky.AWS(...)``: the user's AWS settings, validated with no network call."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
+
+from attrs import field, frozen
+
+from skyward.errors import ConfigurationError
+from skyward.spec import ComputeSpec
+
+if TYPE_CHECKING:
+    from skyward.provider import Provider
+
+__all__ = ["ALLOCATION_STRATEGIES", "AWS"]
+
+ALLOCATION_STRATEGIES = (
+    "price-capacity-optimized",
+    "capacity-optimized",
+    "capacity-optimized-prioritized",
+    "lowest-price",
+    "diversified",
+)
+
+
+def _pattern(
+    field_name: str, pattern: str, example: str
+) -> Callable[[object, object, str | None], None]:
+    regex = re.compile(pattern)
+
+    def check(_: object, __: object, value: str | None) -> None:
+        if value is not None and (not isinstance(value, str) or not regex.fullmatch(value)):
+            raise ConfigurationError(field_name, f"{value!r} is not valid", f"Use e.g. {example}")
+
+    return check
+
+
+def _region(_: object, __: object, value: str) -> None:
+    import boto3  # botocore's bundled endpoint data: no network call
+
+    known = boto3.Session().get_available_regions("ec2")
+    if value not in known:
+        import difflib
+
+        close = difflib.get_close_matches(value, known, n=1)
+        hint = f"Did you mean {close[0]!r}? " if close else ""
+        raise ConfigurationError(
+            "region", f"{value!r} is not an AWS region", f"{hint}Use e.g. 'us-east-1'"
+        )
+
+
+def _positive(_: object, __: object, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(
+            "instance_timeout", f"{value!r} is not a positive number of seconds", "Use e.g. 300"
+        )
+
+
+def _strategy(_: object, __: object, value: str) -> None:
+    if value not in ALLOCATION_STRATEGIES:
+        raise ConfigurationError(
+            "allocation_strategy",
+            f"{value!r} is not an EC2 Fleet allocation strategy",
+            f"Use one of {', '.join(ALLOCATION_STRATEGIES)}",
+        )
+
+
+@frozen
+class AWS:
+    """Run pools on EC2.
+
+    :param region: AWS region.
+    :param ami: a custom AMI (default: the Deep Learning AMI for GPU types, Ubuntu 22.04
+        otherwise, from AWS's public SSM parameters, for the type's architecture).
+    :param subnet_id: launch here (default: the region's public subnets, every AZ).
+    :param security_group_id: use this group as is (default: the shared ``skyward-sg``).
+    :param instance_profile_arn: attach this profile (default: one is made only when S3
+        volumes need it).
+    :param username: SSH user (default: follows the AMI).
+    :param instance_timeout: seconds a machine may take to boot and answer SSH.
+    :param allocation_strategy: EC2 Fleet spot allocation strategy.
+    :param use_ssm: reach nodes through Session Manager instead of SSH (not supported yet).
+    :param ssh_cidr: who may reach port 22 of ``skyward-sg`` (default: the client's
+        public address; ``"0.0.0.0/0"`` only when you ask for it).
+    """
+
+    region: str = field(default="us-east-1", validator=_region)
+    ami: str | None = field(
+        default=None,
+        validator=_pattern("ami", r"ami-[0-9a-f]{8}(?:[0-9a-f]{9})?", "'ami-0abc1234def567890'"),
+    )
+    subnet_id: str | None = field(
+        default=None, validator=_pattern("subnet_id", r"subnet-[0-9a-f]{8,17}", "'subnet-0abc1234'")
+    )
+    security_group_id: str | None = field(
+        default=None, validator=_pattern("security_group_id", r"sg-[0-9a-f]{8,17}", "'sg-0abc1234'")
+    )
+    instance_profile_arn: str | None = field(
+        default=None,
+        validator=_pattern(
+            "instance_profile_arn",
+            r"arn:aws[a-z-]*:iam::\d{12}:instance-profile/[\w+=,.@/-]+",
+            "'arn:aws:iam::123456789012:instance-profile/my-profile'",
+        ),
+    )
+    username: str | None = field(
+        default=None, validator=_pattern("username", r"[a-z_][a-z0-9_-]{0,31}", "'ubuntu'")
+    )
+    instance_timeout: int = field(default=300, validator=_positive)
+    allocation_strategy: str = field(default="price-capacity-optimized", validator=_strategy)
+    use_ssm: bool = False
+    ssh_cidr: str | None = field(
+        default=None,
+        validator=_pattern("ssh_cidr", r"\d{1,3}(?:\.\d{1,3}){3}/\d{1,2}", "'203.0.113.7/32'"),
+    )
+    provider_name: ClassVar[str] = "aws"
+
+    def validate(self, spec: ComputeSpec) -> None:
+        if self.use_ssm:
+            raise ConfigurationError(
+                "use_ssm",
+                "Session Manager connectivity is not available in this version",
+                "Leave use_ssm=False: nodes are reached over SSH with a per-pool key",
+            )
+
+    def create(self) -> Provider:
+        from skyward_aws.provider import AWSProvider
+
+        return AWSProvider(self)

@@ -1,0 +1,362 @@
+"""The live AWS provider: offers, infrastructure, EC2 Fleet launches, teardown."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from attrs import define, field, frozen
+from botocore.exceptions import ClientError
+
+from skyward import plugins
+from skyward.errors import ProvisioningError
+from skyward.offers import Offer
+from skyward.provider import (
+    MANAGED_TAG,
+    POOL_TAG,
+    Infrastructure,
+    Instance,
+    InstanceState,
+    LaunchRequest,
+)
+from skyward.spec import ComputeSpec
+from skyward.ssh.connection import SSHConnection
+from skyward.ssh.hosts import SSHHost
+from skyward.ssh.transport import SSHTransport
+from skyward.ssh.user_data import NodeIdentity, user_data_script
+from skyward.volumes import S3Volume, Volume
+from skyward_aws import amis, catalog, infra, pricing
+from skyward_aws.config import AWS
+from skyward_aws.fleet import launch_fleet
+from skyward_aws.session import Clients, cache_dir
+
+__all__ = ["AWSInfrastructure", "AWSProvider"]
+
+# How many of the smallest matching types get priced: enough to find a cheap one and
+# to fall back on capacity errors, few enough to keep pricing at one call.
+CANDIDATES = 8
+_STATES = {
+    "pending": InstanceState.PENDING,
+    "running": InstanceState.RUNNING,
+    "stopping": InstanceState.STOPPING,
+    "stopped": InstanceState.STOPPING,
+    "shutting-down": InstanceState.STOPPING,
+    "terminated": InstanceState.TERMINATED,
+}
+
+
+@frozen
+class AWSInfrastructure(Infrastructure):
+    subnets: tuple[tuple[str, str], ...] = ()
+    """(subnet, availability zone) pairs to launch in."""
+    security_group_id: str = ""
+    key_name: str = ""
+    identity: NodeIdentity | None = None
+    instance_profile_arn: str | None = None
+    username: str = "ubuntu"
+
+
+@define
+class AWSProvider:
+    config: AWS
+    name: str = "aws"
+    clients: Clients = field(init=False)
+    _types: dict[str, catalog.InstanceType] = field(factory=dict)
+    _zones: dict[str, set[str]] = field(factory=dict)
+    _usernames: dict[str, str] = field(factory=dict)
+    _spec: ComputeSpec | None = None
+    _lock: threading.Lock = field(factory=threading.Lock)
+
+    def __attrs_post_init__(self) -> None:
+        self.clients = Clients(self.config.region)
+        self.clients.check_credentials()
+
+    # -- offers -----------------------------------------------------------------------
+
+    def offers(self, spec: ComputeSpec) -> Sequence[Offer]:
+        ec2 = self.clients("ec2")
+        every = catalog.load_instance_types(ec2, self.config.region, cache_dir())
+        candidates = catalog.matching_types(every, spec)[: CANDIDATES * 4]
+        if not candidates:
+            return []
+        zones = catalog.load_offerings(ec2, [t.name for t in candidates])
+        if self.config.subnet_id is None:
+            candidates = [t for t in candidates if zones.get(t.name)][:CANDIDATES]
+        else:
+            candidates = candidates[:CANDIDATES]
+        if not candidates:
+            return []
+        names = [t.name for t in candidates]
+        on_demand = pricing.on_demand_prices(
+            self.clients("pricing", pricing.PRICING_REGION), self.config.region, names, cache_dir()
+        )
+        spot = pricing.spot_prices(ec2, self.config.region, [t.name for t in candidates if t.spot])
+        with self._lock:
+            self._types.update({t.name: t for t in candidates})
+            self._zones.update(zones)
+        return [
+            Offer(
+                provider=self.name,
+                instance_type=t.name,
+                vcpus=t.vcpus,
+                memory_gb=t.memory_gb,
+                accelerator=t.accelerator,
+                accelerator_count=t.accelerator_count,
+                accelerator_memory_gb=t.accelerator_memory_gb,
+                region=self.config.region,
+                architecture=t.architecture,
+                price_on_demand=on_demand.get(t.name),
+                price_spot=spot.get(t.name),
+            )
+            for t in candidates
+        ]
+
+    # -- infrastructure ---------------------------------------------------------------
+
+    def prepare(self, spec: ComputeSpec, pool_id: str) -> Infrastructure:
+        self._spec = spec
+        ec2 = self.clients("ec2")
+        subnets = infra.public_subnets(ec2, self.config.subnet_id)
+        group = self.config.security_group_id or infra.ensure_security_group(
+            ec2, subnets[0][2], infra.client_cidr(self.config.ssh_cidr)
+        )
+        profile = self.config.instance_profile_arn
+        buckets = [v.bucket for v in spec.volumes if isinstance(v, S3Volume)]
+        if buckets and profile is None:
+            profile = infra.ensure_instance_profile(self.clients("iam"), buckets)
+            infra.ensure_bucket(self.clients("s3"), self.clients("sts"), self.config.region)
+        identity = NodeIdentity.for_pool(1, pool_id)[0]
+        key_name = f"skyward-{pool_id}"
+        tags = {MANAGED_TAG: "true", POOL_TAG: pool_id}
+        ec2.import_key_pair(
+            KeyName=key_name,
+            PublicKeyMaterial=identity.client.public_line.encode(),
+            TagSpecifications=[infra.tag_specification("key-pair", tags)],
+        )
+        return AWSInfrastructure(
+            region=self.config.region,
+            on_expire="poweroff",  # instance-initiated shutdown terminates the instance
+            subnets=tuple((s, z) for s, z, _ in subnets),
+            security_group_id=group,
+            key_name=key_name,
+            identity=identity,
+            instance_profile_arn=profile,
+        )
+
+    def teardown(self, infra_: Infrastructure) -> None:
+        assert isinstance(infra_, AWSInfrastructure)
+        ec2 = self.clients("ec2")
+        if infra_.key_name:
+            ec2.delete_key_pair(KeyName=infra_.key_name)
+        pool_id = infra_.key_name.removeprefix("skyward-")
+        leftovers = ec2.describe_volumes(
+            Filters=[{"Name": f"tag:{POOL_TAG}", "Values": [pool_id]}]
+        )["Volumes"]
+        for volume in leftovers:
+            if volume.get("State") == "available":
+                ec2.delete_volume(VolumeId=volume["VolumeId"])
+
+    # -- instances --------------------------------------------------------------------
+
+    def launch(self, infra_: Infrastructure, request: LaunchRequest) -> Sequence[Instance]:
+        assert isinstance(infra_, AWSInfrastructure)
+        assert infra_.identity is not None
+        ec2 = self.clients("ec2")
+        offer = request.offer
+        kind = self._types.get(offer.instance_type)
+        architecture = kind.architecture if kind else offer.architecture
+        ami, username = amis.resolve_ami(
+            self.clients("ssm"),
+            ec2,
+            self.config.ami,
+            architecture,
+            gpu=offer.accelerator is not None
+            and (kind is None or kind.accelerator_vendor != "AWS"),
+        )
+        username = self.config.username or username
+        tags = dict(request.tags)
+        zones = self._zones.get(offer.instance_type)
+        overrides = [
+            {"InstanceType": offer.instance_type, "SubnetId": subnet}
+            for subnet, zone in infra_.subnets
+            if zones is None or zone in zones
+        ]
+        if not overrides:
+            raise ProvisioningError(
+                self.name, f"{offer.instance_type} is not sold in any subnet's AZ"
+            )
+        data: dict[str, Any] = {
+            "ImageId": ami,
+            "KeyName": infra_.key_name,
+            "SecurityGroupIds": [infra_.security_group_id],
+            "UserData": base64.b64encode(
+                user_data_script(
+                    infra_.identity, username=username, ttl_seconds=request.spec.timeout
+                ).encode()
+            ).decode(),
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "BlockDeviceMappings": _block_devices(request.spec),
+            "TagSpecifications": [
+                infra.tag_specification("instance", tags),
+                infra.tag_specification("volume", tags),
+            ],
+        }
+        if infra_.instance_profile_arn:
+            data["IamInstanceProfile"] = {"Arn": infra_.instance_profile_arn}
+        template = ec2.create_launch_template(
+            LaunchTemplateName=f"skyward-{request.pool_id}",
+            LaunchTemplateData=data,
+            TagSpecifications=[infra.tag_specification("launch-template", tags)],
+        )["LaunchTemplate"]["LaunchTemplateId"]
+        try:
+            launched = launch_fleet(
+                ec2,
+                template_id=template,
+                overrides=overrides,
+                count=request.count,
+                allocation=request.spec.allocation,
+                offer=offer,
+                strategy=self.config.allocation_strategy,
+                tags=[infra.tag_specification("instance", tags)],
+            )
+        finally:
+            ec2.delete_launch_template(LaunchTemplateId=template)
+        with self._lock:
+            for item in launched:
+                self._usernames[item.instance_id] = username
+        spot = {i.instance_id: i.spot for i in launched}
+        described = self.describe(
+            [
+                Instance(
+                    id=i.instance_id, provider=self.name, state=InstanceState.PENDING, tags=tags
+                )
+                for i in launched
+            ]
+        )
+        return [
+            Instance(
+                id=i.id,
+                provider=self.name,
+                state=i.state,
+                instance_type=offer.instance_type,
+                ip=i.ip,
+                private_ip=i.private_ip,
+                spot=spot[i.id],
+                region=self.config.region,
+                zone=i.zone,
+                price_on_demand=offer.price_on_demand,
+                price_spot=offer.price_spot,
+                tags=tags,
+            )
+            for i in described
+        ]
+
+    def describe(self, instances: Sequence[Instance]) -> Sequence[Instance]:
+        if not instances:
+            return []
+        found: dict[str, dict[str, Any]] = {}
+        ids = [i.id for i in instances]
+        pages = self.clients("ec2").get_paginator("describe_instances").paginate(InstanceIds=ids)
+        for page in pages:
+            for reservation in page["Reservations"]:
+                for item in reservation["Instances"]:
+                    found[item["InstanceId"]] = item
+        result = []
+        for instance in instances:
+            item = found.get(instance.id)
+            state = (
+                _STATES.get(item["State"]["Name"], InstanceState.PENDING)
+                if item
+                else InstanceState.TERMINATED
+            )
+            result.append(
+                Instance(
+                    id=instance.id,
+                    provider=self.name,
+                    state=state,
+                    instance_type=(item or {}).get("InstanceType", instance.instance_type),
+                    ip=(item or {}).get("PublicIpAddress") or (item or {}).get("PrivateIpAddress"),
+                    private_ip=(item or {}).get("PrivateIpAddress"),
+                    spot=instance.spot,
+                    region=instance.region,
+                    zone=((item or {}).get("Placement") or {}).get("AvailabilityZone"),
+                    price_on_demand=instance.price_on_demand,
+                    price_spot=instance.price_spot,
+                    tags=instance.tags,
+                )
+            )
+        return result
+
+    def terminate(self, instances: Sequence[Instance]) -> None:
+        ids = [i.id for i in instances]
+        if not ids:
+            return
+        try:
+            self.clients("ec2").terminate_instances(InstanceIds=ids)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "InvalidInstanceID.NotFound":
+                raise
+
+    def list_by_tag(self, pool_id: str | None = None) -> Sequence[Instance]:
+        filters = [
+            {"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]},
+            {
+                "Name": "instance-state-name",
+                "Values": ["pending", "running", "stopping", "stopped"],
+            },
+        ]
+        if pool_id is not None:
+            filters.append({"Name": f"tag:{POOL_TAG}", "Values": [pool_id]})
+        pages = self.clients("ec2").get_paginator("describe_instances").paginate(Filters=filters)
+        return [
+            Instance(
+                id=item["InstanceId"],
+                provider=self.name,
+                state=_STATES.get(item["State"]["Name"], InstanceState.PENDING),
+                instance_type=item.get("InstanceType", ""),
+                ip=item.get("PublicIpAddress") or item.get("PrivateIpAddress"),
+                tags={t["Key"]: t["Value"] for t in item.get("Tags", [])},
+            )
+            for page in pages
+            for reservation in page["Reservations"]
+            for item in reservation["Instances"]
+        ]
+
+    def connect(self, infra_: Infrastructure, instance: Instance) -> SSHTransport:
+        assert isinstance(infra_, AWSInfrastructure)
+        assert infra_.identity is not None
+        username = self._usernames.get(instance.id, self.config.username or "ubuntu")
+        host = plugins.resolve_ssh_host(
+            instance, SSHHost(instance.ip or "", user=username, port=22)
+        )
+        connection = SSHConnection(
+            host,
+            infra_.identity.verifier(),
+            client_key=infra_.identity.client.pkey(),
+            connect_timeout=self.config.instance_timeout,
+            provider=self.name,
+        )
+        return SSHTransport(
+            connection, pool_id=instance.tags.get(POOL_TAG, ""), name=instance.id, spec=self._spec
+        )
+
+
+def _block_devices(spec: ComputeSpec) -> list[dict[str, Any]]:
+    """One EBS volume per ``Volume``, in the instance's AZ, deleted with the instance."""
+    devices = []
+    letters = "fghijklmnop"
+    for index, volume in enumerate(v for v in spec.volumes if isinstance(v, Volume)):
+        devices.append(
+            {
+                "DeviceName": f"/dev/sd{letters[index]}",
+                "Ebs": {
+                    "VolumeSize": volume.size_gb,
+                    "VolumeType": "gp3",
+                    "DeleteOnTermination": True,
+                },
+            }
+        )
+    return devices
