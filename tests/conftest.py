@@ -133,3 +133,60 @@ def netns_host(ssh_client_key: ClientKey) -> Iterator[NamespaceHost]:
     host = NamespaceHost.open(ssh_client_key)
     yield host
     host.close()
+
+
+# -- AWS fakes: moto's server and a Price List endpoint (see tests/aws_fakes.py) -----------
+
+from tests.aws_fakes import AwsEnv, MotoServer, PricingServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """moto's server on 127.0.0.1:<free port>, recording calls; stopped at the end."""
+    server = MotoServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pricing_server() -> Iterator[PricingServer]:
+    """The fake AWS Price List API on 127.0.0.1:<free port>, default price table."""
+    server = PricingServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws_env(
+    moto_server: MotoServer,
+    pricing_server: PricingServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[AwsEnv]:
+    """Fresh moto state and pricing table, public AMI parameters in us-east-1 and us-west-2,
+    and an environment in which boto3 reaches only the fakes."""
+    moto_server.reset()
+    pricing_server.reset()
+    regions = ("us-east-1", "us-west-2")
+    amis = {region: moto_server.seed_public_parameters(region) for region in regions}
+    moto_server.reset_calls()
+    for name in list(os.environ):
+        if name.startswith(("AWS_ENDPOINT_URL_", "AWS_PROFILE", "AWS_SESSION_TOKEN")):
+            monkeypatch.delenv(name)
+    for name in ("AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", raising=False)
+    monkeypatch.delenv("AWS_WEB_IDENTITY_TOKEN_FILE", raising=False)
+    cache_dir = tmp_path / "skyward-cache"
+    cache_dir.mkdir()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server.url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_PRICING", pricing_server.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config-absent"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials-absent"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("SKYWARD_CACHE_DIR", str(cache_dir))
+    yield AwsEnv(moto=moto_server, pricing=pricing_server, amis=amis, cache_dir=cache_dir)
+    moto_server.reset_calls()

@@ -133,7 +133,7 @@ def _accelerator_matches(kind: InstanceType, spec: ComputeSpec) -> bool:
         return False
     memory = wanted.memory_gb
     if memory is not None and kind.accelerator_memory_gb is not None:
-        return abs(kind.accelerator_memory_gb - memory) <= 0.05 * memory
+        return abs(kind.accelerator_memory_gb - memory) <= 0.1 * memory  # variants differ 2x
     return True
 
 
@@ -148,12 +148,12 @@ def matching_types(catalog: Iterable[InstanceType], spec: ComputeSpec) -> list[I
     found = [
         t
         for t in catalog
-        if t.current
-        and _accelerator_matches(t, spec)
-        and t.vcpus >= min_cpu
-        and t.memory_gb >= min_memory
+        if _accelerator_matches(t, spec) and t.vcpus >= min_cpu and t.memory_gb >= min_memory
     ]
-    return sorted(found, key=lambda t: (t.accelerator_count, t.vcpus, t.memory_gb, t.name))
+    # Previous-generation types still launch; they only come after current ones.
+    return sorted(
+        found, key=lambda t: (not t.current, t.accelerator_count, t.vcpus, t.memory_gb, t.name)
+    )
 
 
 def write_json(path: Path, data: object) -> None:

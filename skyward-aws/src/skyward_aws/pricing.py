@@ -44,7 +44,8 @@ def on_demand_prices(
     wanted = sorted(set(types))
     path = cache / f"on-demand-{region}.json"
     stored: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    fresh = {
+    # A type the API has no Linux price for is remembered as None: asking again won't help.
+    fresh: dict[str, float | None] = {
         name: entry["price"]
         for name, entry in stored.items()
         if time.time() - entry["fetched"] < ON_DEMAND_TTL
@@ -71,8 +72,12 @@ def on_demand_prices(
                 if name in missing and price is not None:
                     fresh[name] = price
                     stored[name] = {"price": price, "fetched": now}
+        for name in missing:
+            if name not in fresh:
+                fresh[name] = None
+                stored[name] = {"price": None, "fetched": now}
         write_json(path, stored)
-    return {t: fresh[t] for t in wanted if t in fresh}
+    return {t: price for t in wanted if (price := fresh.get(t)) is not None}
 
 
 def spot_prices(ec2: Any, region: str, types: Iterable[str]) -> dict[str, float]:

@@ -1,0 +1,325 @@
+"""The AWS provider against moto's server and the fake Pricing API: real boto3 over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import pytest
+
+import skyward as sky
+from skyward.errors import CapacityError, ConfigurationError
+from skyward.provider import LaunchRequest
+from skyward.spec import build_spec
+from tests.aws_fakes import AwsEnv
+
+pytestmark = pytest.mark.usefixtures("fresh_plugins", "warm_catalog")
+
+_CATALOG: dict[str, str] = {}
+
+
+@pytest.fixture
+def warm_catalog(aws_env: AwsEnv) -> None:
+    """Share the (unchanging) DescribeInstanceTypes cache file between tests, as a user's
+    disk cache would be shared between pools; each test still starts with no calls."""
+    from skyward_aws.catalog import load_instance_types
+    from skyward_aws.session import cache_dir
+
+    name = "instance-types-us-east-1.json"
+    if name not in _CATALOG:
+        load_instance_types(boto3.client("ec2", region_name="us-east-1"), "us-east-1", cache_dir())
+        _CATALOG[name] = (cache_dir() / name).read_text()
+    target = cache_dir() / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(_CATALOG[name])
+    aws_env.moto.reset_calls()
+
+
+def _provider(**options: Any) -> Any:
+    options.setdefault("ssh_cidr", "127.0.0.1/32")
+    return sky.AWS(**options).create()  # type: ignore[attr-defined]
+
+
+def _launch(provider: Any, spec: Any, pool_id: str = "sky-test") -> tuple[Any, list[Any]]:
+    offers = sky.selection.rank_offers(sky.selection.offers_for(provider, spec), spec)
+    assert offers, "no offer"
+    infra = provider.prepare(spec, pool_id)
+    request = LaunchRequest(
+        pool_id=pool_id,
+        offer=offers[0],
+        count=spec.nodes,
+        spec=spec,
+        tags={"skyward:managed": "true", "skyward:pool": pool_id},
+    )
+    try:
+        return infra, list(provider.launch(infra, request))
+    except BaseException:
+        provider.teardown(infra)
+        raise
+
+
+def _running(pool_id: str) -> list[str]:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    reservations = ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:skyward:pool", "Values": [pool_id]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )["Reservations"]
+    return [i["InstanceId"] for r in reservations for i in r["Instances"]]
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"region": "us-east-9"}, "region"),
+        ({"ami": "ami-xyz"}, "ami"),
+        ({"subnet_id": "sub-1"}, "subnet_id"),
+        ({"security_group_id": "group"}, "security_group_id"),
+        ({"instance_profile_arn": "profile"}, "instance_profile_arn"),
+        ({"instance_timeout": 0}, "instance_timeout"),
+        ({"allocation_strategy": "random"}, "allocation_strategy"),
+    ],
+)
+def test_bad_aws_parameters_are_clear_errors_with_no_aws_calls(
+    aws_env: AwsEnv, options: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        sky.AWS(**options)  # type: ignore[attr-defined]
+    assert caught.value.field == field
+    assert aws_env.moto.calls == []
+
+
+def test_unknown_region_suggests_the_closest(aws_env: AwsEnv) -> None:
+    with pytest.raises(ConfigurationError, match="us-east-1"):
+        sky.AWS(region="us-eats-1")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"accelerator": "H10"}, "accelerator"),
+        ({"allocation": "sometimes"}, "allocation"),
+    ],
+)
+def test_bad_pool_parameters_on_aws_make_no_aws_call(
+    aws_env: AwsEnv, options: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        sky.ComputePool(provider=sky.AWS(), **options)  # type: ignore[attr-defined]
+    assert caught.value.field == field
+    assert aws_env.moto.calls == []
+    assert aws_env.pricing.requests == []
+
+
+def test_negative_volume_size_is_refused_before_any_call(aws_env: AwsEnv) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        sky.ComputePool(
+            provider=sky.AWS(),  # type: ignore[attr-defined]
+            volumes=[sky.Volume(size_gb=-5, mount_path="/data")],
+        )
+    assert caught.value.field == "volume.size_gb"
+    assert aws_env.moto.calls == []
+
+
+def test_missing_credentials_name_the_fix_before_anything_is_created(
+    aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    pool = sky.ComputePool(provider=sky.AWS(ssh_cidr="127.0.0.1/32"), display="quiet")  # type: ignore[attr-defined]
+    with pytest.raises(ConfigurationError, match="AWS_ACCESS_KEY_ID") as caught:
+        pool.open()
+    assert "aws configure" in str(caught.value)
+    assert aws_env.moto.write_actions() == []
+
+
+def test_use_ssm_is_refused_clearly() -> None:
+    with pytest.raises(ConfigurationError, match="use_ssm"):
+        sky.ComputePool(provider=sky.AWS(use_ssm=True))  # type: ignore[attr-defined]
+
+
+# -- catalog, prices, images --------------------------------------------------------------
+
+
+def test_offers_come_from_the_live_catalog_with_prices(aws_env: AwsEnv) -> None:
+    provider = _provider()
+    offers = provider.offers(build_spec(accelerator="T4"))
+    assert offers
+    assert all(o.accelerator == "T4" for o in offers)
+    best = sky.selection.rank_offers(offers, build_spec(accelerator="T4", allocation="on-demand"))[
+        0
+    ]
+    assert best.instance_type == "g4dn.xlarge"
+    assert best.price_on_demand == pytest.approx(
+        aws_env.pricing.prices[("us-east-1", "g4dn.xlarge")]
+    )
+    assert best.price_spot is not None
+    assert aws_env.pricing.count("GetProducts") >= 1
+    before = aws_env.pricing.count()
+    provider.offers(build_spec(accelerator="T4"))
+    assert aws_env.pricing.count() == before, "on-demand prices are cached"
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "expected_family"),
+    [
+        ("A100-40GB", "p4d"),
+        ("A100-80GB", "p4de"),
+        ("A10G", "g5"),
+        ("H100", "p5"),
+    ],
+)
+def test_accelerator_memory_variants_pick_the_right_family(
+    aws_env: AwsEnv, accelerator: str, expected_family: str
+) -> None:
+    offers = _provider().offers(build_spec(accelerator=accelerator))
+    assert offers
+    assert {o.instance_type.split(".")[0] for o in offers} == {expected_family}
+
+
+def test_trainium_comes_from_the_aws_plugin_catalog(aws_env: AwsEnv) -> None:
+    spec = build_spec(accelerator=sky.AcceleratorSpec.AWS.Trainium(version=1))
+    offers = _provider().offers(spec)
+    assert offers
+    assert all(o.instance_type.startswith("trn1") for o in offers)
+
+
+def test_cpu_only_pools_get_no_gpu(aws_env: AwsEnv) -> None:
+    offers = _provider().offers(build_spec(cpu=4, memory="8GB"))
+    assert offers
+    assert all(o.accelerator is None for o in offers)
+    assert all(o.vcpus >= 4 and o.memory_gb >= 8 for o in offers)
+
+
+# -- launching ----------------------------------------------------------------------------
+
+
+def test_launch_uses_one_fleet_call_and_tags_everything(aws_env: AwsEnv) -> None:
+    provider = _provider()
+    spec = build_spec(nodes=3, cpu=2, allocation="on-demand")
+    infra, instances = _launch(provider, spec, "sky-tags")
+    try:
+        assert len(instances) == 3
+        assert aws_env.moto.count("ec2", "CreateFleet") == 1
+        assert aws_env.moto.count("ec2", "DeleteLaunchTemplate") == 1
+        ec2 = boto3.client("ec2", region_name="us-east-1")
+        described = ec2.describe_instances(InstanceIds=[i.id for i in instances])
+        for reservation in described["Reservations"]:
+            for item in reservation["Instances"]:
+                tags = {t["Key"]: t["Value"] for t in item["Tags"]}
+                assert tags["skyward:pool"] == "sky-tags"
+                assert tags["skyward:managed"] == "true"
+                assert item["KeyName"] == "skyward-sky-tags"
+        assert ec2.describe_launch_templates()["LaunchTemplates"] == []
+        groups = ec2.describe_security_groups(GroupNames=["skyward-sg"])["SecurityGroups"]
+        ssh = [p for p in groups[0]["IpPermissions"] if p.get("FromPort") == 22]
+        assert ssh[0]["IpRanges"][0]["CidrIp"] == "127.0.0.1/32"
+    finally:
+        provider.terminate(instances)
+        provider.teardown(infra)
+    assert _running("sky-tags") == []
+    keys = boto3.client("ec2", region_name="us-east-1").describe_key_pairs()["KeyPairs"]
+    assert not [k for k in keys if k["KeyName"] == "skyward-sky-tags"]
+
+
+def test_spot_capacity_error_falls_back_to_on_demand(aws_env: AwsEnv) -> None:
+    provider = _provider()
+    spec = build_spec(nodes=2, cpu=2)  # spot-if-available
+    with aws_env.moto.make_capacity_unavailable(lifecycle="spot"):
+        infra, instances = _launch(provider, spec, "sky-fallback")
+    try:
+        assert [i.spot for i in instances] == [False, False]
+        assert aws_env.moto.count("ec2", "CreateFleet") == 2
+    finally:
+        provider.terminate(instances)
+        provider.teardown(infra)
+
+
+def test_always_spot_without_capacity_fails_clearly_and_leaves_nothing(aws_env: AwsEnv) -> None:
+    provider = _provider()
+    spec = build_spec(nodes=2, cpu=2, allocation="always-spot")
+    with aws_env.moto.make_capacity_unavailable(lifecycle="spot"), pytest.raises(CapacityError):
+        _launch(provider, spec, "sky-spot-only")
+    assert _running("sky-spot-only") == []
+
+
+def test_partial_fleet_is_terminated_not_left_half_built(aws_env: AwsEnv) -> None:
+    provider = _provider()
+    spec = build_spec(nodes=3, cpu=2, allocation="on-demand")
+    with (
+        aws_env.moto.make_capacity_unavailable(lifecycle=None, available=1),
+        pytest.raises(CapacityError, match="only 1 of 3"),
+    ):
+        _launch(provider, spec, "sky-partial")
+    assert _running("sky-partial") == []
+
+
+def test_throttled_calls_are_retried(aws_env: AwsEnv) -> None:
+    provider = _provider()
+    spec = build_spec(nodes=1, cpu=2, allocation="on-demand")
+    aws_env.moto.throttle_next("ec2", "CreateFleet", times=2)
+    infra, instances = _launch(provider, spec, "sky-throttle")
+    try:
+        assert len(instances) == 1
+        assert aws_env.moto.count("ec2", "CreateFleet") == 3
+    finally:
+        provider.terminate(instances)
+        provider.teardown(infra)
+
+
+@pytest.mark.parametrize("nodes", [1, 10, 50])
+def test_launch_cost_is_constant_in_api_calls(aws_env: AwsEnv, nodes: int) -> None:
+    provider = _provider()
+    spec = build_spec(nodes=nodes, cpu=2, allocation="on-demand")
+    provider.offers(spec)  # catalog and prices: cached, not part of the launch
+    aws_env.moto.reset_calls()
+    infra, instances = _launch(provider, spec, f"sky-scale{nodes}")
+    launch_calls = len(aws_env.moto.calls)
+    provider.terminate(instances)
+    provider.teardown(infra)
+    assert len(instances) == nodes
+    # the same handful of calls whether 1 or 50 nodes: O(1) in N
+    assert launch_calls <= 16, [c.action for c in aws_env.moto.calls]
+    _LAUNCH_CALLS[nodes] = launch_calls
+    if len(_LAUNCH_CALLS) == 3:
+        assert len(set(_LAUNCH_CALLS.values())) == 1, _LAUNCH_CALLS
+
+
+_LAUNCH_CALLS: dict[int, int] = {}
+
+
+def test_s3_volumes_create_the_role_profile_and_bucket_once(aws_env: AwsEnv) -> None:
+    provider = _provider()
+    volume = sky.S3Volume(mount_path="/data", bucket="my-datasets", prefix="train/")
+    spec = build_spec(cpu=2, volumes=[volume], allocation="on-demand")
+    infra = provider.prepare(spec, "sky-s3")
+    try:
+        assert infra.instance_profile_arn.endswith("instance-profile/skyward-instance-profile")
+        iam = boto3.client("iam", region_name="us-east-1")
+        assert iam.get_role(RoleName="skyward-role")["Role"]["RoleName"] == "skyward-role"
+        buckets = [b["Name"] for b in boto3.client("s3").list_buckets()["Buckets"]]
+        assert any(b.startswith("skyward-") and b.endswith("-us-east-1") for b in buckets)
+    finally:
+        provider.teardown(infra)
+    again = provider.prepare(spec, "sky-s3-again")
+    provider.teardown(again)
+    assert aws_env.moto.count("iam", "CreateRole") == 1
+
+
+def test_user_supplied_security_group_is_used_as_given(aws_env: AwsEnv) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+    group = ec2.create_security_group(GroupName="mine", Description="mine", VpcId=vpc)["GroupId"]
+    aws_env.moto.reset_calls()
+    provider = _provider(security_group_id=group)
+    spec = build_spec(cpu=2, allocation="on-demand")
+    infra, instances = _launch(provider, spec, "sky-own-sg")
+    provider.terminate(instances)
+    provider.teardown(infra)
+    assert infra.security_group_id == group
+    assert aws_env.moto.count("ec2", "CreateSecurityGroup") == 0
+    assert aws_env.moto.count("ec2", "AuthorizeSecurityGroupIngress") == 0
