@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
 import boto3
@@ -11,7 +12,7 @@ import skyward as sky
 from skyward.errors import CapacityError, ConfigurationError
 from skyward.provider import LaunchRequest
 from skyward.spec import build_spec
-from tests.aws_fakes import AwsEnv
+from tests.aws_fakes import DLAMI_X86_64, UBUNTU_2204_AMD64, UBUNTU_2204_ARM64, AwsEnv
 
 pytestmark = pytest.mark.usefixtures("fresh_plugins", "warm_catalog")
 
@@ -323,3 +324,153 @@ def test_user_supplied_security_group_is_used_as_given(aws_env: AwsEnv) -> None:
     assert infra.security_group_id == group
     assert aws_env.moto.count("ec2", "CreateSecurityGroup") == 0
     assert aws_env.moto.count("ec2", "AuthorizeSecurityGroupIngress") == 0
+
+
+def test_instance_catalog_is_paginated_and_cached_on_disk_with_expiry(aws_env: AwsEnv) -> None:
+    import json
+
+    from skyward_aws.catalog import load_instance_types
+    from skyward_aws.session import cache_dir
+
+    path = cache_dir() / "instance-types-us-east-1.json"
+    path.unlink()
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    aws_env.moto.reset_calls()
+    first = load_instance_types(ec2, "us-east-1", cache_dir())
+    pages = aws_env.moto.count("ec2", "DescribeInstanceTypes")
+    # botocore's paginator follows NextToken; moto answers in a single page.
+    assert pages >= 1
+    assert len(first) > 1000
+    assert load_instance_types(ec2, "us-east-1", cache_dir()) == first
+    assert aws_env.moto.count("ec2", "DescribeInstanceTypes") == pages, "served from disk"
+    stored = json.loads(path.read_text())
+    stored["fetched"] -= 2 * 24 * 3600
+    path.write_text(json.dumps(stored))
+    load_instance_types(ec2, "us-east-1", cache_dir())
+    assert aws_env.moto.count("ec2", "DescribeInstanceTypes") == 2 * pages, "expired: read again"
+
+
+def test_types_not_offered_in_the_region_are_excluded(aws_env: AwsEnv) -> None:
+    offers = _provider(region="us-west-2").offers(build_spec(cpu=2))
+    ec2 = boto3.client("ec2", region_name="us-west-2")
+    offered = {
+        o["InstanceType"]
+        for page in ec2.get_paginator("describe_instance_type_offerings").paginate(
+            LocationType="availability-zone"
+        )
+        for o in page["InstanceTypeOfferings"]
+    }
+    assert offers
+    assert {o.instance_type for o in offers} <= offered
+    assert all(o.region == "us-west-2" for o in offers)
+
+
+@pytest.mark.parametrize(
+    ("machine", "parameter"),
+    [
+        ("m5.large", UBUNTU_2204_AMD64),
+        ("m6g.large", UBUNTU_2204_ARM64),
+        ("g4dn.xlarge", DLAMI_X86_64),
+    ],
+)
+def test_ami_follows_the_type(aws_env: AwsEnv, machine: str, parameter: str) -> None:
+    provider = _provider()
+    spec = build_spec(machine=machine, allocation="on-demand")
+    infra, instances = _launch(provider, spec, f"sky-ami-{machine.replace('.', '')}")
+    try:
+        ec2 = boto3.client("ec2", region_name="us-east-1")
+        image = ec2.describe_instances(InstanceIds=[instances[0].id])["Reservations"][0][
+            "Instances"
+        ][0]["ImageId"]
+        assert image == aws_env.ami(parameter)
+    finally:
+        provider.terminate(instances)
+        provider.teardown(infra)
+
+
+def test_custom_ami_wins_and_username_follows_it(aws_env: AwsEnv) -> None:
+    from skyward_aws.amis import resolve_ami, username_for
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    custom = ec2.describe_images(Owners=["amazon"])["Images"][0]
+    ami, user = resolve_ami(
+        boto3.client("ssm", region_name="us-east-1"), ec2, custom["ImageId"], "x86_64", gpu=True
+    )
+    assert ami == custom["ImageId"]
+    assert user == username_for(custom.get("Name", ""))
+    assert username_for("al2023-ami-2023.5.20240916.0-kernel-6.1-x86_64") == "ec2-user"
+    assert username_for("ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server") == "ubuntu"
+    assert username_for("debian-12-amd64-20240717-1811") == "admin"
+
+
+def test_launch_template_requires_imdsv2_and_terminates_on_shutdown(aws_env: AwsEnv) -> None:
+    from skyward_aws.provider import launch_template_data
+
+    provider = _provider()
+    spec = build_spec(cpu=2, volumes=[sky.Volume(size_gb=100, mount_path="/data")])
+    infra = provider.prepare(spec, "sky-template")
+    try:
+        data = launch_template_data(infra, spec, "ami-12345678", "ubuntu", {"skyward:pool": "p"})
+    finally:
+        provider.teardown(infra)
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
+    assert data["KeyName"] == "skyward-sky-template"
+    ebs = data["BlockDeviceMappings"][0]["Ebs"]
+    assert ebs == {"VolumeSize": 100, "VolumeType": "gp3", "DeleteOnTermination": True}
+    import base64
+
+    user_data = base64.b64decode(data["UserData"]).decode()
+    assert infra.identity.host.private_openssh.splitlines()[1] in user_data
+    assert "AWS_SECRET" not in user_data
+    assert {t["ResourceType"] for t in data["TagSpecifications"]} == {"instance", "volume"}
+
+
+def test_teardown_deletes_volumes_left_with_the_pool_tag(aws_env: AwsEnv) -> None:
+    provider = _provider()
+    spec = build_spec(cpu=2)
+    infra = provider.prepare(spec, "sky-vol")
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    ec2.create_volume(
+        AvailabilityZone="us-east-1a",
+        Size=10,
+        TagSpecifications=[
+            {"ResourceType": "volume", "Tags": [{"Key": "skyward:pool", "Value": "sky-vol"}]}
+        ],
+    )
+    provider.teardown(infra)
+    left = ec2.describe_volumes(Filters=[{"Name": "tag:skyward:pool", "Values": ["sky-vol"]}])
+    assert left["Volumes"] == []
+
+
+def test_volume_bootstrap_steps_are_valid_shell() -> None:
+    from skyward_aws.volumes import volume_steps
+
+    spec = build_spec(
+        volumes=[
+            sky.Volume(size_gb=50, mount_path="/scratch"),
+            sky.S3Volume(mount_path="/data", bucket="my-bucket", prefix="train/", read_only=True),
+        ]
+    )
+    (step,) = volume_steps(spec)
+    assert step.name == "volumes"
+    subprocess.run(["sh", "-n"], input=step.script, text=True, check=True)
+    assert "mkfs.ext4" in step.script
+    assert "s3fs my-bucket:/train /data -o iam_role=auto -o allow_other -o ro" in step.script
+    script = spec.image.bootstrap(steps=[step])
+    assert script.index("_sky_say step volumes") < script.index("_sky_say step deps")
+    assert volume_steps(build_spec()) == []
+
+
+def test_list_by_tag_finds_instances_for_skyward_down(aws_env: AwsEnv) -> None:
+    provider = _provider()
+    spec = build_spec(nodes=2, cpu=2, allocation="on-demand")
+    infra, instances = _launch(provider, spec, "sky-orphans")
+    try:
+        found = provider.list_by_tag("sky-orphans")
+        assert {i.id for i in found} == {i.id for i in instances}
+        assert {i.id for i in provider.list_by_tag()} >= {i.id for i in instances}
+    finally:
+        provider.terminate(instances)
+        provider.teardown(infra)
+    assert provider.list_by_tag("sky-orphans") == []

@@ -100,7 +100,9 @@ def load_instance_types(ec2: Any, region: str, cache: Path) -> list[InstanceType
             return [InstanceType(**item) for item in stored["types"]]
     types = [
         _parse(info)
-        for page in ec2.get_paginator("describe_instance_types").paginate()
+        for page in ec2.get_paginator("describe_instance_types").paginate(
+            PaginationConfig={"PageSize": 100}  # the API's largest page
+        )
         for info in page["InstanceTypes"]
     ]
     write_json(path, {"fetched": time.time(), "types": [asdict(t) for t in types]})

@@ -187,25 +187,7 @@ class AWSProvider:
             raise ProvisioningError(
                 self.name, f"{offer.instance_type} is not sold in any subnet's AZ"
             )
-        data: dict[str, Any] = {
-            "ImageId": ami,
-            "KeyName": infra_.key_name,
-            "SecurityGroupIds": [infra_.security_group_id],
-            "UserData": base64.b64encode(
-                user_data_script(
-                    infra_.identity, username=username, ttl_seconds=request.spec.timeout
-                ).encode()
-            ).decode(),
-            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
-            "InstanceInitiatedShutdownBehavior": "terminate",
-            "BlockDeviceMappings": _block_devices(request.spec),
-            "TagSpecifications": [
-                infra.tag_specification("instance", tags),
-                infra.tag_specification("volume", tags),
-            ],
-        }
-        if infra_.instance_profile_arn:
-            data["IamInstanceProfile"] = {"Arn": infra_.instance_profile_arn}
+        data = launch_template_data(infra_, request.spec, ami, username, tags)
         template = ec2.create_launch_template(
             LaunchTemplateName=f"skyward-{request.pool_id}",
             LaunchTemplateData=data,
@@ -342,6 +324,34 @@ class AWSProvider:
         return SSHTransport(
             connection, pool_id=instance.tags.get(POOL_TAG, ""), name=instance.id, spec=self._spec
         )
+
+
+def launch_template_data(
+    infra_: AWSInfrastructure, spec: ComputeSpec, ami: str, username: str, tags: dict[str, str]
+) -> dict[str, Any]:
+    """What every node of a pool is launched with.
+
+    IMDSv2 only; a shutdown from inside (the watchdog, the pool's lifetime) terminates the
+    instance; user-data carries the pinned host key, the pool's client key and the timer.
+    """
+    assert infra_.identity is not None
+    script = user_data_script(infra_.identity, username=username, ttl_seconds=spec.timeout)
+    data: dict[str, Any] = {
+        "ImageId": ami,
+        "KeyName": infra_.key_name,
+        "SecurityGroupIds": [infra_.security_group_id],
+        "UserData": base64.b64encode(script.encode()).decode(),
+        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        "InstanceInitiatedShutdownBehavior": "terminate",
+        "BlockDeviceMappings": _block_devices(spec),
+        "TagSpecifications": [
+            infra.tag_specification("instance", tags),
+            infra.tag_specification("volume", tags),
+        ],
+    }
+    if infra_.instance_profile_arn:
+        data["IamInstanceProfile"] = {"Arn": infra_.instance_profile_arn}
+    return data
 
 
 def _block_devices(spec: ComputeSpec) -> list[dict[str, Any]]:
