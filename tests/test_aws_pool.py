@@ -151,6 +151,9 @@ def test_two_node_pool_runs_and_leaves_nothing(aws_env: AwsEnv, cloud: CloudInit
         one = where() >> pool
         every = where() @ pool
         pool_id = pool.pool_id
+        for host in cloud.mapped.values():
+            (agent,) = [p for p in host.processes() if "skyward.agent" in " ".join(p.cmdline())]
+            assert "--on-expire=poweroff" in agent.cmdline(), "a lost client powers it off"
     assert one[2] == pool_id
     assert [e[0] for e in every] == [0, 1]
     assert {e[1] for e in every} == {h.user for h in cloud.mapped.values()}

@@ -474,3 +474,48 @@ def test_list_by_tag_finds_instances_for_skyward_down(aws_env: AwsEnv) -> None:
         provider.terminate(instances)
         provider.teardown(infra)
     assert provider.list_by_tag("sky-orphans") == []
+
+
+def test_spot_shortfall_is_topped_up_with_on_demand(aws_env: AwsEnv) -> None:
+    provider = _provider()
+    spec = build_spec(nodes=3, cpu=2)
+    with aws_env.moto.make_capacity_unavailable(lifecycle="spot", available=1):
+        infra, instances = _launch(provider, spec, "sky-topup")
+    try:
+        assert sorted(i.spot for i in instances) == [False, False, True]
+    finally:
+        provider.terminate(instances)
+        provider.teardown(infra)
+
+
+@pytest.mark.parametrize(
+    ("allocation", "prices", "expected"),
+    [
+        ("on-demand", (1.0, 0.3), (0, 4, False)),
+        ("always-spot", (1.0, 0.3), (4, 0, False)),
+        ("spot", (1.0, 0.3), (4, 0, False)),
+        ("spot-if-available", (1.0, 0.3), (4, 0, True)),
+        ("cheapest", (1.0, 0.3), (4, 0, True)),
+        ("cheapest", (0.2, 0.3), (0, 4, False)),
+        (0.5, (1.0, 0.3), (2, 2, False)),
+        (sky.Allocation.Percent(spot=0.8), (1.0, 0.3), (4, 0, False)),
+    ],
+)
+def test_allocation_split(allocation: Any, prices: tuple[float, float], expected: Any) -> None:
+    from skyward.allocation import parse_allocation
+    from skyward_aws.fleet import split
+
+    offer = sky.Offer(
+        provider="aws", instance_type="m5.large", vcpus=2, memory_gb=8,
+        price_on_demand=prices[0], price_spot=prices[1],
+    )  # fmt: skip
+    assert split(parse_allocation(allocation), 4, offer) == expected
+
+
+def test_always_spot_on_a_type_without_spot_is_a_capacity_error() -> None:
+    from skyward.allocation import parse_allocation
+    from skyward_aws.fleet import split
+
+    offer = sky.Offer(provider="aws", instance_type="x", vcpus=1, memory_gb=1, price_on_demand=1)
+    with pytest.raises(CapacityError, match="not sold as spot"):
+        split(parse_allocation("always-spot"), 2, offer)

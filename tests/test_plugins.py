@@ -128,9 +128,16 @@ def test_missing_provider_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_installed_but_silent_package_says_so() -> None:
-    # skyward-aws is installed in the test environment but registers no provider yet.
+    # skyward-verda is installed in the test environment but registers no provider yet.
     with pytest.raises(PluginNotInstalledError, match="installed but registered no provider"):
-        sky.AWS  # noqa: B018
+        sky.Verda  # noqa: B018
+
+
+def test_aws_resolves_through_its_entry_point() -> None:
+    from skyward_aws import AWS
+
+    assert sky.AWS is AWS  # type: ignore[attr-defined]
+    assert plugins.get_registry().provider_owner["aws"] == "aws"
 
 
 def test_integrations_resolve_through_registry(registered: Callable[[object, str], None]) -> None:
@@ -168,12 +175,13 @@ def test_accelerator_hook_extends_the_catalog(registered: Callable[[object, str]
     class Chips:
         @sky.hookimpl
         def register_accelerators(self, register: Any) -> None:
-            register(AcceleratorDefinition(name="Trainium2", vendor="AWS", memory_gb=(96,)))
+            register(AcceleratorDefinition(name="Inferentia3", vendor="AWS", memory_gb=(64,)))
 
     registered(Chips(), "chips")
-    spec = sky.AcceleratorSpec.AWS.Trainium(version=2)
-    assert spec.name == "Trainium2"
-    assert plugins.accelerator_catalog().owner("Trainium2") == "chips"
+    spec = sky.AcceleratorSpec.AWS.Inferentia(version=3)
+    assert spec.name == "Inferentia3"
+    assert plugins.accelerator_catalog().owner("Inferentia3") == "chips"
+    assert plugins.accelerator_catalog().owner("Trainium2") == "aws"
 
 
 def test_bootstrap_hook_adds_steps(registered: Callable[[object, str], None]) -> None:
