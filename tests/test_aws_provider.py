@@ -519,3 +519,36 @@ def test_always_spot_on_a_type_without_spot_is_a_capacity_error() -> None:
     offer = sky.Offer(provider="aws", instance_type="x", vcpus=1, memory_gb=1, price_on_demand=1)
     with pytest.raises(CapacityError, match="not sold as spot"):
         split(parse_allocation("always-spot"), 2, offer)
+
+
+def test_fractional_gpu_shares_match_g6f(aws_env: AwsEnv) -> None:
+    spec = build_spec(accelerator=sky.AcceleratorSpec.NVIDIA.L4(count=0.125))
+    offers = _provider().offers(spec)
+    assert offers
+    smallest = min(offers, key=lambda o: o.accelerator_count)
+    assert smallest.instance_type == "g6f.large"
+    assert smallest.accelerator_count == pytest.approx(0.125)
+    whole = _provider().offers(build_spec(accelerator="L4"))
+    assert all(o.accelerator_count >= 1 for o in whole), "a whole L4 never lands on a share"
+
+
+def test_trainium2_types_come_from_neuron_info(aws_env: AwsEnv) -> None:
+    spec = build_spec(accelerator=sky.AcceleratorSpec.AWS.Trainium(version=2))
+    assert _provider().offers(spec) == [], "no trn2 is sold in us-east-1"
+    offers = _provider(region="us-east-2").offers(spec)
+    assert [o.instance_type for o in offers] == ["trn2.48xlarge"]
+    assert all(o.accelerator == "Trainium2" for o in offers)
+
+
+def test_shared_infrastructure_is_listed_and_removed_by_skyward_down(aws_env: AwsEnv) -> None:
+    from skyward.cli import main
+
+    provider = _provider()
+    spec = build_spec(cpu=2, volumes=[sky.S3Volume(mount_path="/data", bucket="my-datasets")])
+    provider.teardown(provider.prepare(spec, "sky-shared"))
+    kinds = sorted(kind for kind, _ in provider.list_shared())
+    assert kinds == ["iam-role", "instance-profile", "s3-bucket", "security-group"]
+    assert main(["down", "--provider", "aws", "--shared", "--dry-run"]) == 0
+    assert len(provider.list_shared()) == 4, "--dry-run removes nothing"
+    assert main(["down", "--provider", "aws", "--shared"]) == 0
+    assert provider.list_shared() == []

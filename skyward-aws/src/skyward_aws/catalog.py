@@ -54,7 +54,8 @@ def _gpu(info: dict[str, Any]) -> tuple[str, float, float | None, str] | None:
     count = float(gpu.get("Count", 1))
     partition = gpu.get("GpuPartitionSize")
     if isinstance(partition, int | float) and 0 < partition < 1:
-        count = count * float(partition)  # fractional GPUs (G6f)
+        # Fractional GPUs (G6f): AWS reports Count 0 and a share of one logical GPU.
+        count = float(gpu.get("LogicalGpuCount", 1)) * float(partition)
     memory = (gpu.get("MemoryInfo") or {}).get("SizeInMiB")
     memory_gb = float(memory) / 1024 if memory else None
     return _GPU_NAMES.get(name.lower(), name), count, memory_gb, str(gpu.get("Manufacturer", ""))

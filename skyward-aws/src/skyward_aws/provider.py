@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -306,6 +307,60 @@ class AWSProvider:
             for reservation in page["Reservations"]
             for item in reservation["Instances"]
         ]
+
+    # -- shared infrastructure (``skyward down --shared``) -----------------------------
+
+    def list_shared(self) -> list[tuple[str, str]]:
+        """Shared resources Skyward made here: (kind, id), found by tag or name."""
+        found = [
+            ("security-group", g["GroupId"])
+            for g in self.clients("ec2").describe_security_groups(
+                Filters=[{"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]}]
+            )["SecurityGroups"]
+        ]
+        iam = self.clients("iam")
+        with contextlib.suppress(ClientError):
+            iam.get_instance_profile(InstanceProfileName=infra.PROFILE_NAME)
+            found.append(("instance-profile", infra.PROFILE_NAME))
+        with contextlib.suppress(ClientError):
+            iam.get_role(RoleName=infra.ROLE_NAME)
+            found.append(("iam-role", infra.ROLE_NAME))
+        prefix = "skyward-"
+        suffix = f"-{self.config.region}"
+        found += [
+            ("s3-bucket", b["Name"])
+            for b in self.clients("s3").list_buckets().get("Buckets", [])
+            if b["Name"].startswith(prefix) and b["Name"].endswith(suffix)
+        ]
+        return found
+
+    def teardown_shared(self) -> list[tuple[str, str]]:
+        """Delete the shared resources; a bucket only when empty. Returns what was kept."""
+        kept = []
+        iam = self.clients("iam")
+        for kind, ident in self.list_shared():
+            try:
+                if kind == "security-group":
+                    self.clients("ec2").delete_security_group(GroupId=ident)
+                elif kind == "instance-profile":
+                    with contextlib.suppress(ClientError):
+                        iam.remove_role_from_instance_profile(
+                            InstanceProfileName=ident, RoleName=infra.ROLE_NAME
+                        )
+                    iam.delete_instance_profile(InstanceProfileName=ident)
+                elif kind == "iam-role":
+                    for policy in iam.list_role_policies(RoleName=ident)["PolicyNames"]:
+                        iam.delete_role_policy(RoleName=ident, PolicyName=policy)
+                    iam.delete_role(RoleName=ident)
+                elif kind == "s3-bucket":
+                    s3 = self.clients("s3")
+                    if s3.list_objects_v2(Bucket=ident, MaxKeys=1).get("KeyCount", 0):
+                        kept.append((kind, ident))  # never delete a user's data
+                        continue
+                    s3.delete_bucket(Bucket=ident)
+            except ClientError:
+                kept.append((kind, ident))  # still in use (a running pool's group, ...)
+        return kept
 
     def connect(self, infra_: Infrastructure, instance: Instance) -> SSHTransport:
         assert isinstance(infra_, AWSInfrastructure)

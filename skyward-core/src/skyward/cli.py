@@ -50,6 +50,12 @@ def _cmd_down(options: argparse.Namespace) -> int:
         if found and not options.dry_run:
             provider.terminate(found)
         total += len(found)
+        if options.shared and hasattr(provider, "list_shared"):
+            for kind, ident in provider.list_shared():
+                print(f"{name}\tshared\t{kind}\t{ident}")
+            if not options.dry_run:
+                for kind, ident in provider.teardown_shared():
+                    print(f"{name}: kept {kind} {ident} (in use or not empty)", file=sys.stderr)
     verb = "found" if options.dry_run else "terminated"
     print(f"{total} instance(s) {verb}", file=sys.stderr)
     return 0
@@ -64,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     down.add_argument("--provider", action="append", default=[], help="only this provider")
     down.add_argument("--pool", default=None, help="only this pool id")
     down.add_argument("--dry-run", action="store_true", help="list, do not terminate")
+    down.add_argument(
+        "--shared",
+        action="store_true",
+        help="also remove shared infrastructure (security group, IAM role, empty bucket)",
+    )
     down.set_defaults(run=_cmd_down)
     options = parser.parse_args(argv)
     result: int = options.run(options)
