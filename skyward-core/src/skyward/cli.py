@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from skyward.plugins import get_registry
+from skyward.provider import SharedInfrastructure
 
 __all__ = ["main"]
 
@@ -50,7 +51,7 @@ def _cmd_down(options: argparse.Namespace) -> int:
         if found and not options.dry_run:
             provider.terminate(found)
         total += len(found)
-        if options.shared and hasattr(provider, "list_shared"):
+        if options.shared and isinstance(provider, SharedInfrastructure):
             for kind, ident in provider.list_shared():
                 print(f"{name}\tshared\t{kind}\t{ident}")
             if not options.dry_run:

@@ -38,6 +38,7 @@ __all__ = [
     "NodeTransport",
     "Provider",
     "ProviderConfig",
+    "SharedInfrastructure",
     "Stream",
 ]
 
@@ -240,6 +241,18 @@ class Provider(Protocol):
 
     def teardown(self, infra: Infrastructure) -> None:
         """Delete the per-pool resources ``prepare`` created; shared ones stay for reuse."""
+
+
+@runtime_checkable
+class SharedInfrastructure(Protocol):
+    """Optional: providers whose shared resources (``skyward-sg``, IAM roles, buckets)
+    outlive pools implement this, so ``skyward down --shared`` can list and remove them."""
+
+    def list_shared(self) -> list[tuple[str, str]]:
+        """(kind, id) of each shared resource Skyward made."""
+
+    def teardown_shared(self) -> list[tuple[str, str]]:
+        """Remove them; return those kept (in use, or holding the user's data)."""
 
 
 class ProviderConfig(Protocol):
