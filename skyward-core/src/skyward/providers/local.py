@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import psutil
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 
 from skyward.agent_process import (
     INSTANCE_ID_ENV,
@@ -148,25 +148,12 @@ class LocalProvider:
         return instances
 
     def describe(self, instances: Sequence[Instance]) -> Sequence[Instance]:
-        described = []
-        for instance in instances:
-            with self._lock:
-                gone = instance.id in self._terminated
-            state = InstanceState.TERMINATED if gone else InstanceState.RUNNING
-            described.append(
-                Instance(
-                    id=instance.id,
-                    provider=instance.provider,
-                    state=state,
-                    instance_type=instance.instance_type,
-                    ip=instance.ip,
-                    private_ip=instance.private_ip,
-                    region=instance.region,
-                    price_on_demand=instance.price_on_demand,
-                    tags=instance.tags,
-                )
-            )
-        return described
+        with self._lock:
+            gone = set(self._terminated)
+        return [
+            evolve(i, state=InstanceState.TERMINATED if i.id in gone else InstanceState.RUNNING)
+            for i in instances
+        ]
 
     def terminate(self, instances: Sequence[Instance]) -> None:
         for instance in instances:

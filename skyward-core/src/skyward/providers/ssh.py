@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 
 from skyward.errors import ConfigurationError
 from skyward.hookspecs import hookimpl
@@ -154,17 +154,7 @@ class SSHProvider:
         with self._lock:
             gone = set(self._terminated)
         return [
-            Instance(
-                id=i.id,
-                provider=i.provider,
-                state=InstanceState.TERMINATED if i.id in gone else InstanceState.RUNNING,
-                instance_type=i.instance_type,
-                ip=i.ip,
-                private_ip=i.private_ip,
-                region=i.region,
-                price_on_demand=i.price_on_demand,
-                tags=i.tags,
-            )
+            evolve(i, state=InstanceState.TERMINATED if i.id in gone else InstanceState.RUNNING)
             for i in instances
         ]
 
