@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: example test lint typecheck pytest sync docs
+.PHONY: example test lint typecheck pytest sync docs bench bench-quick bench-env
 
 example: sync
 	$(VENV)/bin/python examples/hello.py
@@ -34,3 +34,22 @@ sync: $(UV)
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv
+
+# Benchmarks (bench/): Ray, Dask, joblib, moto and py-spy go into their own environment,
+# bench/.venv, never into Skyward's dependencies. `make bench` rewrites docs/performance.md;
+# `make bench-quick` runs the same code paths in under 2 minutes (BENCH_ARGS="--out x.md").
+BENCH_VENV := bench/.venv
+
+bench: bench-env
+	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: bench-env
+	$(BENCH_VENV)/bin/python bench/run.py --quick $(BENCH_ARGS)
+
+bench-env: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed: bench/requirements.txt skyward-core/pyproject.toml skyward-aws/pyproject.toml | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(BENCH_VENV)
+	$(UV) pip install --quiet --python $(BENCH_VENV)/bin/python \
+		-r bench/requirements.txt -e skyward-core -e skyward-aws
+	touch $@

@@ -1,0 +1,1 @@
+"""Skyward's benchmark suite: ``python bench/run.py [--quick] [--only NAME]`` (see run.py)."""
