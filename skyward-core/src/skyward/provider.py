@@ -16,10 +16,10 @@ Core drives them in this order (see ``docs/architecture.md``): ``offers`` → ``
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 from skyward.offers import Offer
 
@@ -40,6 +40,7 @@ __all__ = [
     "ProviderConfig",
     "SharedInfrastructure",
     "Stream",
+    "running_unless",
 ]
 
 MANAGED_TAG = "skyward:managed"
@@ -87,6 +88,15 @@ class Instance:
         """What it costs per hour as launched (spot or on-demand), 0.0 when unknown."""
         price = self.price_spot if self.spot else self.price_on_demand
         return price or 0.0
+
+
+def running_unless(instances: Sequence[Instance], terminated: Collection[str]) -> list[Instance]:
+    """Describe machines that run until Skyward terminates them (local processes, the
+    user's own hosts): RUNNING, or TERMINATED once their id is in ``terminated``."""
+    return [
+        evolve(i, state=InstanceState.TERMINATED if i.id in terminated else InstanceState.RUNNING)
+        for i in instances
+    ]
 
 
 @frozen

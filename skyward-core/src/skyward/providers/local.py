@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import psutil
-from attrs import define, evolve, field, frozen
+from attrs import define, field, frozen
 
 from skyward.agent_process import (
     INSTANCE_ID_ENV,
@@ -43,6 +43,7 @@ from skyward.provider import (
     Provider,
     ProviderConfig,
     Stream,
+    running_unless,
 )
 from skyward.providers.local_env import default_cache_dir, ensure_environment
 from skyward.spec import ComputeSpec
@@ -150,10 +151,7 @@ class LocalProvider:
     def describe(self, instances: Sequence[Instance]) -> Sequence[Instance]:
         with self._lock:
             gone = set(self._terminated)
-        return [
-            evolve(i, state=InstanceState.TERMINATED if i.id in gone else InstanceState.RUNNING)
-            for i in instances
-        ]
+        return running_unless(instances, gone)
 
     def terminate(self, instances: Sequence[Instance]) -> None:
         for instance in instances:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from attrs import define, evolve, field, frozen
+from attrs import define, field, frozen
 
 from skyward.errors import ConfigurationError
 from skyward.hookspecs import hookimpl
@@ -26,6 +26,7 @@ from skyward.provider import (
     LaunchRequest,
     Provider,
     ProviderConfig,
+    running_unless,
 )
 from skyward.spec import ComputeSpec
 from skyward.ssh.hosts import SSHHost, parse_host
@@ -153,10 +154,7 @@ class SSHProvider:
     def describe(self, instances: Sequence[Instance]) -> Sequence[Instance]:
         with self._lock:
             gone = set(self._terminated)
-        return [
-            evolve(i, state=InstanceState.TERMINATED if i.id in gone else InstanceState.RUNNING)
-            for i in instances
-        ]
+        return running_unless(instances, gone)
 
     def terminate(self, instances: Sequence[Instance]) -> None:
         # Never power off a user's machine: the transports already stopped the agents.
