@@ -228,11 +228,10 @@ def ssh_provider(hosts: list[hostlib.HostInfo]) -> Any:
 
 
 def prefer_cipher(cipher: str) -> None:
-    """What-if: make paramiko offer ``cipher`` first (this driver process only)."""
+    """What-if: make paramiko offer ``cipher`` only (in this driver process only)."""
     import paramiko
 
-    others = [c for c in paramiko.Transport._preferred_ciphers if c != cipher]
-    paramiko.Transport._preferred_ciphers = (cipher, *others)
+    paramiko.Transport._preferred_ciphers = (cipher,)
 
 
 class SkywardSSH(SkywardBase):
