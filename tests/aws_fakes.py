@@ -21,9 +21,14 @@ Everything here talks real HTTP on 127.0.0.1 so boto3 is exercised end to end
     ``Fleet.create_on_demand_requests`` and the ``CreateFleet`` response method.
   - :meth:`MotoServer.set_spot_prices`: realistic ``DescribeSpotPriceHistory`` prices
     (moto hard-codes ``"0.00001"`` in its response method).
+  - EC2 paging (:data:`EC2_PAGED_ACTIONS`): moto answers ``DescribeInstanceTypes`` and
+    ``DescribeInstanceTypeOfferings`` in one page whatever ``MaxResults`` says; here they
+    are paged like EC2 pages them, with opaque page tokens, and an out-of-range
+    ``MaxResults`` or a token not issued for the same query is refused with EC2's error.
 
-  The hooks are installed once while a server runs and do nothing unless a rule or
-  price was set; :meth:`MotoServer.reset` clears them with moto's state.
+  The hooks are installed once while a server runs and, but for paging, do nothing
+  unless a rule or price was set; :meth:`MotoServer.reset` clears them (and forgets every
+  page token) with moto's state.
 * :class:`PricingServer` is a small JSON 1.1 server for ``AWSPriceListService``
   (``GetProducts``, ``DescribeServices``, ``GetAttributeValues``) answering with price
   documents in AWS's ``aws_v1`` format, reached through ``AWS_ENDPOINT_URL_PRICING``.
@@ -47,7 +52,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs
 
 # --------------------------------------------------------------------------------------
@@ -114,19 +119,51 @@ class _Throttle:
     status: int | None
 
 
+class _Throttles:
+    """Requests armed to be answered with a throttling error instead of reaching the API,
+    keyed ``(service, action)``; action ``"*"`` stands for any action of the service."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed: dict[tuple[str, str], _Throttle] = {}
+
+    def arm(
+        self, service: str, action: str, times: int, code: str | None, status: int | None
+    ) -> None:
+        with self._lock:
+            self._armed[(service, action)] = _Throttle(times, code, status)
+
+    def take(self, service: str, action: str) -> _Throttle | None:
+        """Use up one armed answer for this request, if any is left."""
+        with self._lock:
+            for key in ((service, action), (service, "*")):
+                throttle = self._armed.get(key)
+                if throttle and throttle.remaining > 0:
+                    throttle.remaining -= 1
+                    return throttle
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._armed.clear()
+
+
+def _json_throttle(code: str | None) -> dict[str, str]:
+    return {"__type": code or "ThrottlingException", "message": "Rate exceeded"}
+
+
 def _throttle_response(
     protocol: str, service: str, code: str | None, status: int | None
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     request_id = str(uuid.uuid4())
     if protocol == "json":
-        code = code or "ThrottlingException"
-        body = json.dumps({"__type": code, "message": "Rate exceeded"}).encode()
+        payload = _json_throttle(code)
         headers = [
             ("Content-Type", "application/x-amz-json-1.1"),
             ("x-amzn-RequestId", request_id),
-            ("x-amzn-ErrorType", f"{code}:"),
+            ("x-amzn-ErrorType", f"{payload['__type']}:"),
         ]
-        return status or 400, headers, body
+        return status or 400, headers, json.dumps(payload).encode()
     if protocol == "query" and service == "ec2":
         code = code or "RequestLimitExceeded"
         xml = (
@@ -153,10 +190,63 @@ def _throttle_response(
 
 
 # --------------------------------------------------------------------------------------
+# serving on loopback
+# --------------------------------------------------------------------------------------
+
+
+class _LoopbackServer:
+    """What both fakes share: an HTTP server on ``127.0.0.1:<free port>`` served from a
+    daemon thread, and the throttles that the subclass's ``throttle_next`` arms."""
+
+    def __init__(self) -> None:
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._throttles = _Throttles()
+        self.url = ""
+        self.port = 0
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._shutdown()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _serve(self, server: Any, name: str) -> Self:
+        self._server = server
+        self.port = server.socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
+        self._thread.start()
+        return self
+
+    def _shutdown(self) -> bool:
+        """Stop serving; False if the server was not running."""
+        if self._server is None:
+            return False
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._server = None
+        return True
+
+
+# --------------------------------------------------------------------------------------
 # the recording middleware
 # --------------------------------------------------------------------------------------
 
-_STATUS_TEXT = {400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error"}
+_STATUS_TEXT = {
+    200: "OK",
+    400: "Bad Request",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+}
 _STATUS_TEXT[503] = "Service Unavailable"
 
 
@@ -182,12 +272,31 @@ class _RecordingMiddleware:
             return self._app(environ, start_response)
         service, region = _credential_scope(environ)
         protocol, action = self._identify(environ, path)
-        throttle = self._server._take_throttle(service, action)
+        throttle = self._server._throttles.take(service, action)
         self._server._log.append(Call(service, action, region, throttled=throttle is not None))
+        handler = self._server.json_handlers.get(service)
+        if throttle is None and handler is not None and protocol == "json":
+            # Actions moto does not serve (SSM sessions) answered by a test's own fake.
+            raw = _drain(environ)
+            environ["wsgi.input"] = io.BytesIO(raw)
+            answer = handler(action, json.loads(raw or b"{}"))
+            if answer is not None:
+                status, document = answer
+                body = json.dumps(document).encode()
+                start_response(
+                    f"{status} {_STATUS_TEXT.get(status, 'Error')}",
+                    [
+                        ("Content-Type", "application/x-amz-json-1.1"),
+                        ("Content-Length", str(len(body))),
+                    ],
+                )
+                return [body]
         if throttle is None:
             return self._app(environ, start_response)
         _drain(environ)
-        status, headers, body = _throttle_response(protocol, service, *throttle)
+        status, headers, body = _throttle_response(
+            protocol, service, throttle.code, throttle.status
+        )
         headers.append(("Content-Length", str(len(body))))
         start_response(f"{status} {_STATUS_TEXT.get(status, 'Error')}", headers)
         return [body]
@@ -262,13 +371,34 @@ class CapacityRule:
         return f"{self.error_code} for {instance_type}"
 
 
+@dataclass(frozen=True)
+class EC2Paging:
+    """How EC2 pages an action that moto answers in one page: ``result_key`` items, at most
+    ``max_results`` a page (also the page size when the request names none)."""
+
+    result_key: str
+    min_results: int
+    max_results: int
+
+
+# The limits of botocore's service model (DITMaxResults, DITOMaxResults).
+EC2_PAGED_ACTIONS: dict[str, EC2Paging] = {
+    "DescribeInstanceTypes": EC2Paging("InstanceTypes", 5, 100),
+    "DescribeInstanceTypeOfferings": EC2Paging("InstanceTypeOfferings", 5, 1000),
+}
+# EC2's code for a NextToken it did not issue (or issued for another query).
+_INVALID_PAGINATION_TOKEN = "InvalidPaginationToken"
+
+
 class _EmulatorHooks:
-    """Process-wide patches of moto's classes; inert while no rule or price is set."""
+    """Process-wide patches of moto's classes; inert while no rule or price is set, except
+    EC2 paging (:data:`EC2_PAGED_ACTIONS`), which is always on, as on AWS."""
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.capacity_rules: list[CapacityRule] = []
         self.spot_prices: dict[tuple[str, str, str | None], float] = {}
+        self.page_tokens: dict[str, tuple[str, int]] = {}
         self.skip_ecs_amis = False
         self._users = 0
         self._undo: list[Callable[[], None]] = []
@@ -277,15 +407,18 @@ class _EmulatorHooks:
         with self.lock:
             self.capacity_rules.clear()
             self.spot_prices.clear()
+            self.page_tokens.clear()
 
     def install(self) -> None:
         with self.lock:
             self._users += 1
             if self._users > 1:
                 return
+            from moto.core.utils import camelcase_to_underscores
             from moto.ec2.models.amis import AmiBackend
             from moto.ec2.models.fleets import Fleet
             from moto.ec2.responses.fleets import Fleets
+            from moto.ec2.responses.instances import InstanceResponse
             from moto.ec2.responses.spot_instances import SpotInstances
 
             self._patch(Fleet, "create_spot_requests", self._limited_launch("spot"))
@@ -293,6 +426,8 @@ class _EmulatorHooks:
             self._patch(Fleets, "create_fleet", self._create_fleet_with_errors)
             self._patch(AmiBackend, "_load_amis", self._load_amis)
             self._patch(SpotInstances, "describe_spot_price_history", self._spot_price_history)
+            for action, paging in EC2_PAGED_ACTIONS.items():
+                self._patch(InstanceResponse, camelcase_to_underscores(action), self._paged(paging))
 
     def uninstall(self) -> None:
         with self.lock:
@@ -441,6 +576,78 @@ class _EmulatorHooks:
 
         return describe_spot_price_history
 
+    # -- EC2 pagination ------------------------------------------------------------------
+
+    def _paged(self, paging: EC2Paging) -> Callable[[Any], Any]:
+        hooks = self
+
+        def make(original: Any) -> Any:
+            def describe(response: Any) -> Any:
+                limit = _page_limit(response._get_param("MaxResults"), paging)
+                token = response._get_param("NextToken")
+                query = _query_fingerprint(response)
+                start = hooks._resume(token, query) if token else 0
+                result = original(response)
+                items = result.result[paging.result_key]
+                page = items[start : start + limit]
+                result.result[paging.result_key] = page
+                end = start + len(page)
+                if end < len(items):
+                    result.result["NextToken"] = hooks._issue_token(query, end)
+                return result
+
+            return describe
+
+        return make
+
+    def _issue_token(self, query: str, offset: int) -> str:
+        # Random and kept here, so a client can neither read an offset from it nor forge one.
+        token = base64.urlsafe_b64encode(uuid.uuid4().bytes + uuid.uuid4().bytes).decode()
+        with self.lock:
+            self.page_tokens[token] = (query, offset)
+        return token
+
+    def _resume(self, token: str, query: str) -> int:
+        from moto.ec2.exceptions import EC2ClientError
+
+        with self.lock:
+            issued = self.page_tokens.get(token)
+        if issued is None or issued[0] != query:
+            raise EC2ClientError(
+                _INVALID_PAGINATION_TOKEN,
+                "The specified pagination token is not valid or is expired.",
+            )
+        return issued[1]
+
+
+def _page_limit(value: object, paging: EC2Paging) -> int:
+    from moto.ec2.exceptions import InvalidParameterValue
+
+    if value is None:
+        return paging.max_results
+    try:
+        limit = int(str(value))
+    except ValueError:
+        limit = -1
+    if not paging.min_results <= limit <= paging.max_results:
+        raise InvalidParameterValue(
+            f"Value ( {value} ) for parameter maxResults is invalid. Expecting a value "
+            f"between {paging.min_results} and {paging.max_results}."
+        )
+    return limit
+
+
+def _query_fingerprint(response: Any) -> str:
+    """What a page token belongs to: the action, account, region and every parameter but
+    the paging ones (a client may change MaxResults between pages, as botocore allows)."""
+    params = sorted(
+        (name, sorted(values))
+        for name, values in response.querystring.items()
+        if name not in ("MaxResults", "NextToken")
+    )
+    scope = [response.current_account, response.region, params]
+    return hashlib.sha256(json.dumps(scope, default=str).encode()).hexdigest()
+
 
 _HOOKS = _EmulatorHooks()
 
@@ -528,7 +735,7 @@ def public_ami_id(region: str, image: PublicImage) -> str:
 # --------------------------------------------------------------------------------------
 
 
-class MotoServer:
+class MotoServer(_LoopbackServer):
     """moto's server on ``127.0.0.1:<free port>`` in a thread, with a recording middleware.
 
     ``ecs_amis=False`` (the default) leaves out moto's ~1,200 ECS-optimized images per
@@ -539,18 +746,15 @@ class MotoServer:
     """
 
     def __init__(self, *, ecs_amis: bool = False) -> None:
+        super().__init__()
         self.ecs_amis = ecs_amis
         self._log = _CallLog()
-        self._throttles: dict[tuple[str, str], _Throttle] = {}
-        self._throttle_lock = threading.Lock()
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self.url = ""
-        self.port = 0
+        self.json_handlers: dict[str, Callable[[str, dict[str, Any]], tuple[int, Any] | None]] = {}
+        """service (``ssm``) → a handler answering some JSON actions (None: moto answers)."""
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> MotoServer:
+    def start(self) -> Self:
         from moto.moto_server.werkzeug_app import (
             DomainDispatcherApplication,
             MotoRequestHandler,
@@ -563,33 +767,15 @@ class MotoServer:
                 return
 
         app = _RecordingMiddleware(DomainDispatcherApplication(create_backend_app), self)
-        self._server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
-        self.port = self._server.socket.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
         _HOOKS.install()
         _HOOKS.skip_ecs_amis = not self.ecs_amis
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="moto-server", daemon=True
-        )
-        self._thread.start()
-        return self
+        return self._serve(server, "moto-server")
 
     def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-        _HOOKS.clear()
-        _HOOKS.uninstall()
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        if self._shutdown():
+            _HOOKS.clear()
+            _HOOKS.uninstall()
 
     def reset(self) -> None:
         """Forget every resource (``POST /moto-api/reset``), recorded call, throttle,
@@ -598,8 +784,7 @@ class MotoServer:
         with urllib.request.urlopen(request, timeout=30) as response:
             response.read()
         _HOOKS.clear()
-        with self._throttle_lock:
-            self._throttles.clear()
+        self._throttles.clear()
         self.reset_calls()
 
     # -- recorded calls --------------------------------------------------------------------
@@ -649,17 +834,7 @@ class MotoServer:
         (other query services), ``ThrottlingException`` (JSON), ``SlowDown`` (REST, 503).
         The status is 400 unless ``status`` says otherwise; the request never reaches moto.
         """
-        with self._throttle_lock:
-            self._throttles[(service, action)] = _Throttle(times, code, status)
-
-    def _take_throttle(self, service: str, action: str) -> tuple[str | None, int | None] | None:
-        with self._throttle_lock:
-            for key in ((service, action), (service, "*")):
-                throttle = self._throttles.get(key)
-                if throttle and throttle.remaining > 0:
-                    throttle.remaining -= 1
-                    return throttle.code, throttle.status
-        return None
+        self._throttles.arm(service, action, times, code, status)
 
     # -- in-process emulator state ---------------------------------------------------------
 
@@ -1166,7 +1341,7 @@ class PricingRequest:
     params: dict[str, Any]
 
 
-class PricingServer:
+class PricingServer(_LoopbackServer):
     """A fake ``api.pricing`` endpoint (JSON 1.1, ``AWSPriceListService.*``) on 127.0.0.1.
 
     ``prices`` maps ``(region, instance_type)`` to the Linux on-demand USD/hour price; it is
@@ -1174,25 +1349,22 @@ class PricingServer:
     """
 
     MAX_RESULTS = 100
+    SERVICE = "pricing"
 
     def __init__(
         self, prices: Mapping[tuple[str, str], float] | None = None, *, defaults: bool = True
     ) -> None:
+        super().__init__()
         self._base = {**(DEFAULT_PRICES if defaults else {}), **(prices or {})}
         self._lock = threading.Lock()
         self._requests: list[PricingRequest] = []
-        self._throttles: dict[str, int] = {}
         self.prices: dict[tuple[str, str], float] = {}
         self.documents: list[dict[str, Any]] = []
         self.set_prices(self._base, replace=True)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.url = ""
-        self.port = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> PricingServer:
+    def start(self) -> Self:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -1216,30 +1388,9 @@ class PricingServer:
             def log_message(self, format: str, *args: Any) -> None:
                 return
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="pricing-server", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
-
-    def __enter__(self) -> PricingServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        return self._serve(server, "pricing-server")
 
     # -- state -----------------------------------------------------------------------------
 
@@ -1254,7 +1405,7 @@ class PricingServer:
         self.set_prices(self._base, replace=True)
         with self._lock:
             self._requests.clear()
-            self._throttles.clear()
+        self._throttles.clear()
 
     @property
     def requests(self) -> list[PricingRequest]:
@@ -1269,9 +1420,9 @@ class PricingServer:
             self._requests.clear()
 
     def throttle_next(self, action: str = "GetProducts", times: int = 1) -> None:
-        """The next ``times`` requests of ``action`` answer 400 ``ThrottlingException``."""
-        with self._lock:
-            self._throttles[action] = times
+        """The next ``times`` requests of ``action`` (``"*"``: any action) answer 400
+        ``ThrottlingException``."""
+        self._throttles.arm(self.SERVICE, action, times, None, None)
 
     # -- the API ---------------------------------------------------------------------------
 
@@ -1283,11 +1434,9 @@ class PricingServer:
             params = None
         with self._lock:
             self._requests.append(PricingRequest(action, params or {}))
-            throttled = self._throttles.get(action, 0)
-            if throttled:
-                self._throttles[action] = throttled - 1
-        if throttled:
-            return 400, {"__type": "ThrottlingException", "message": "Rate exceeded"}
+        throttle = self._throttles.take(self.SERVICE, action)
+        if throttle is not None:
+            return throttle.status or 400, _json_throttle(throttle.code)
         if prefix != "AWSPriceListService" or not isinstance(params, dict):
             return 400, {"__type": "UnknownOperationException", "message": target}
         handler = {

@@ -340,6 +340,155 @@ def test_spot_prices_can_be_set(aws_env: AwsEnv) -> None:
     assert prices[("g6.xlarge", "us-east-1a")] == "0.00001"  # moto's own
 
 
+# -- EC2 paging ---------------------------------------------------------------------------
+
+# action, result key, largest page (botocore: DITMaxResults, DITOMaxResults), extra params
+PAGED = [
+    pytest.param("describe_instance_types", "InstanceTypes", 100, {}, id="instance-types"),
+    pytest.param(
+        "describe_instance_type_offerings",
+        "InstanceTypeOfferings",
+        1000,
+        {"LocationType": "availability-zone"},
+        id="offerings",
+    ),
+]
+
+
+def _unpaged(region: str, method: str, params: dict[str, Any]) -> list[str]:
+    """Every item moto has for the request, straight from its backend (never paged)."""
+    from moto.core import DEFAULT_ACCOUNT_ID  # type: ignore[attr-defined]
+    from moto.ec2.models import ec2_backends
+
+    backend = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+    if method == "describe_instance_types":
+        return _keys(backend.describe_instance_types())
+    return _keys(backend.describe_instance_type_offerings(params.get("LocationType")))
+
+
+def _keys(items: list[Any]) -> list[str]:
+    """An instance type, or an offering: the type and where it is sold."""
+    return [f"{item['InstanceType']}@{item.get('Location', '')}" for item in items]
+
+
+def _walk(ec2: Any, method: str, params: dict[str, Any], size: int) -> list[dict[str, Any]]:
+    """Every page, following NextToken by hand rather than through botocore's paginator."""
+    call = getattr(ec2, method)
+    pages: list[dict[str, Any]] = [call(MaxResults=size, **params)]
+    while "NextToken" in pages[-1]:
+        pages.append(call(MaxResults=size, NextToken=pages[-1]["NextToken"], **params))
+    return pages
+
+
+@pytest.mark.parametrize(("method", "key", "largest", "params"), PAGED)
+def test_ec2_catalog_pages_cover_the_unpaged_answer(
+    aws_env: AwsEnv, method: str, key: str, largest: int, params: dict[str, Any]
+) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    everything = _unpaged("us-east-1", method, params)
+    assert len(everything) > largest, "the fake must have more than one page to give"
+
+    size = 37  # not a divisor of the total: the last page is short
+    pages = _walk(ec2, method, params, size)
+    assert [len(p[key]) for p in pages[:-1]] == [size] * (len(pages) - 1)
+    assert 0 < len(pages[-1][key]) <= size
+    assert len(pages) == math.ceil(len(everything) / size)
+    listed = [k for page in pages for k in _keys(page[key])]
+    assert listed == everything  # in order, none twice, none left out
+    tokens = [p["NextToken"] for p in pages[:-1]]
+    assert len(set(tokens)) == len(tokens)
+    action = method.title().replace("_", "")
+    assert aws_env.moto.count("ec2", action) == len(pages)
+
+
+@pytest.mark.parametrize(("method", "key", "largest", "params"), PAGED)
+def test_ec2_page_size_defaults_to_the_largest(
+    aws_env: AwsEnv, method: str, key: str, largest: int, params: dict[str, Any]
+) -> None:
+    ec2: Any = boto3.client("ec2", region_name="us-east-1")  # the operation is a parameter
+    first = getattr(ec2, method)(**params)
+    assert len(first[key]) == largest
+    assert first["NextToken"]
+    full = getattr(ec2, method)(MaxResults=largest, **params)
+    assert _keys(full[key]) == _keys(first[key])
+    paginated = ec2.get_paginator(method).paginate(**params)
+    listed = [k for page in paginated for k in _keys(page[key])]
+    assert listed == _unpaged("us-east-1", method, params)
+
+
+@pytest.mark.parametrize(("method", "key", "largest", "params"), PAGED)
+def test_ec2_max_results_out_of_range_is_invalid_parameter_value(
+    aws_env: AwsEnv, method: str, key: str, largest: int, params: dict[str, Any]
+) -> None:
+    # botocore refuses MaxResults below the model's minimum before sending it.
+    unchecked = Config(parameter_validation=False, retries={"total_max_attempts": 1})
+    ec2 = boto3.client("ec2", region_name="us-east-1", config=unchecked)
+    for bad in (4, largest + 1, 0):
+        with pytest.raises(ClientError) as raised:
+            getattr(ec2, method)(MaxResults=bad, **params)
+        error = raised.value.response
+        assert error["Error"]["Code"] == "InvalidParameterValue", bad
+        assert error["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert len(getattr(ec2, method)(MaxResults=5, **params)[key]) == 5
+    assert len(getattr(ec2, method)(MaxResults=largest, **params)[key]) == largest
+
+
+@pytest.mark.parametrize(("method", "key", "largest", "params"), PAGED)
+def test_ec2_tokens_belong_to_their_query(
+    aws_env: AwsEnv, method: str, key: str, largest: int, params: dict[str, Any]
+) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1", config=NO_RETRY)
+    first = getattr(ec2, method)(MaxResults=10, **params)
+    token = first["NextToken"]
+
+    # A client may change the page size midway; the token still says where it stopped.
+    second = getattr(ec2, method)(MaxResults=25, NextToken=token, **params)
+    assert len(second[key]) == 25
+    assert _keys(second[key]) == _unpaged("us-east-1", method, params)[10:35]
+    again = getattr(ec2, method)(MaxResults=25, NextToken=token, **params)
+    assert _keys(again[key]) == _keys(second[key]), "a token may be reused"
+    # Opaque: the same position is handed out under a new token, not an encoded offset.
+    assert getattr(ec2, method)(MaxResults=10, **params)["NextToken"] != token
+
+    narrower = [{"Name": "instance-type", "Values": ["m5.large", "g5.xlarge"]}]
+    west = boto3.client("ec2", region_name="us-west-2", config=NO_RETRY)
+    attempts: list[tuple[Any, dict[str, Any]]] = [
+        (ec2, {"NextToken": "bogus"}),
+        (ec2, {"NextToken": token[:-4] + "AAA="}),
+        (ec2, {"NextToken": token, "Filters": narrower}),  # another query
+        (west, {"NextToken": token}),  # another region
+    ]
+    for client, extra in attempts:
+        with pytest.raises(ClientError) as raised:
+            getattr(client, method)(**params, **extra)
+        assert raised.value.response["Error"]["Code"] == "InvalidPaginationToken", extra
+
+    aws_env.moto.reset()
+    with pytest.raises(ClientError) as raised:
+        getattr(ec2, method)(NextToken=token, **params)
+    assert raised.value.response["Error"]["Code"] == "InvalidPaginationToken", "reset forgets"
+
+
+def test_ec2_named_instance_types_are_paged_too(aws_env: AwsEnv) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    # list[Any]: the boto3 stubs accept only literal type names
+    wanted: list[Any] = [
+        "g5.xlarge",
+        "g5.2xlarge",
+        "g5.12xlarge",
+        "m5.large",
+        "m5.xlarge",
+        "t3.micro",
+    ]
+    pages = list(
+        ec2.get_paginator("describe_instance_types").paginate(
+            InstanceTypes=wanted, PaginationConfig={"PageSize": 5}
+        )
+    )
+    assert [len(p["InstanceTypes"]) for p in pages] == [5, 1]
+    assert sorted(t["InstanceType"] for p in pages for t in p["InstanceTypes"]) == sorted(wanted)
+
+
 # -- network ------------------------------------------------------------------------------
 
 
