@@ -390,6 +390,28 @@ EC2_PAGED_ACTIONS: dict[str, EC2Paging] = {
 _INVALID_PAGINATION_TOKEN = "InvalidPaginationToken"
 
 
+def _attach_profiles(fleet: Any) -> None:
+    """EC2 gives fleet instances their launch template's instance profile; moto's fleet
+    drops it, so associate it as AWS would (what SSM and S3 access depend on)."""
+    profiles = [s.iam_instance_profile for s in fleet.launch_specs if s.iam_instance_profile]
+    if not profiles:
+        return
+    profile = profiles[0]
+    while isinstance(profile.get("Arn"), dict):  # moto's spec wraps the template's value
+        profile = profile["Arn"]
+    backend = fleet.ec2_backend
+    instances = [entry["instance"] for entry in fleet.on_demand_instances] + [
+        request.instance for request in fleet.spot_requests
+    ]
+    for instance in instances:
+        if instance.id not in backend.iam_instance_profile_associations:
+            backend.associate_iam_instance_profile(
+                instance.id,
+                iam_instance_profile_name=profile.get("Name"),
+                iam_instance_profile_arn=profile.get("Arn"),
+            )
+
+
 class _EmulatorHooks:
     """Process-wide patches of moto's classes; inert while no rule or price is set, except
     EC2 paging (:data:`EC2_PAGED_ACTIONS`), which is always on, as on AWS."""
@@ -477,8 +499,13 @@ class _EmulatorHooks:
                 with hooks.lock:
                     rules = [r for r in hooks.capacity_rules if r.lifecycle in (None, lifecycle)]
                 if not rules:
-                    return original(fleet, weight_to_add)
-                return hooks._launch_under_rules(fleet, original, lifecycle, region, weight_to_add)
+                    result = original(fleet, weight_to_add)
+                else:
+                    result = hooks._launch_under_rules(
+                        fleet, original, lifecycle, region, weight_to_add
+                    )
+                _attach_profiles(fleet)
+                return result
 
             return launch
 
@@ -837,6 +864,23 @@ class MotoServer(_LoopbackServer):
         self._throttles.arm(service, action, times, code, status)
 
     # -- in-process emulator state ---------------------------------------------------------
+
+    def seed_managed_policies(self, *names: str) -> None:
+        """Give moto's IAM the AWS-managed policies named (as AWS accounts have them),
+        from moto's bundled copies; loading all ~1,300 on every reset would cost seconds."""
+        import json as json_
+
+        from moto.core import DEFAULT_ACCOUNT_ID  # type: ignore[attr-defined]
+        from moto.iam.aws_managed_policies import aws_managed_policies_data
+        from moto.iam.models import AWSManagedPolicy, iam_backends
+
+        bundled = json_.loads(aws_managed_policies_data)
+        backend = iam_backends[DEFAULT_ACCOUNT_ID]["aws"]  # IAM is global: one partition
+        for name in names:
+            policy = AWSManagedPolicy.from_data(
+                name, DEFAULT_ACCOUNT_ID, backend.region_name, bundled[name]
+            )
+            backend.managed_policies[policy.arn] = policy
 
     def seed_public_parameters(self, region: str) -> dict[str, str]:
         """Put AWS's public AMI parameters (``UBUNTU_2204_*``, ``DLAMI_*``) in ``region``,

@@ -169,6 +169,7 @@ def aws_env(
     pricing_server.reset()
     regions = ("us-east-1", "us-west-2")
     amis = {region: moto_server.seed_public_parameters(region) for region in regions}
+    moto_server.seed_managed_policies("AmazonSSMManagedInstanceCore")
     moto_server.reset_calls()
     for name in list(os.environ):
         if name.startswith(("AWS_ENDPOINT_URL_", "AWS_PROFILE", "AWS_SESSION_TOKEN")):

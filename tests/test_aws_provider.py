@@ -9,7 +9,7 @@ import boto3
 import pytest
 
 import skyward as sky
-from skyward.errors import CapacityError, ConfigurationError
+from skyward.errors import CapacityError, ConfigurationError, ProvisioningError
 from skyward.provider import LaunchRequest
 from skyward.spec import build_spec
 from tests.aws_fakes import DLAMI_X86_64, UBUNTU_2204_AMD64, UBUNTU_2204_ARM64, AwsEnv
@@ -138,9 +138,58 @@ def test_missing_credentials_name_the_fix_before_anything_is_created(
     assert aws_env.moto.write_actions() == []
 
 
-def test_use_ssm_is_refused_clearly() -> None:
-    with pytest.raises(ConfigurationError, match="use_ssm"):
-        sky.ComputePool(provider=sky.AWS(use_ssm=True))  # type: ignore[attr-defined]
+def test_client_address_is_learned_for_the_security_group(
+    aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ssh_cidr: port 22 opens to the address AWS's checkip service reports, only."""
+    import http.server
+    import threading
+
+    asked: list[str] = []
+
+    class CheckIp(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            body = b"198.51.100.23\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), CheckIp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("SKYWARD_AWS_CHECKIP_URL", f"http://127.0.0.1:{server.server_port}/")
+        provider = _provider(ssh_cidr=None)
+        infra = provider.prepare(build_spec(cpu=2), "sky-checkip")
+        provider.teardown(infra)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert asked == ["/"]
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    (group,) = ec2.describe_security_groups(GroupIds=[infra.security_group_id])["SecurityGroups"]
+    ssh = [p for p in group["IpPermissions"] if p.get("FromPort") == 22]
+    assert [r["CidrIp"] for p in ssh for r in p["IpRanges"]] == ["198.51.100.23/32"]
+
+
+def test_an_unlearnable_client_address_names_the_fix(
+    aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("SKYWARD_AWS_CHECKIP_URL", f"http://127.0.0.1:{port}/")
+    provider = _provider(ssh_cidr=None)
+    with pytest.raises(ProvisioningError, match="ssh_cidr") as caught:
+        provider.prepare(build_spec(cpu=2), "sky-no-ip")
+    assert "0.0.0.0/0" in str(caught.value)
+    assert aws_env.moto.write_actions() == [], "nothing created before the address is known"
 
 
 # -- catalog, prices, images --------------------------------------------------------------
@@ -338,8 +387,8 @@ def test_instance_catalog_is_paginated_and_cached_on_disk_with_expiry(aws_env: A
     aws_env.moto.reset_calls()
     first = load_instance_types(ec2, "us-east-1", cache_dir())
     pages = aws_env.moto.count("ec2", "DescribeInstanceTypes")
-    # botocore's paginator follows NextToken; moto answers in a single page.
-    assert pages >= 1
+    # The fake pages like EC2 (at most 100 types a page); botocore follows NextToken.
+    assert pages > 1
     assert len(first) > 1000
     assert load_instance_types(ec2, "us-east-1", cache_dir()) == first
     assert aws_env.moto.count("ec2", "DescribeInstanceTypes") == pages, "served from disk"
@@ -456,7 +505,7 @@ def test_volume_bootstrap_steps_are_valid_shell() -> None:
     assert step.name == "volumes"
     subprocess.run(["sh", "-n"], input=step.script, text=True, check=True)
     assert "mkfs.ext4" in step.script
-    assert "s3fs my-bucket:/train /data -o iam_role=auto -o allow_other -o ro" in step.script
+    assert "$SUDO s3fs my-bucket:/train /data -o iam_role=auto $owner -o ro" in step.script
     script = spec.image.bootstrap(steps=[step])
     assert script.index("_sky_say step volumes") < script.index("_sky_say step deps")
     assert volume_steps(build_spec()) == []
@@ -552,3 +601,31 @@ def test_shared_infrastructure_is_listed_and_removed_by_skyward_down(aws_env: Aw
     assert len(provider.list_shared()) == 4, "--dry-run removes nothing"
     assert main(["down", "--provider", "aws", "--shared"]) == 0
     assert provider.list_shared() == []
+
+
+def test_catalog_reads_every_page_of_describe_instance_types(aws_env: AwsEnv) -> None:
+    from skyward_aws.catalog import load_instance_types
+    from skyward_aws.session import cache_dir
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    pages = [ec2.describe_instance_types(MaxResults=100)]
+    while "NextToken" in pages[-1]:
+        pages.append(ec2.describe_instance_types(MaxResults=100, NextToken=pages[-1]["NextToken"]))
+    first = {t["InstanceType"] for t in pages[0]["InstanceTypes"]}
+    last = sorted(t["InstanceType"] for t in pages[-1]["InstanceTypes"])
+    sold = ec2.describe_instance_type_offerings(
+        LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": last}]
+    )["InstanceTypeOfferings"]
+    late = min(o["InstanceType"] for o in sold)  # sold here, so it can become an offer
+    assert late not in first
+    assert len(pages) > 2
+
+    (cache_dir() / "instance-types-us-east-1.json").unlink()
+    aws_env.moto.reset_calls()
+    types = load_instance_types(ec2, "us-east-1", cache_dir())
+    assert aws_env.moto.count("ec2", "DescribeInstanceTypes") == len(pages) > 1
+    assert len(types) == sum(len(page["InstanceTypes"]) for page in pages)
+    assert late in {t.name for t in types}
+
+    offers = _provider().offers(build_spec(machine=late))
+    assert [o.instance_type for o in offers] == [late]

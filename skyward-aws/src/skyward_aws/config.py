@@ -58,6 +58,14 @@ def _positive(_: object, __: object, value: int) -> None:
         )
 
 
+def _boolean(field_name: str) -> Callable[[object, object, bool], None]:
+    def check(_: object, __: object, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise ConfigurationError(field_name, f"{value!r} is not True or False", "Use True")
+
+    return check
+
+
 def _strategy(_: object, __: object, value: str) -> None:
     if value not in ALLOCATION_STRATEGIES:
         raise ConfigurationError(
@@ -81,9 +89,14 @@ class AWS:
     :param username: SSH user (default: follows the AMI).
     :param instance_timeout: seconds a machine may take to boot and answer SSH.
     :param allocation_strategy: EC2 Fleet spot allocation strategy.
-    :param use_ssm: reach nodes through Session Manager instead of SSH (not supported yet).
+    :param use_ssm: reach nodes through Session Manager: SSH travels inside an SSM port
+        session, so no inbound port is opened (the group is ``skyward-ssm-sg``, with no
+        ingress from outside) and the nodes get a role with ``AmazonSSMManagedInstanceCore``
+        (made once, unless ``instance_profile_arn`` is given). The AMI must run the SSM
+        agent (AWS's Ubuntu and Deep Learning AMIs do).
     :param ssh_cidr: who may reach port 22 of ``skyward-sg`` (default: the client's
-        public address; ``"0.0.0.0/0"`` only when you ask for it).
+        public address; ``"0.0.0.0/0"`` only when you ask for it). Not used with
+        ``use_ssm``.
     """
 
     region: str = field(default="us-east-1", validator=_region)
@@ -110,7 +123,7 @@ class AWS:
     )
     instance_timeout: int = field(default=300, validator=_positive)
     allocation_strategy: str = field(default="price-capacity-optimized", validator=_strategy)
-    use_ssm: bool = False
+    use_ssm: bool = field(default=False, validator=_boolean("use_ssm"))
     ssh_cidr: str | None = field(
         default=None,
         validator=_pattern("ssh_cidr", r"\d{1,3}(?:\.\d{1,3}){3}/\d{1,2}", "'203.0.113.7/32'"),
@@ -118,11 +131,11 @@ class AWS:
     provider_name: ClassVar[str] = "aws"
 
     def validate(self, spec: ComputeSpec) -> None:
-        if self.use_ssm:
+        if self.use_ssm and self.ssh_cidr is not None:
             raise ConfigurationError(
-                "use_ssm",
-                "Session Manager connectivity is not available in this version",
-                "Leave use_ssm=False: nodes are reached over SSH with a per-pool key",
+                "ssh_cidr",
+                "opens port 22, but use_ssm=True reaches nodes with no inbound port",
+                "Drop ssh_cidr, or set use_ssm=False to connect over the network",
             )
 
     def create(self) -> Provider:

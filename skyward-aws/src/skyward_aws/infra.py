@@ -1,4 +1,4 @@
-"""Shared infrastructure: subnets, the ``skyward-sg`` security group, IAM for S3 volumes.
+"""Shared infrastructure: subnets, security groups, the nodes' IAM role, the S3 bucket.
 
 Everything here is created only when needed, tagged ``skyward:managed``, and reused by
 later pools; what the user passes (``subnet_id``, ``security_group_id``,
@@ -7,7 +7,9 @@ later pools; what the user passes (``subnet_id``, ``security_group_id``,
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import os
 import urllib.request
 from typing import Any
 
@@ -27,7 +29,11 @@ __all__ = [
     "tag_specification",
 ]
 
+CHECKIP_URL = "https://checkip.amazonaws.com"
 SECURITY_GROUP_NAME = "skyward-sg"
+SSM_SECURITY_GROUP_NAME = "skyward-ssm-sg"
+SSM_POLICY_ARN = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+S3_POLICY_NAME = "skyward-s3-volumes"
 ROLE_NAME = "skyward-role"
 PROFILE_NAME = "skyward-instance-profile"
 
@@ -62,10 +68,13 @@ def client_cidr(given: str | None) -> str:
     """Who may SSH in: what the user said, else this client's public address."""
     if given is not None:
         return given
+    # The variable lets a proxy or test stand-in answer in place of AWS's service.
+    url = os.environ.get("SKYWARD_AWS_CHECKIP_URL", CHECKIP_URL)
     try:
-        with urllib.request.urlopen("https://checkip.amazonaws.com", timeout=5) as answer:
-            address = answer.read().decode().strip()
-    except OSError as error:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            address = answer.read(64).decode("ascii", "replace").strip()
+        ipaddress.IPv4Address(address)
+    except (OSError, ValueError) as error:
         raise ProvisioningError(
             "aws",
             f"could not learn this client's public address ({error}); pass "
@@ -74,16 +83,23 @@ def client_cidr(given: str | None) -> str:
     return f"{address}/32"
 
 
-def ensure_security_group(ec2: Any, vpc_id: str, ssh_cidr: str) -> str:
-    """The shared ``skyward-sg`` of the VPC: SSH from ``ssh_cidr``, everything within."""
+def ensure_security_group(ec2: Any, vpc_id: str, ssh_cidr: str | None) -> str:
+    """The VPC's shared group: everything within it, and SSH from ``ssh_cidr``.
+
+    ``ssh_cidr=None`` (Session Manager) is a separate group, ``skyward-ssm-sg``, with no
+    ingress from outside at all, so SSM pools never share an open port 22.
+    """
+    name = SECURITY_GROUP_NAME if ssh_cidr is not None else SSM_SECURITY_GROUP_NAME
     existing = ec2.describe_security_groups(
         Filters=[
-            {"Name": "group-name", "Values": [SECURITY_GROUP_NAME]},
+            {"Name": "group-name", "Values": [name]},
             {"Name": "vpc-id", "Values": [vpc_id]},
         ]
     )["SecurityGroups"]
     if existing:
         group = existing[0]
+        if ssh_cidr is None:
+            return str(group["GroupId"])
         allowed = {
             r.get("CidrIp")
             for p in group.get("IpPermissions", [])
@@ -95,8 +111,12 @@ def ensure_security_group(ec2: Any, vpc_id: str, ssh_cidr: str) -> str:
         return str(group["GroupId"])
     group_id = str(
         ec2.create_security_group(
-            GroupName=SECURITY_GROUP_NAME,
-            Description="Skyward pools: SSH from the client, all traffic between nodes",
+            GroupName=name,
+            Description=(
+                "Skyward pools: SSH from the client, all traffic between nodes"
+                if ssh_cidr is not None
+                else "Skyward pools over Session Manager: all traffic between nodes only"
+            ),
             VpcId=vpc_id,
             TagSpecifications=[tag_specification("security-group", {MANAGED_TAG: "true"})],
         )["GroupId"]
@@ -105,7 +125,8 @@ def ensure_security_group(ec2: Any, vpc_id: str, ssh_cidr: str) -> str:
         GroupId=group_id,
         IpPermissions=[{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id}]}],
     )
-    _authorize_ssh(ec2, group_id, ssh_cidr)
+    if ssh_cidr is not None:
+        _authorize_ssh(ec2, group_id, ssh_cidr)
     return group_id
 
 
@@ -127,8 +148,13 @@ def _authorize_ssh(ec2: Any, group_id: str, cidr: str) -> None:
             raise
 
 
-def ensure_instance_profile(iam: Any, bucket_names: list[str]) -> str:
-    """``skyward-instance-profile`` with S3 access to the volumes' buckets (made once)."""
+def ensure_instance_profile(iam: Any, bucket_names: list[str], *, ssm: bool = False) -> str:
+    """``skyward-instance-profile`` (made once): S3 access to the volumes' buckets, and
+    ``AmazonSSMManagedInstanceCore`` when nodes are reached through Session Manager.
+
+    Access only grows: buckets granted to earlier pools stay, since one of them may still
+    be running on this role.
+    """
     trust = {
         "Version": "2012-10-17",
         "Statement": [
@@ -147,19 +173,10 @@ def ensure_instance_profile(iam: Any, bucket_names: list[str]) -> str:
             AssumeRolePolicyDocument=json.dumps(trust),
             Tags=[{"Key": MANAGED_TAG, "Value": "true"}],
         )
-    resources = [f"arn:aws:s3:::{b}" for b in bucket_names] + [
-        f"arn:aws:s3:::{b}/*" for b in bucket_names
-    ]
-    iam.put_role_policy(
-        RoleName=ROLE_NAME,
-        PolicyName="skyward-s3-volumes",
-        PolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": resources}],
-            }
-        ),
-    )
+    if bucket_names:
+        _grant_buckets(iam, bucket_names)
+    if ssm:
+        iam.attach_role_policy(RoleName=ROLE_NAME, PolicyArn=SSM_POLICY_ARN)
     try:
         profile = iam.get_instance_profile(InstanceProfileName=PROFILE_NAME)["InstanceProfile"]
     except ClientError:
@@ -169,6 +186,34 @@ def ensure_instance_profile(iam: Any, bucket_names: list[str]) -> str:
     if not any(r["RoleName"] == ROLE_NAME for r in profile.get("Roles", [])):
         iam.add_role_to_instance_profile(InstanceProfileName=PROFILE_NAME, RoleName=ROLE_NAME)
     return str(profile["Arn"])
+
+
+def _grant_buckets(iam: Any, bucket_names: list[str]) -> None:
+    resources = {f"arn:aws:s3:::{b}" for b in bucket_names} | {
+        f"arn:aws:s3:::{b}/*" for b in bucket_names
+    }
+    try:
+        current = iam.get_role_policy(RoleName=ROLE_NAME, PolicyName=S3_POLICY_NAME)
+        document = current["PolicyDocument"]
+        if isinstance(document, str):
+            document = json.loads(document)
+        for statement in document.get("Statement", []):
+            granted = statement.get("Resource", [])
+            resources |= {granted} if isinstance(granted, str) else set(granted)
+    except ClientError:
+        pass  # no S3 policy yet
+    iam.put_role_policy(
+        RoleName=ROLE_NAME,
+        PolicyName=S3_POLICY_NAME,
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {"Effect": "Allow", "Action": ["s3:*"], "Resource": sorted(resources)}
+                ],
+            }
+        ),
+    )
 
 
 def ensure_bucket(s3: Any, sts: Any, region: str) -> str:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 from botocore.exceptions import ClientError
 
 from skyward import plugins
@@ -32,6 +33,7 @@ from skyward_aws import amis, catalog, infra, pricing
 from skyward_aws.config import AWS
 from skyward_aws.fleet import launch_fleet
 from skyward_aws.session import Clients, cache_dir
+from skyward_aws.ssm import open_tunnel
 
 __all__ = ["AWSInfrastructure", "AWSProvider"]
 
@@ -120,13 +122,15 @@ class AWSProvider:
         self._spec = spec
         ec2 = self.clients("ec2")
         subnets = infra.public_subnets(ec2, self.config.subnet_id)
+        ssm = self.config.use_ssm
         group = self.config.security_group_id or infra.ensure_security_group(
-            ec2, subnets[0][2], infra.client_cidr(self.config.ssh_cidr)
+            ec2, subnets[0][2], None if ssm else infra.client_cidr(self.config.ssh_cidr)
         )
         profile = self.config.instance_profile_arn
         buckets = [v.bucket for v in spec.volumes if isinstance(v, S3Volume)]
-        if buckets and profile is None:
-            profile = infra.ensure_instance_profile(self.clients("iam"), buckets)
+        if (buckets or ssm) and profile is None:
+            profile = infra.ensure_instance_profile(self.clients("iam"), buckets, ssm=ssm)
+        if buckets and self.config.instance_profile_arn is None:
             infra.ensure_bucket(self.clients("s3"), self.clients("sts"), self.config.region)
         identity = NodeIdentity.for_pool(1, pool_id)[0]
         key_name = f"skyward-{pool_id}"
@@ -210,32 +214,22 @@ class AWSProvider:
         with self._lock:
             for item in launched:
                 self._usernames[item.instance_id] = username
-        spot = {i.instance_id: i.spot for i in launched}
-        described = self.describe(
+        return self.describe(
             [
                 Instance(
-                    id=i.instance_id, provider=self.name, state=InstanceState.PENDING, tags=tags
+                    id=i.instance_id,
+                    provider=self.name,
+                    state=InstanceState.PENDING,
+                    instance_type=offer.instance_type,
+                    spot=i.spot,
+                    region=self.config.region,
+                    price_on_demand=offer.price_on_demand,
+                    price_spot=offer.price_spot,
+                    tags=tags,
                 )
                 for i in launched
             ]
         )
-        return [
-            Instance(
-                id=i.id,
-                provider=self.name,
-                state=i.state,
-                instance_type=offer.instance_type,
-                ip=i.ip,
-                private_ip=i.private_ip,
-                spot=spot[i.id],
-                region=self.config.region,
-                zone=i.zone,
-                price_on_demand=offer.price_on_demand,
-                price_spot=offer.price_spot,
-                tags=tags,
-            )
-            for i in described
-        ]
 
     def describe(self, instances: Sequence[Instance]) -> Sequence[Instance]:
         if not instances:
@@ -250,25 +244,17 @@ class AWSProvider:
         result = []
         for instance in instances:
             item = found.get(instance.id)
-            state = (
-                _STATES.get(item["State"]["Name"], InstanceState.PENDING)
-                if item
-                else InstanceState.TERMINATED
-            )
+            if item is None:
+                result.append(evolve(instance, state=InstanceState.TERMINATED))
+                continue
             result.append(
-                Instance(
-                    id=instance.id,
-                    provider=self.name,
-                    state=state,
-                    instance_type=(item or {}).get("InstanceType", instance.instance_type),
-                    ip=(item or {}).get("PublicIpAddress") or (item or {}).get("PrivateIpAddress"),
-                    private_ip=(item or {}).get("PrivateIpAddress"),
-                    spot=instance.spot,
-                    region=instance.region,
-                    zone=((item or {}).get("Placement") or {}).get("AvailabilityZone"),
-                    price_on_demand=instance.price_on_demand,
-                    price_spot=instance.price_spot,
-                    tags=instance.tags,
+                evolve(
+                    instance,
+                    state=_STATES.get(item["State"]["Name"], InstanceState.PENDING),
+                    instance_type=item.get("InstanceType", instance.instance_type),
+                    ip=item.get("PublicIpAddress") or item.get("PrivateIpAddress"),
+                    private_ip=item.get("PrivateIpAddress"),
+                    zone=(item.get("Placement") or {}).get("AvailabilityZone"),
                 )
             )
         return result
@@ -351,6 +337,9 @@ class AWSProvider:
                 elif kind == "iam-role":
                     for policy in iam.list_role_policies(RoleName=ident)["PolicyNames"]:
                         iam.delete_role_policy(RoleName=ident, PolicyName=policy)
+                    attached = iam.list_attached_role_policies(RoleName=ident)
+                    for managed in attached["AttachedPolicies"]:
+                        iam.detach_role_policy(RoleName=ident, PolicyArn=managed["PolicyArn"])
                     iam.delete_role(RoleName=ident)
                 elif kind == "s3-bucket":
                     s3 = self.clients("s3")
@@ -366,15 +355,25 @@ class AWSProvider:
         assert isinstance(infra_, AWSInfrastructure)
         assert infra_.identity is not None
         username = self._usernames.get(instance.id, self.config.username or "ubuntu")
-        host = plugins.resolve_ssh_host(
-            instance, SSHHost(instance.ip or "", user=username, port=22)
-        )
+        ssm = self.config.use_ssm
+        address = instance.id if ssm else instance.ip or ""
+        host = plugins.resolve_ssh_host(instance, SSHHost(address, user=username, port=22))
+        opener = None
+        if ssm:
+            client = self.clients("ssm")
+            port = host.port or 22
+            timeout = min(60.0, float(self.config.instance_timeout))
+
+            def opener() -> socket.socket:
+                return open_tunnel(client, instance.id, port, timeout=timeout)
+
         connection = SSHConnection(
             host,
             infra_.identity.verifier(),
             client_key=infra_.identity.client.pkey(),
             connect_timeout=self.config.instance_timeout,
             provider=self.name,
+            opener=opener,
         )
         return SSHTransport(
             connection, pool_id=instance.tags.get(POOL_TAG, ""), name=instance.id, spec=self._spec

@@ -58,7 +58,8 @@ class ChannelStream:
 
 
 def _retryable(error: BaseException) -> bool:
-    return not isinstance(error, HostKeyError)
+    # A wrong host key, or an opener that already knows waiting will not help.
+    return not isinstance(error, HostKeyError | ConnectError)
 
 
 class SSHConnection:
@@ -72,12 +73,17 @@ class SSHConnection:
         client_key: paramiko.PKey | None = None,
         connect_timeout: float = 60.0,
         provider: str = "ssh",
+        opener: Callable[[], socket.socket] | None = None,
     ) -> None:
+        """:param opener: how to reach the host's SSH port when it is not a plain TCP
+        connection (a cloud's session service, say); it may raise :class:`ConnectError`
+        for failures that retrying cannot cure."""
         self.host = host
         self.verifier = verifier
         self.client_key = client_key
         self.connect_timeout = connect_timeout
         self.provider = provider
+        self.opener = opener
         self._transport: paramiko.Transport | None = None
         self._jump: SSHConnection | None = None
         self._lock = threading.Lock()
@@ -111,7 +117,7 @@ class SSHConnection:
             for attempt in retrying:
                 with attempt:
                     return self._connect_once()
-        except HostKeyError:
+        except (HostKeyError, ConnectError):
             raise
         except Exception as error:
             elapsed = time.monotonic() - started
@@ -123,6 +129,8 @@ class SSHConnection:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _socket(self) -> socket.socket | paramiko.Channel:
+        if self.opener is not None:
+            return self.opener()
         if self.host.jump is None:
             return socket.create_connection(self.address, timeout=min(10.0, self.connect_timeout))
         if self._jump is None:
