@@ -76,6 +76,8 @@ class Call:
     action: str
     region: str = field(default="", compare=False)
     throttled: bool = field(default=False, compare=False)
+    params: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    """Query-protocol parameters as sent (``LaunchTemplateData.MetadataOptions.HttpTokens``)."""
 
     @property
     def is_write(self) -> bool:
@@ -271,9 +273,11 @@ class _RecordingMiddleware:
         if path.startswith("/moto-api"):
             return self._app(environ, start_response)
         service, region = _credential_scope(environ)
-        protocol, action = self._identify(environ, path)
+        protocol, action, params = self._identify(environ, path)
         throttle = self._server._throttles.take(service, action)
-        self._server._log.append(Call(service, action, region, throttled=throttle is not None))
+        self._server._log.append(
+            Call(service, action, region, throttled=throttle is not None, params=params)
+        )
         handler = self._server.json_handlers.get(service)
         if throttle is None and handler is not None and protocol == "json":
             # Actions moto does not serve (SSM sessions) answered by a test's own fake.
@@ -302,10 +306,10 @@ class _RecordingMiddleware:
         return [body]
 
     @staticmethod
-    def _identify(environ: dict[str, Any], path: str) -> tuple[str, str]:
+    def _identify(environ: dict[str, Any], path: str) -> tuple[str, str, dict[str, str]]:
         target = environ.get("HTTP_X_AMZ_TARGET")
         if target:
-            return "json", target.rsplit(".", 1)[-1]
+            return "json", target.rsplit(".", 1)[-1], {}
         params = parse_qs(environ.get("QUERY_STRING", ""))
         content_type = environ.get("CONTENT_TYPE", "")
         if content_type.startswith("application/x-www-form-urlencoded"):
@@ -313,10 +317,10 @@ class _RecordingMiddleware:
             environ["wsgi.input"] = io.BytesIO(body)
             params.update(parse_qs(body.decode("utf-8", "replace")))
         if "Action" in params:
-            return "query", params["Action"][0]
+            return "query", params["Action"][0], {k: v[0] for k, v in params.items()}
         if path.startswith("/service/") and "/operation/" in path:  # smithy-rpc-v2
-            return "json", path.rsplit("/", 1)[-1]
-        return "rest", f"{environ.get('REQUEST_METHOD', 'GET')} {path}"
+            return "json", path.rsplit("/", 1)[-1], {}
+        return "rest", f"{environ.get('REQUEST_METHOD', 'GET')} {path}", {}
 
 
 def _drain(environ: dict[str, Any]) -> bytes:

@@ -475,6 +475,26 @@ def test_launch_template_requires_imdsv2_and_terminates_on_shutdown(aws_env: Aws
     assert {t["ResourceType"] for t in data["TagSpecifications"]} == {"instance", "volume"}
 
 
+def test_launch_sends_imdsv2_and_terminate_on_shutdown_over_the_wire(aws_env: AwsEnv) -> None:
+    """moto stores but does not enforce MetadataOptions: check what boto3 really sent."""
+    provider = _provider()
+    aws_env.moto.reset_calls()
+    infra, instances = _launch(provider, build_spec(cpu=2, allocation="on-demand"), "sky-wire")
+    provider.terminate(instances)
+    provider.teardown(infra)
+    (create,) = [c for c in aws_env.moto.calls if c.action == "CreateLaunchTemplate"]
+    sent = create.params
+    assert sent["LaunchTemplateData.MetadataOptions.HttpTokens"] == "required"
+    assert sent["LaunchTemplateData.MetadataOptions.HttpEndpoint"] == "enabled"
+    assert sent["LaunchTemplateData.InstanceInitiatedShutdownBehavior"] == "terminate"
+    (fleet,) = [c for c in aws_env.moto.calls if c.action == "CreateFleet"]
+    assert fleet.params["Type"] == "instant"
+    template = create.params.get("LaunchTemplateName")
+    assert fleet.params["LaunchTemplateConfigs.1.LaunchTemplateSpecification.LaunchTemplateId"]
+    assert template == "skyward-sky-wire"
+    assert [c.action for c in aws_env.moto.calls].count("DeleteLaunchTemplate") == 1
+
+
 def test_teardown_deletes_volumes_left_with_the_pool_tag(aws_env: AwsEnv) -> None:
     provider = _provider()
     spec = build_spec(cpu=2)
