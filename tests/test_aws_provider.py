@@ -360,6 +360,35 @@ def test_s3_volumes_create_the_role_profile_and_bucket_once(aws_env: AwsEnv) -> 
     assert aws_env.moto.count("iam", "CreateRole") == 1
 
 
+def test_a_new_instance_profile_is_waited_for_not_failed_on(aws_env: AwsEnv) -> None:
+    """EC2 refuses a just-made profile for a few seconds (IAM's eventual consistency);
+    the launch waits it out instead of failing the user's first S3 or SSM pool."""
+    import contextlib
+    import threading
+
+    provider = _provider()
+    volume = sky.S3Volume(mount_path="/data", bucket="my-datasets")
+    spec = build_spec(cpu=2, volumes=[volume], allocation="on-demand")
+    not_yet = contextlib.ExitStack()
+    not_yet.enter_context(
+        aws_env.moto.make_capacity_unavailable(
+            lifecycle=None,
+            error_code="InvalidParameterValue",
+            message="Value (skyward-instance-profile) for parameter iamInstanceProfile.name "
+            "is invalid. Invalid IAM Instance Profile name",
+        )
+    )
+    threading.Timer(2.0, not_yet.close).start()  # the profile becomes visible
+    try:
+        infra, instances = _launch(provider, spec, "sky-new-profile")
+    finally:
+        not_yet.close()
+    provider.terminate(instances)
+    provider.teardown(infra)
+    assert len(instances) == 1
+    assert aws_env.moto.count("ec2", "CreateFleet") >= 2
+
+
 def test_user_supplied_security_group_is_used_as_given(aws_env: AwsEnv) -> None:
     ec2 = boto3.client("ec2", region_name="us-east-1")
     vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from attrs import frozen
 from botocore.exceptions import ClientError
+from tenacity import Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from skyward.allocation import (
     AllocationStrategy,
@@ -37,6 +38,9 @@ CAPACITY_ERRORS = {
     "UnfulfillableCapacity",
     "InstanceLimitExceeded",
 }
+# A new instance profile takes seconds to become usable by EC2 (IAM is eventually
+# consistent): the first fleet after Skyward made one may be refused for that alone.
+PROFILE_PROPAGATION_SECONDS = 90.0
 
 
 @frozen
@@ -107,6 +111,11 @@ def _fleet(
     return launched, errors
 
 
+def _profile_not_visible_yet(result: tuple[list[Launched], list[str]]) -> bool:
+    launched, errors = result
+    return not launched and any("iaminstanceprofile" in e.lower() for e in errors)
+
+
 def launch_fleet(
     ec2: Any,
     *,
@@ -120,8 +129,16 @@ def launch_fleet(
 ) -> list[Launched]:
     """``count`` instances or none: tops up, or terminates the partial fleet and raises."""
     spot, on_demand, top_up = split(allocation, count, offer)
+    retrying = Retrying(
+        stop=stop_after_delay(PROFILE_PROPAGATION_SECONDS),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        retry=retry_if_result(_profile_not_visible_yet),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else ([], []),
+    )
     try:
-        launched, errors = _fleet(ec2, template_id, overrides, spot, on_demand, strategy, tags)
+        launched, errors = retrying(
+            _fleet, ec2, template_id, overrides, spot, on_demand, strategy, tags
+        )
         missing = count - len(launched)
         if missing > 0 and top_up:
             more, more_errors = _fleet(ec2, template_id, overrides, 0, missing, strategy, tags)
