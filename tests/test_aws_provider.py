@@ -221,10 +221,14 @@ def test_offers_come_from_the_live_catalog_with_prices(aws_env: AwsEnv) -> None:
         ("A100-80GB", "p4de"),
         ("A10G", "g5"),
         ("H100", "p5"),
+        # A MIG profile names the GPU and its memory variant: 1g.5gb exists on 40GB only.
+        (sky.AcceleratorSpec.NVIDIA.A100(mig="1g.5gb"), "p4d"),
+        (sky.AcceleratorSpec.NVIDIA.A100(mig="3g.40gb"), "p4de"),
+        (sky.AcceleratorSpec.NVIDIA.H100(mig="3g.40gb"), "p5"),
     ],
 )
 def test_accelerator_memory_variants_pick_the_right_family(
-    aws_env: AwsEnv, accelerator: str, expected_family: str
+    aws_env: AwsEnv, accelerator: Any, expected_family: str
 ) -> None:
     offers = _provider().offers(build_spec(accelerator=accelerator))
     assert offers
