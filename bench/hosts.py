@@ -28,7 +28,6 @@ from bench.common import BENCH
 HOSTS_ENV = "SKYWARD_BENCH_SSH_HOSTS"
 STAGE = ".skyward-bench"  # in the host user's home: floor_server.py and cloudpickle
 RUNUSER = shutil.which("runuser") or "/usr/sbin/runuser"
-SSH = "/usr/bin/ssh"
 
 
 class HostInfo(TypedDict):
@@ -170,28 +169,17 @@ def stop_server(process: subprocess.Popen[str] | None) -> None:
 
 def ssh_command(host: HostInfo, *remote: str, extra: Sequence[str] = ()) -> list[str]:
     """OpenSSH with the test key and known_hosts, ignoring every local ssh config."""
-    return [
-        SSH,
-        "-F",
-        "/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"UserKnownHostsFile={host['known_hosts']}",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-i",
+    from tests.ssh_hosts import openssh_command
+
+    return openssh_command(
+        host["user"],
+        host["address"],
+        host["port"],
         host["key"],
-        "-p",
-        str(host["port"]),
-        *extra,
-        f"{host['user']}@{host['address']}",
+        host["known_hosts"],
         *remote,
-    ]
+        extra=extra,
+    )
 
 
 def free_port() -> int:

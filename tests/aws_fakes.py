@@ -1211,58 +1211,59 @@ def product_document(
         "product": {"productFamily": "Compute Instance", "attributes": attributes, "sku": sku},
         "serviceCode": "AmazonEC2",
         "terms": {
-            "OnDemand": {
-                f"{sku}.{ON_DEMAND_TERM}": {
-                    "priceDimensions": {
-                        f"{sku}.{ON_DEMAND_TERM}.{RATE_CODE}": {
-                            "unit": "Hrs",
-                            "endRange": "Inf",
-                            "description": f"${price:.4g} per {kind}{what}",
-                            "appliesTo": [],
-                            "rateCode": f"{sku}.{ON_DEMAND_TERM}.{RATE_CODE}",
-                            "beginRange": "0",
-                            "pricePerUnit": {"USD": _price_str(price)},
-                        }
-                    },
-                    "sku": sku,
-                    "effectiveDate": "2024-05-01T00:00:00Z",
-                    "offerTermCode": ON_DEMAND_TERM,
-                    "termAttributes": {},
-                }
-            },
-            "Reserved": {
-                f"{sku}.{RESERVED_TERM}": {
-                    "priceDimensions": {
-                        f"{sku}.{RESERVED_TERM}.{RATE_CODE}": {
-                            "unit": "Hrs",
-                            "endRange": "Inf",
-                            "description": f"{operating_system} ({instance_type}), No Upfront",
-                            "appliesTo": [],
-                            "rateCode": f"{sku}.{RESERVED_TERM}.{RATE_CODE}",
-                            "beginRange": "0",
-                            "pricePerUnit": {"USD": _price_str(reserved_price)},
-                        }
-                    },
-                    "sku": sku,
-                    "effectiveDate": "2024-05-01T00:00:00Z",
-                    "offerTermCode": RESERVED_TERM,
-                    "termAttributes": {
-                        "LeaseContractLength": "1yr",
-                        "OfferingClass": "standard",
-                        "PurchaseOption": "No Upfront",
-                    },
-                }
-            },
+            "OnDemand": _term(sku, ON_DEMAND_TERM, "Hrs", f"${price:.4g} per {kind}{what}", price),
+            "Reserved": _term(
+                sku,
+                RESERVED_TERM,
+                "Hrs",
+                f"{operating_system} ({instance_type}), No Upfront",
+                reserved_price,
+                {
+                    "LeaseContractLength": "1yr",
+                    "OfferingClass": "standard",
+                    "PurchaseOption": "No Upfront",
+                },
+            ),
         },
         "version": VERSION,
         "publicationDate": PUBLICATION,
     }
 
 
+def _term(
+    sku: str,
+    term: str,
+    unit: str,
+    description: str,
+    price: float,
+    attributes: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """One term of a price document (``OnDemand`` or ``Reserved``): a single rate."""
+    code = f"{sku}.{term}.{RATE_CODE}"
+    return {
+        f"{sku}.{term}": {
+            "priceDimensions": {
+                code: {
+                    "unit": unit,
+                    "endRange": "Inf",
+                    "description": description,
+                    "appliesTo": [],
+                    "rateCode": code,
+                    "beginRange": "0",
+                    "pricePerUnit": {"USD": _price_str(price)},
+                }
+            },
+            "sku": sku,
+            "effectiveDate": "2024-05-01T00:00:00Z",
+            "offerTermCode": term,
+            "termAttributes": attributes or {},
+        }
+    }
+
+
 def _storage_document(region: str, volume: str, price: float) -> dict[str, Any]:
     location, prefix = REGION_LOCATIONS.get(region, (region, f"{region.upper()}-"))
     sku = _sku(region, "storage", volume)
-    code = f"{sku}.{ON_DEMAND_TERM}.{RATE_CODE}"
     return {
         "product": {
             "productFamily": "Storage",
@@ -1285,25 +1286,13 @@ def _storage_document(region: str, volume: str, price: float) -> dict[str, Any]:
         },
         "serviceCode": "AmazonEC2",
         "terms": {
-            "OnDemand": {
-                f"{sku}.{ON_DEMAND_TERM}": {
-                    "priceDimensions": {
-                        code: {
-                            "unit": "GB-Mo",
-                            "endRange": "Inf",
-                            "description": f"${price} per GB-month of {volume} provisioned storage",
-                            "appliesTo": [],
-                            "rateCode": code,
-                            "beginRange": "0",
-                            "pricePerUnit": {"USD": _price_str(price)},
-                        }
-                    },
-                    "sku": sku,
-                    "effectiveDate": "2024-05-01T00:00:00Z",
-                    "offerTermCode": ON_DEMAND_TERM,
-                    "termAttributes": {},
-                }
-            }
+            "OnDemand": _term(
+                sku,
+                ON_DEMAND_TERM,
+                "GB-Mo",
+                f"${price} per GB-month of {volume} provisioned storage",
+                price,
+            )
         },
         "version": VERSION,
         "publicationDate": PUBLICATION,

@@ -141,6 +141,21 @@ def ssh_command(
     host: SSHTestHost, key: ClientKey, known_hosts: Path, *remote: str, extra: Sequence[str] = ()
 ) -> list[str]:
     """An OpenSSH client command line for ``host`` that ignores every local ssh config."""
+    return openssh_command(
+        host.user, host.address, host.port, key.private_path, known_hosts, *remote, extra=extra
+    )
+
+
+def openssh_command(
+    user: str,
+    address: str,
+    port: int,
+    key: str | Path,
+    known_hosts: str | Path,
+    *remote: str,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """:func:`ssh_command` from plain values (the benchmarks pass hosts between processes)."""
     return [
         SSH,
         "-F",
@@ -158,11 +173,11 @@ def ssh_command(
         "-o",
         "ConnectTimeout=5",
         "-i",
-        str(key.private_path),
+        str(key),
         "-p",
-        str(host.port),
+        str(port),
         *extra,
-        f"{host.user}@{host.address}",
+        f"{user}@{address}",
         *remote,
     ]
 
