@@ -364,6 +364,30 @@ def test_s3_volumes_create_the_role_profile_and_bucket_once(aws_env: AwsEnv) -> 
     assert aws_env.moto.count("iam", "CreateRole") == 1
 
 
+def test_bucket_access_only_grows_across_pools(aws_env: AwsEnv) -> None:
+    """A second pool's buckets are added to the shared role, never swapped in: the first
+    pool may still be running on that role."""
+    import json
+
+    provider = _provider()
+    for pool, bucket in (("sky-b1", "first-bucket"), ("sky-b2", "second-bucket")):
+        spec = build_spec(cpu=2, volumes=[sky.S3Volume(mount_path="/data", bucket=bucket)])
+        provider.teardown(provider.prepare(spec, pool))
+    iam = boto3.client("iam", region_name="us-east-1")
+    document = iam.get_role_policy(RoleName="skyward-role", PolicyName="skyward-s3-volumes")[
+        "PolicyDocument"
+    ]
+    if isinstance(document, str):
+        document = json.loads(document)
+    (statement,) = document["Statement"]
+    assert statement["Resource"] == [
+        "arn:aws:s3:::first-bucket",
+        "arn:aws:s3:::first-bucket/*",
+        "arn:aws:s3:::second-bucket",
+        "arn:aws:s3:::second-bucket/*",
+    ]
+
+
 def test_a_new_instance_profile_is_waited_for_not_failed_on(aws_env: AwsEnv) -> None:
     """EC2 refuses a just-made profile for a few seconds (IAM's eventual consistency);
     the launch waits it out instead of failing the user's first S3 or SSM pool."""

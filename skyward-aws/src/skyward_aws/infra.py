@@ -97,35 +97,32 @@ def ensure_security_group(ec2: Any, vpc_id: str, ssh_cidr: str | None) -> str:
         ]
     )["SecurityGroups"]
     if existing:
-        group = existing[0]
-        if ssh_cidr is None:
-            return str(group["GroupId"])
+        group_id = str(existing[0]["GroupId"])
         allowed = {
             r.get("CidrIp")
-            for p in group.get("IpPermissions", [])
+            for p in existing[0].get("IpPermissions", [])
             if p.get("FromPort") == 22
             for r in p.get("IpRanges", [])
         }
-        if ssh_cidr not in allowed:
-            _authorize_ssh(ec2, group["GroupId"], ssh_cidr)
-        return str(group["GroupId"])
-    group_id = str(
-        ec2.create_security_group(
-            GroupName=name,
-            Description=(
-                "Skyward pools: SSH from the client, all traffic between nodes"
-                if ssh_cidr is not None
-                else "Skyward pools over Session Manager: all traffic between nodes only"
-            ),
-            VpcId=vpc_id,
-            TagSpecifications=[tag_specification("security-group", {MANAGED_TAG: "true"})],
-        )["GroupId"]
-    )
-    ec2.authorize_security_group_ingress(
-        GroupId=group_id,
-        IpPermissions=[{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id}]}],
-    )
-    if ssh_cidr is not None:
+    else:
+        group_id = str(
+            ec2.create_security_group(
+                GroupName=name,
+                Description=(
+                    "Skyward pools: SSH from the client, all traffic between nodes"
+                    if ssh_cidr is not None
+                    else "Skyward pools over Session Manager: all traffic between nodes only"
+                ),
+                VpcId=vpc_id,
+                TagSpecifications=[tag_specification("security-group", {MANAGED_TAG: "true"})],
+            )["GroupId"]
+        )
+        ec2.authorize_security_group_ingress(
+            GroupId=group_id,
+            IpPermissions=[{"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": group_id}]}],
+        )
+        allowed = set()
+    if ssh_cidr is not None and ssh_cidr not in allowed:
         _authorize_ssh(ec2, group_id, ssh_cidr)
     return group_id
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import socket
+import functools
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -128,10 +128,10 @@ class AWSProvider:
         )
         profile = self.config.instance_profile_arn
         buckets = [v.bucket for v in spec.volumes if isinstance(v, S3Volume)]
-        if (buckets or ssm) and profile is None:
+        if profile is None and (buckets or ssm):
             profile = infra.ensure_instance_profile(self.clients("iam"), buckets, ssm=ssm)
-        if buckets and self.config.instance_profile_arn is None:
-            infra.ensure_bucket(self.clients("s3"), self.clients("sts"), self.config.region)
+            if buckets:
+                infra.ensure_bucket(self.clients("s3"), self.clients("sts"), self.config.region)
         identity = NodeIdentity.for_pool(1, pool_id)[0]
         key_name = f"skyward-{pool_id}"
         tags = {MANAGED_TAG: "true", POOL_TAG: pool_id}
@@ -358,15 +358,17 @@ class AWSProvider:
         ssm = self.config.use_ssm
         address = instance.id if ssm else instance.ip or ""
         host = plugins.resolve_ssh_host(instance, SSHHost(address, user=username, port=22))
-        opener = None
-        if ssm:
-            client = self.clients("ssm")
-            port = host.port or 22
-            timeout = min(60.0, float(self.config.instance_timeout))
-
-            def opener() -> socket.socket:
-                return open_tunnel(client, instance.id, port, timeout=timeout)
-
+        opener = (
+            functools.partial(
+                open_tunnel,
+                self.clients("ssm"),
+                instance.id,
+                host.port or 22,
+                timeout=min(60.0, float(self.config.instance_timeout)),
+            )
+            if ssm
+            else None
+        )
         connection = SSHConnection(
             host,
             infra_.identity.verifier(),

@@ -92,7 +92,6 @@ class DataChannel:
         self._srtt: float | None = None
         self._rttvar = 0.0
         self._timeout = 0.2
-        self.agent_version = ""
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -123,7 +122,7 @@ class DataChannel:
         threading.Thread(target=self._read, name=f"ssm-read-{self.target}", daemon=True).start()
         threading.Thread(target=self._resend, name=f"ssm-resend-{self.target}", daemon=True).start()
         if not self._ready.wait(self._open_timeout):
-            self.close(reason="the SSM agent did not complete the handshake")
+            self.close()
             raise SessionError(
                 f"the SSM agent on {self.target} did not complete the handshake "
                 f"within {self._open_timeout:.0f}s"
@@ -131,7 +130,7 @@ class DataChannel:
         if self.failure is not None:
             raise SessionError(self.failure)
 
-    def close(self, *, reason: str = "closed by the client") -> None:
+    def close(self) -> None:
         if self._closed.is_set():
             return
         if self._ready.is_set() and self.failure is None:
@@ -141,11 +140,7 @@ class DataChannel:
                 self._send_stream(
                     PayloadType.FLAG, Flag.TERMINATE_SESSION.to_bytes(4, "big"), wait=False
                 )
-        self._finish(reason, failed=False)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
+        self._finish(None)
 
     # -- sending --------------------------------------------------------------------------
 
@@ -244,7 +239,6 @@ class DataChannel:
                 self._finish(f"the SSM agent on {self.target} could not connect to the port")
 
     def _handshake(self, request: dict[str, Any]) -> None:
-        self.agent_version = str(request.get("AgentVersion", ""))
         processed, errors = [], []
         for action in request.get("RequestedClientActions") or []:
             kind = action.get("ActionType")
@@ -318,12 +312,13 @@ class DataChannel:
             except SessionError:
                 return
 
-    def _finish(self, reason: str, *, failed: bool = True) -> None:
+    def _finish(self, failure: str | None) -> None:
+        """Close for good; ``failure`` says why, ``None`` when the client closed it."""
         with self._state:
             if self._closed.is_set():
                 return
-            if failed and self.failure is None:
-                self.failure = reason
+            if failure is not None and self.failure is None:
+                self.failure = failure
             self._closed.set()
             self._state.notify_all()
         self._ready.set()  # wakes open(), which reports the failure
