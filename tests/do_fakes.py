@@ -499,6 +499,9 @@ class FakeDigitalOcean:
             handler = getattr(self, f"_op_{endpoint}")
             status, document = handler(query=query, body=body, **args)
         except _ApiError as error:
+            if fault is not None:  # the work failed anyway: the fault waits for the next
+                with self._lock:
+                    fault.remaining += 1
             return record(self._error(error.status, error.ident, error.message))
         if fault is not None:
             return record(self._fault_response(fault))
@@ -1047,7 +1050,7 @@ def shared_server() -> FakeDigitalOcean:
 
 
 @pytest.fixture
-def do_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeDigitalOcean]:
+def do_fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDigitalOcean]:
     """A fresh DigitalOcean account on the fake, and an environment in which Skyward's
     DigitalOcean provider reaches only it. Fails the test if any request or response
     broke the published contract (a test that provokes one clears ``violations``)."""
@@ -1056,9 +1059,6 @@ def do_fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeDig
     monkeypatch.setenv("SKYWARD_DIGITALOCEAN_ENDPOINT", fake.url)
     monkeypatch.setenv("DIGITALOCEAN_TOKEN", fake.token)
     monkeypatch.delenv("DIGITALOCEAN_ACCESS_TOKEN", raising=False)
-    cache_dir = tmp_path / "skyward-cache"
-    cache_dir.mkdir(exist_ok=True)
-    monkeypatch.setenv("SKYWARD_CACHE_DIR", str(cache_dir))
     yield fake
     assert fake.violations == [], "requests or responses outside the DigitalOcean contract"
 

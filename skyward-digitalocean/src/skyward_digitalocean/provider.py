@@ -415,7 +415,13 @@ class DigitalOceanProvider:
 
     def teardown_shared(self) -> list[tuple[str, str]]:
         """Remove them, but keep whatever belongs to a pool that still has droplets."""
-        live = {i.tags.get(POOL_TAG, "") for i in self.list_by_tag() if i.tags.get(MANAGED_TAG)}
+        with self._lock:
+            destroyed = set(self._destroyed)  # by ``skyward down`` just before: going
+        live = {
+            i.tags.get(POOL_TAG, "")
+            for i in self.list_by_tag()
+            if i.tags.get(MANAGED_TAG) and i.id not in destroyed
+        }
         client = self._client
         kept: list[tuple[str, str]] = []
         names = {}

@@ -1,0 +1,260 @@
+"""DigitalOcean end to end: pools on DigitalOcean-on-fake whose droplets are SSH test hosts.
+
+The fake launches no machines, so the connection hook (``resolve_ssh_host``, the extension
+point a user needs for a bastion or private addresses) maps each droplet onto an SSH test
+host. Before answering, it plays cloud-init: it runs the user-data the droplet was created
+with (what DigitalOcean's metadata service would hand cloud-init) and puts the host key and
+authorized key it wrote into the test host, so the pinned host key and the per-pool client
+key are checked for real. The same hook serves AWS-on-moto instances for the fallback test.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import skyward as sky
+from skyward import plugins
+from skyward.provider import Instance
+from skyward.ssh.hosts import SSHHost
+from tests.aws_fakes import AwsEnv
+from tests.conftest import wait_until
+from tests.do_fakes import FakeDigitalOcean, do_fake
+from tests.ssh_hosts import SSHTestHost
+
+__all__ = ["do_fake"]
+
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
+
+POWEROFF_HARMLESS = {"SKYWARD_POWEROFF_CMD": "true"}
+
+
+class CloudInit:
+    """The test's connection hook: instance → test host, after running its user-data."""
+
+    def __init__(
+        self, hosts: list[SSHTestHost], scratch: Path, user_data: Callable[[Instance], str]
+    ) -> None:
+        self.hosts = hosts
+        self.scratch = scratch
+        self.user_data = user_data
+        self.mapped: dict[str, SSHTestHost] = {}
+        self.lock = threading.Lock()
+        self.saved: dict[str, tuple[bytes, bytes, bytes]] = {}
+
+    @sky.hookimpl
+    def resolve_ssh_host(self, instance: Instance, host: SSHHost) -> SSHHost:
+        with self.lock:
+            target = self.mapped.get(instance.id)
+            if target is None:
+                target = self.hosts[len(self.mapped)]
+                self.mapped[instance.id] = target
+                self._boot(instance, host.user or "root", target)
+        return SSHHost(target.address, user=target.user, port=target.port)
+
+    def _boot(self, instance: Instance, username: str, target: SSHTestHost) -> None:
+        script = self.user_data(instance)
+        root = self.scratch / instance.id
+        env = {"PATH": "/usr/bin:/bin", "SKYWARD_ROOT": str(root), "SKYWARD_POWEROFF_CMD": "true"}
+        runner = subprocess.Popen(["sh"], stdin=subprocess.PIPE, env=env, start_new_session=True)
+        runner.communicate(script.encode(), timeout=30)
+        assert runner.returncode == 0
+        os.killpg(runner.pid, signal.SIGKILL)  # the self-destruct timer: not on this machine
+        key_file = target.state_dir / "ssh_host_ed25519_key"
+        authorized = target.home / ".ssh" / "authorized_keys"
+        self.saved[target.user] = (
+            key_file.read_bytes(),
+            key_file.with_suffix(".pub").read_bytes(),
+            authorized.read_bytes(),
+        )
+        shutil.copyfile(root / "etc/ssh/ssh_host_ed25519_key", key_file)
+        shutil.copyfile(root / "etc/ssh/ssh_host_ed25519_key.pub", key_file.with_suffix(".pub"))
+        home = root / ("root" if username == "root" else f"home/{username}")
+        authorized.write_bytes((home / ".ssh/authorized_keys").read_bytes())
+        target.restart()
+
+    def restore(self) -> None:
+        for target in self.mapped.values():
+            key, public, authorized = self.saved[target.user]
+            key_file = target.state_dir / "ssh_host_ed25519_key"
+            key_file.write_bytes(key)
+            key_file.with_suffix(".pub").write_bytes(public)
+            (target.home / ".ssh" / "authorized_keys").write_bytes(authorized)
+            target.restart()
+
+
+def _user_data(fake: FakeDigitalOcean) -> Callable[[Instance], str]:
+    def read(instance: Instance) -> str:
+        if instance.provider == "aws":
+            import boto3
+
+            ec2 = boto3.client("ec2", region_name="us-east-1")
+            encoded = ec2.describe_instance_attribute(InstanceId=instance.id, Attribute="userData")
+            return base64.b64decode(encoded["UserData"]["Value"]).decode()
+        return fake.user_data(instance.id)
+
+    return read
+
+
+@pytest.fixture
+def cloud(do_fake: FakeDigitalOcean, ssh_hosts: Any, tmp_path: Path) -> Iterator[CloudInit]:
+    hook = CloudInit(ssh_hosts(2), tmp_path / "cloud-init", _user_data(do_fake))
+    plugins.get_plugin_manager().register(hook, name="test-cloud-init")
+    plugins.reset(plugins.get_plugin_manager())
+    try:
+        yield hook
+    finally:
+        plugins.get_plugin_manager().unregister(name="test-cloud-init")
+        hook.restore()
+
+
+@sky.compute
+def where() -> tuple[int, str, str]:
+    import getpass
+
+    info = sky.instance_info()
+    return info.node, getpass.getuser(), info.job_id
+
+
+def _do(**options: Any) -> Any:
+    options.setdefault("region", "tor1")
+    options.setdefault("ssh_cidr", "127.0.0.1/32")
+    options.setdefault("instance_timeout", 30)
+    return sky.DigitalOcean(**options)  # type: ignore[attr-defined]
+
+
+def _leftovers(fake: FakeDigitalOcean, pool_id: str) -> dict[str, int]:
+    tag = f"skyward:pool:{pool_id}"
+    wait_until(lambda: not fake.live(tag), 5)
+    return {
+        "droplets": len(fake.live(tag)),
+        "keys": sum(1 for k in fake.keys.values() if k["name"].endswith(pool_id)),
+        "firewalls": len(fake.firewalls_tagged(tag)) + len(fake.firewalls),
+        "tags": int(tag in fake.tags),
+    }
+
+
+NOTHING = {"droplets": 0, "keys": 0, "firewalls": 0, "tags": 0}
+
+
+def test_two_node_pool_runs_and_leaves_nothing(do_fake: FakeDigitalOcean, cloud: CloudInit) -> None:
+    events: list[Any] = []
+    with sky.ComputePool(
+        provider=_do(),
+        nodes=2,
+        cpu=2,
+        env=POWEROFF_HARMLESS,
+        display="quiet",
+        on_event=events.append,
+    ) as pool:
+        one = where() >> pool
+        every = where() @ pool
+        pool_id = pool.pool_id
+        for host in cloud.mapped.values():
+            (agent,) = [p for p in host.processes() if "skyward.agent" in " ".join(p.cmdline())]
+            assert "--on-expire=poweroff" in agent.cmdline(), "a lost client powers it off"
+    assert one[2] == pool_id
+    assert [e[0] for e in every] == [0, 1]
+    assert {e[1] for e in every} == {h.user for h in cloud.mapped.values()}
+    provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
+    assert [e.provider for e in provisioned] == ["digitalocean", "digitalocean"]
+    assert all(e.instance_type == "s-2vcpu-2gb" for e in provisioned), "cheapest 2-vCPU size"
+    assert all(not e.spot and e.price_on_demand == pytest.approx(0.02679) for e in provisioned)
+    assert isinstance(events[-1], sky.CostFinal)
+    assert [c.operation for c in do_fake.calls].count("droplets_create") == 1
+    assert _leftovers(do_fake, pool_id) == NOTHING
+
+
+def test_a_pool_rides_out_429_storms_lost_answers_and_failing_destroys(
+    do_fake: FakeDigitalOcean, cloud: CloudInit
+) -> None:
+    do_fake.rate_limit_next(5, retry_after=1)
+    do_fake.partial_create(made=1, status=500)
+    do_fake.fail_next("droplets_create", 503, after=True)
+    do_fake.fail_next("droplets_destroy", 500, times=2)
+    with sky.ComputePool(
+        provider=_do(), nodes=2, cpu=2, env=POWEROFF_HARMLESS, display="quiet"
+    ) as pool:
+        every = where() @ pool
+        pool_id = pool.pool_id
+        assert len(do_fake.live()) == 2, "no duplicate droplets"
+    assert [e[0] for e in every] == [0, 1]
+    statuses = [c.status for c in do_fake.calls]
+    assert statuses.count(429) == 5
+    creates = [c for c in do_fake.calls if c.operation == "droplets_create"]
+    assert [c.status for c in creates] == [500, 503]
+    assert [len(c.body["names"]) for c in creates] == [2, 1]
+    assert _leftovers(do_fake, pool_id) == NOTHING
+
+
+SCRIPT = """
+import skyward as sky
+provider = sky.DigitalOcean(region="tor1", ssh_cidr="127.0.0.1/32")
+with sky.ComputePool(provider=provider, nodes=2, cpu=2, display="quiet") as pool:
+    pass
+"""
+
+
+def test_a_client_killed_mid_launch_is_cleaned_by_skyward_down(
+    do_fake: FakeDigitalOcean, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skyward.cli import main
+
+    do_fake.boot_seconds = 300  # the droplets stay "new": the client is still waiting
+    client = subprocess.Popen([sys.executable, "-c", SCRIPT], env=dict(os.environ))
+    try:
+        assert wait_until(lambda: len(do_fake.live("skyward:managed")) == 2, 60)
+    finally:
+        client.kill()
+        client.wait()
+    (pool_tag,) = {t for d in do_fake.live() for t in d.tags if t.startswith("skyward:pool:")}
+    assert do_fake.keys
+    assert do_fake.firewalls
+    assert main(["down", "--provider", "digitalocean", "--dry-run"]) == 0
+    assert len(do_fake.live()) == 2
+    assert main(["down", "--provider", "digitalocean", "--shared"]) == 0
+    out = capsys.readouterr()
+    assert "2 instance(s) terminated" in out.err
+    assert pool_tag.removeprefix("skyward:pool:") in out.out
+    assert wait_until(lambda: not do_fake.live(), 5)
+    assert do_fake.keys == {}
+    assert do_fake.firewalls == {}
+    assert pool_tag not in do_fake.tags
+
+
+def test_fallback_from_digitalocean_out_of_capacity_to_aws(
+    do_fake: FakeDigitalOcean, aws_env: AwsEnv, cloud: CloudInit
+) -> None:
+    do_fake.sell_out(*[s["slug"] for s in do_fake.sizes])
+    events: list[Any] = []
+    with sky.ComputePool(
+        provider=[_do(), sky.AWS(ssh_cidr="127.0.0.1/32", instance_timeout=30)],  # type: ignore[attr-defined]
+        nodes=1,
+        cpu=2,
+        env=POWEROFF_HARMLESS,
+        display="quiet",
+        on_event=events.append,
+    ) as pool:
+        node, _, _ = where() >> pool
+        pool_id = pool.pool_id
+    assert node == 0
+    provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
+    assert [e.provider for e in provisioned] == ["aws"]
+    refusals = [e for e in events if isinstance(e, sky.Error) and "digitalocean" in str(e)]
+    assert refusals, "DigitalOcean's capacity errors were reported"
+    creates = [c for c in do_fake.calls if c.operation == "droplets_create"]
+    assert creates
+    assert all(c.status == 422 for c in creates)
+    assert _leftovers(do_fake, pool_id) == NOTHING
+    assert do_fake.keys == {}
+    assert not [t for t in do_fake.tags if t.startswith("skyward:pool:")]
