@@ -41,6 +41,7 @@ import json
 import threading
 import time
 import uuid
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ def default_sizes() -> list[dict[str, Any]]:
 
 def _image(slug: str, name: str, distribution: str) -> dict[str, Any]:
     return {
-        "id": 100000 + abs(hash(slug)) % 900000,
+        "id": 100000 + zlib.crc32(slug.encode()) % 900000,
         "name": name,
         "distribution": distribution,
         "slug": slug,
@@ -342,6 +343,9 @@ class FakeDigitalOcean:
             """``new`` → ``active`` (private address only)."""
             self.address_seconds = 0.3
             """``active`` → public address assigned."""
+            self.gpus_in_tag_listing = True
+            """Whether ``tag_name`` listings include GPU droplets (the document does not say;
+            ``False`` models the pessimistic reading)."""
             self.destroy_seconds = 0.2
             """How long a destroyed droplet is still listed."""
             self.droplets: dict[int, Droplet] = {}
@@ -724,7 +728,7 @@ class FakeDigitalOcean:
             for droplet in self._existing():
                 gpu = "gpu_info" in droplet.size
                 if tag is not None:
-                    if tag not in droplet.tags:
+                    if tag not in droplet.tags or (gpu and not self.gpus_in_tag_listing):
                         continue
                 elif kind == "gpus":
                     if not gpu:
@@ -773,7 +777,10 @@ class FakeDigitalOcean:
                     "unprocessable_entity",
                     "There is not enough capacity in this region for the requested Droplet size.",
                 )
-            if str(body["image"]) not in IMAGES:
+            image = body["image"]
+            if isinstance(image, int):
+                image = next((k for k, v in IMAGES.items() if v["id"] == image), str(image))
+            if image not in IMAGES:
                 raise _ApiError(
                     422,
                     "unprocessable_entity",
@@ -809,7 +816,7 @@ class FakeDigitalOcean:
                     name=name,
                     size=copy.deepcopy(size),
                     region=region,
-                    image=str(body["image"]),
+                    image=image,
                     tags=tags,
                     user_data=user_data,
                     ssh_keys=list(keys),

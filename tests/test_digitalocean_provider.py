@@ -438,3 +438,70 @@ def test_shared_leftovers_of_dead_clients_are_listed_and_removed(
     del dead
     _shutdown(provider, live, instances)
     assert provider.list_shared() == []
+
+
+def test_volumes_are_refused_before_any_call() -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        sky.ComputePool(
+            provider=sky.DigitalOcean(token="x"),  # type: ignore[attr-defined]
+            cpu=2,
+            volume=sky.S3Volume(mount_path="/data", bucket="data"),
+        )
+    assert refused.value.field == "volumes"
+
+
+def test_an_image_id_goes_out_as_a_number(do_fake: FakeDigitalOcean) -> None:
+    from tests.do_fakes import IMAGES
+
+    ident = IMAGES["ubuntu-22-04-x64"]["id"]
+    provider = _provider(image=str(ident))
+    infra, instances = _launch(provider, build_spec(cpu=2))
+    (create,) = _creates(do_fake)
+    assert create.body["image"] == ident
+    _shutdown(provider, infra, instances)
+
+
+def test_gpu_droplets_are_found_even_if_tag_listings_omit_them(do_fake: FakeDigitalOcean) -> None:
+    do_fake.gpus_in_tag_listing = False
+    provider = _provider()
+    infra, instances = _launch(provider, build_spec(accelerator="H100"))
+    assert [i.id for i in provider.list_by_tag(POOL)] == [instances[0].id]
+    assert [i.id for i in provider.list_by_tag()] == [instances[0].id]
+    assert _wait_running(provider, instances)[0].ip
+    _shutdown(provider, infra, instances)
+    assert do_fake.live() == []
+
+
+def test_the_client_address_comes_from_checkip(
+    do_fake: FakeDigitalOcean, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import http.server
+    import threading
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"127.0.0.9\n")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv(
+            "SKYWARD_DIGITALOCEAN_CHECKIP_URL", f"http://127.0.0.1:{server.server_port}/"
+        )
+        provider = sky.DigitalOcean(region="tor1").create()  # type: ignore[attr-defined]
+        infra = provider.prepare(build_spec(cpu=2), POOL)
+        (firewall,) = do_fake.firewalls.values()
+        assert firewall["inbound_rules"][0]["sources"] == {"addresses": ["127.0.0.9/32"]}
+        provider.teardown(infra)
+        monkeypatch.setenv("SKYWARD_DIGITALOCEAN_CHECKIP_URL", "http://127.0.0.1:1/")
+        with pytest.raises(ProvisioningError, match="ssh_cidr"):
+            provider.prepare(build_spec(cpu=2), POOL)
+        assert do_fake.keys == {}
+    finally:
+        server.shutdown()
+        server.server_close()

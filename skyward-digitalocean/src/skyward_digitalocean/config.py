@@ -159,6 +159,13 @@ class DigitalOcean:
                 "Use 'on-demand' or 'spot-if-available' (which runs on-demand here), "
                 "or drop sky.DigitalOcean() from the providers",
             )
+        if spec.volumes:
+            raise ConfigurationError(
+                "volumes",
+                "DigitalOcean pools cannot mount volumes yet (block storage and Spaces are "
+                "not supported)",
+                "Drop volume=/volumes=, or use sky.AWS() for EBS and S3 volumes",
+            )
         resolve_token(self.token)
 
     def create(self) -> Provider:

@@ -65,6 +65,12 @@ def fingerprint(public_line: str) -> str:
     return ":".join(hexed[i : i + 2] for i in range(0, len(hexed), 2))
 
 
+def _image(given: str | None) -> str | int | None:
+    """A slug as is; an image id as the integer the API expects (a numeric string would
+    be read as a slug)."""
+    return int(given) if given is not None and given.isdigit() else given
+
+
 @define
 class DigitalOceanProvider:
     config: DigitalOcean
@@ -270,7 +276,7 @@ class DigitalOceanProvider:
         tag = droplets.pool_tag(request.pool_id)
         body: dict[str, Any] = {
             "size": offer.instance_type,
-            "image": self.config.image or catalog.base_image(size),
+            "image": _image(self.config.image) or catalog.base_image(size),
             "region": self.config.region,
             "ssh_keys": [infra_.key_id],  # without one, DigitalOcean mails a root password
             "tags": [droplets.MANAGED, tag],
