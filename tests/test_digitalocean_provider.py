@@ -415,9 +415,18 @@ def test_a_lost_key_create_answer_is_found_by_fingerprint(do_fake: FakeDigitalOc
     do_fake.fail_next("sshKeys_create", 500, after=True)
     do_fake.fail_next("firewalls_create", 502, after=True)
     infra = provider.prepare(build_spec(cpu=2), POOL)
+    firewall_creates = [c.status for c in do_fake.calls if c.operation == "firewalls_create"]
+    assert firewall_creates == [502], "found by name, not made again"
     assert list(do_fake.keys) == [infra.key_id]
     assert list(do_fake.firewalls) == [infra.firewall_id]
     assert "sshKeys_list" not in do_fake.operations(), "key listing allows 10 a minute"
+    provider.teardown(infra)
+    do_fake.calls.clear()
+    do_fake.rate_limit_next(2, retry_after=0, operation="sshKeys_create")
+    infra = provider.prepare(build_spec(cpu=2), "sky-other0000000")
+    key_creates = [c.status for c in do_fake.calls if c.operation == "sshKeys_create"]
+    assert key_creates == [429, 429, 201]
+    assert len(do_fake.keys) == 1
     provider.teardown(infra)
     assert do_fake.keys == {}
     assert do_fake.firewalls == {}

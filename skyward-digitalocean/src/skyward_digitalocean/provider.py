@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from attrs import define, evolve, field, frozen
@@ -48,6 +48,8 @@ tripped DigitalOcean's abuse monitors."""
 TEARDOWN_WAIT = 120.0
 """How long teardown waits for the pool's droplets to be gone before it keeps the tag."""
 RESOURCE_PREFIX = "skyward-"
+MAX_CREATE_ATTEMPTS = 6
+"""Tries of one key or firewall create whose answers were lost or rate limited."""
 
 
 @frozen
@@ -168,34 +170,53 @@ class DigitalOceanProvider:
                 self.teardown(infra)
             raise
 
+    def _create_once(
+        self,
+        operation: str,
+        create: Callable[..., Any],
+        body: dict[str, Any],
+        find: Callable[[], dict[str, Any] | None],
+    ) -> dict[str, Any]:
+        """``create(body)``, never twice: after a lost answer or a 429, ``find`` looks for
+        what the first try may have made before another is sent."""
+        for attempt in range(MAX_CREATE_ATTEMPTS):
+            try:
+                answer: dict[str, Any] = self.api.call(operation, create, body, write=True)
+                return answer
+            except RateLimited as limited:
+                time.sleep(limited.wait)
+            except UnknownOutcome:
+                if attempt == MAX_CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(min(0.5 * 2**attempt, 10.0))
+            found = find()
+            if found is not None:
+                return found
+        raise ProvisioningError(self.name, f"{operation}: gave up after {attempt + 1} tries")
+
     def _create_key(self, name: str, public_line: str) -> int:
+        client = self._client
+
+        def find() -> dict[str, Any] | None:
+            # By fingerprint, not by listing: key listing allows 10 a minute.
+            key = cast(Any, fingerprint(public_line))
+            found = self.api.call("ssh_keys.get", client.ssh_keys.get, key)
+            return found if "ssh_key" in found else None
+
         body = {"name": name, "public_key": public_line}
-        try:
-            answer = self.api.call(
-                "ssh_keys.create", self._client.ssh_keys.create, body, write=True
-            )
-        except (UnknownOutcome, RateLimited):
-            # Look it up by fingerprint (not by listing: key listing allows 10 a minute).
-            found = self.api.call(
-                "ssh_keys.get", self._client.ssh_keys.get, cast(Any, fingerprint(public_line))
-            )
-            if "ssh_key" in found:
-                return int(found["ssh_key"]["id"])
-            answer = self.api.call("ssh_keys.create", self._client.ssh_keys.create, body)
+        answer = self._create_once("ssh_keys.create", client.ssh_keys.create, body, find)
         return int(expect("ssh_keys.create", answer, "ssh_key")["id"])
 
     def _create_firewall(self, body: dict[str, Any]) -> str:
-        try:
-            answer = self.api.call(
-                "firewalls.create", self._client.firewalls.create, body, write=True
-            )
-        except (UnknownOutcome, RateLimited):
-            for firewall in self.api.pages(
-                "firewalls.list", self._client.firewalls.list, "firewalls"
-            ):
+        client = self._client
+
+        def find() -> dict[str, Any] | None:
+            for firewall in self.api.pages("firewalls.list", client.firewalls.list, "firewalls"):
                 if firewall.get("name") == body["name"]:
-                    return str(firewall["id"])
-            answer = self.api.call("firewalls.create", self._client.firewalls.create, body)
+                    return {"firewall": firewall}
+            return None
+
+        answer = self._create_once("firewalls.create", client.firewalls.create, body, find)
         return str(expect("firewalls.create", answer, "firewall")["id"])
 
     def teardown(self, infra_: Infrastructure) -> None:
@@ -397,30 +418,39 @@ class DigitalOceanProvider:
 
     # -- what dead clients leave (``skyward down --shared``) ----------------------------
 
-    def list_shared(self) -> list[tuple[str, str]]:
-        """Per-pool keys, firewalls and tags Skyward made (free, but clutter): found by
-        name (``skyward-sky-…``) and tag (``skyward:pool:…``)."""
+    def _leftovers(self) -> list[tuple[str, str, str]]:
+        """(kind, id, pool id) of every per-pool key, firewall and tag Skyward made, found by
+        name (``skyward-sky-…``) and tag (``skyward:pool:…``); one listing of each (keys
+        may be listed only 10 times a minute)."""
         client = self._client
         prefix = f"{RESOURCE_PREFIX}sky-"
         found = [
-            ("ssh-key", str(k["id"]))
+            ("ssh-key", str(k["id"]), str(k["name"]).removeprefix(RESOURCE_PREFIX))
             for k in self.api.pages("ssh_keys.list", client.ssh_keys.list, "ssh_keys")
             if str(k.get("name", "")).startswith(prefix)
         ]
         found += [
-            ("firewall", str(f["id"]))
+            ("firewall", str(f["id"]), str(f["name"]).removeprefix(RESOURCE_PREFIX))
             for f in self.api.pages("firewalls.list", client.firewalls.list, "firewalls")
             if str(f.get("name", "")).startswith(prefix)
         ]
+        pool_prefix = droplets.pool_tag("")
         found += [
-            ("tag", str(t["name"]))
+            ("tag", str(t["name"]), str(t["name"]).removeprefix(pool_prefix))
             for t in self.api.pages("tags.list", client.tags.list, "tags")
-            if str(t.get("name", "")).startswith(droplets.pool_tag(""))
+            if str(t.get("name", "")).startswith(pool_prefix)
         ]
         return found
 
+    def list_shared(self) -> list[tuple[str, str]]:
+        """Per-pool keys, firewalls and tags left behind (free, but clutter)."""
+        return [(kind, ident) for kind, ident, _ in self._leftovers()]
+
     def teardown_shared(self) -> list[tuple[str, str]]:
-        """Remove them, but keep whatever belongs to a pool that still has droplets."""
+        """Remove them, but keep whatever belongs to a pool that still has droplets.
+
+        A pool between ``prepare`` and its first create has a key and a firewall and no
+        droplet yet: run this when no client is launching a pool."""
         with self._lock:
             destroyed = set(self._destroyed)  # by ``skyward down`` just before: going
         live = {
@@ -430,24 +460,14 @@ class DigitalOceanProvider:
         }
         client = self._client
         kept: list[tuple[str, str]] = []
-        names = {}
-        for firewall in self.api.pages("firewalls.list", client.firewalls.list, "firewalls"):
-            names[("firewall", str(firewall["id"]))] = str(firewall.get("name", ""))
-        for key in self.api.pages("ssh_keys.list", client.ssh_keys.list, "ssh_keys"):
-            names[("ssh-key", str(key["id"]))] = str(key.get("name", ""))
-        for kind, ident in self.list_shared():
-            label = ident if kind == "tag" else names.get((kind, ident), "")
-            pool = label.removeprefix(droplets.pool_tag("")).removeprefix(RESOURCE_PREFIX)
+        for kind, ident, pool in self._leftovers():
             if pool in live:
                 kept.append((kind, ident))
                 continue
             try:
                 if kind == "ssh-key":
-                    gone(
-                        self.api.call(
-                            "ssh_keys.delete", client.ssh_keys.delete, cast(Any, int(ident))
-                        )
-                    )
+                    key = cast(Any, int(ident))
+                    gone(self.api.call("ssh_keys.delete", client.ssh_keys.delete, key))
                 elif kind == "firewall":
                     gone(self.api.call("firewalls.delete", client.firewalls.delete, ident))
                 else:
