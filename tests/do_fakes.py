@@ -338,6 +338,8 @@ class FakeDigitalOcean:
             self.sizes = default_sizes()
             self.droplet_limit = 25
             self.burst_limit = BURST_LIMIT
+            self.hourly_limit = HOURLY_LIMIT
+            """Requests per hour before 429 without retry-after (DigitalOcean: 5,000)."""
             """Requests per minute before 429 (DigitalOcean: 250)."""
             self.boot_seconds = 0.3
             """``new`` → ``active`` (private address only)."""
@@ -537,6 +539,9 @@ class FakeDigitalOcean:
             window = self._requests
             while window and window[0] < now - 3600:
                 window.popleft()
+            if len(window) >= self.hourly_limit:
+                # The hourly limit: no retry-after; ratelimit-reset says when it eases.
+                return self._error(429, "too_many_requests", "API Rate limit exceeded.")
             recent = sum(1 for t in window if t > now - 60)
             if recent >= self.burst_limit:
                 wait = 60 - (now - next(t for t in window if t > now - 60))
@@ -556,12 +561,16 @@ class FakeDigitalOcean:
         return None
 
     def _headers(self) -> dict[str, str]:
+        """``ratelimit-*``: each request counts for an hour; the reset is when the oldest
+        one still counted expires."""
         with self._lock:
             used = len(self._requests)
+            oldest = self._requests[0] if self._requests else time.monotonic()
+        reset = time.time() + (oldest + 3600 - time.monotonic())
         return {
-            "ratelimit-limit": str(HOURLY_LIMIT),
-            "ratelimit-remaining": str(max(0, HOURLY_LIMIT - used)),
-            "ratelimit-reset": str(int(time.time()) + 3600),
+            "ratelimit-limit": str(self.hourly_limit),
+            "ratelimit-remaining": str(max(0, self.hourly_limit - used)),
+            "ratelimit-reset": str(int(reset) + 1),
         }
 
     def _json(self, status: int, document: Any) -> Response:

@@ -514,3 +514,24 @@ def test_the_client_address_comes_from_checkip(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_hourly_limit_used_up_is_a_clear_error_not_an_hour_of_waiting(
+    do_fake: FakeDigitalOcean,
+) -> None:
+    provider = _provider()
+    assert _offers(provider, build_spec(cpu=2))
+    with do_fake._lock:
+        do_fake.hourly_limit = len(do_fake._requests) + 2
+    started = time.monotonic()
+    with pytest.raises(ProvisioningError, match=r"rate limit .* used up until \d\d:\d\d") as err:
+        provider.prepare(build_spec(cpu=2), POOL)
+    assert time.monotonic() - started < 5
+    assert "DIGITALOCEAN" not in str(err.value)
+    limited = [c for c in do_fake.calls if c.status == 429]
+    assert limited
+    assert limited[0].operation == "sshKeys_create"
+    do_fake.hourly_limit = 5000
+    provider.teardown_shared()
+    assert do_fake.keys == {}
+    assert do_fake.tags == set()

@@ -147,13 +147,12 @@ class Api:
                 if status == 401:
                     raise token_refused(operation, error) from None
                 if status == 429:
-                    after = _header(error, "retry-after")
-                    wait = float(after) if after is not None else backoff
+                    wait = _rate_limit_wait(error, backoff)
                     backoff = min(backoff * 2, 60.0)
-                    if write:
-                        raise RateLimited(f"{operation}: rate limited", wait) from None
                     if time.monotonic() + wait > deadline:
                         raise _exhausted(operation, error) from None
+                    if write:
+                        raise RateLimited(f"{operation}: rate limited", wait) from None
                     time.sleep(wait)
                     continue
                 if status >= 500 or status == 408:
@@ -216,6 +215,23 @@ def gone(document: Any) -> bool:
     if isinstance(document, dict) and document.get("id") == "not_found":
         return True
     raise refusal("delete", str(document.get("id", "")), str(document.get("message", "")))
+
+
+def _rate_limit_wait(error: Any, backoff: float) -> float:
+    """How long a 429 says to wait: ``retry-after`` (the burst limit); with none and no
+    request left this hour, until ``ratelimit-reset`` (the oldest request expires);
+    otherwise the backoff."""
+    after = _header(error, "retry-after")
+    if after is not None:
+        try:
+            return max(0.0, float(after))
+        except ValueError:
+            return backoff
+    remaining = _header(error, "ratelimit-remaining")
+    reset = _header(error, "ratelimit-reset")
+    if remaining == "0" and reset is not None and reset.isdigit():
+        return max(backoff, int(reset) - time.time())
+    return backoff
 
 
 def token_refused(operation: str, error: Any) -> ConfigurationError:
