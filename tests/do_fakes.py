@@ -357,6 +357,8 @@ class FakeDigitalOcean:
             self.gpus_in_tag_listing = True
             """Whether ``tag_name`` listings include GPU droplets (the document does not say;
             ``False`` models the pessimistic reading)."""
+            self.listing_lag = 0.0
+            """Seconds before a new droplet shows in listings (``get`` finds it at once)."""
             self.destroy_seconds = 0.2
             """How long a destroyed droplet is still listed."""
             self.droplets: dict[int, Droplet] = {}
@@ -745,6 +747,8 @@ class FakeDigitalOcean:
             found = []
             for droplet in self._existing():
                 gpu = "gpu_info" in droplet.size
+                if now - droplet.created < self.listing_lag:
+                    continue
                 if tag is not None:
                     if tag not in droplet.tags or (gpu and not self.gpus_in_tag_listing):
                         continue

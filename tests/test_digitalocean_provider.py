@@ -535,3 +535,19 @@ def test_the_hourly_limit_used_up_is_a_clear_error_not_an_hour_of_waiting(
     provider.teardown_shared()
     assert do_fake.keys == {}
     assert do_fake.tags == set()
+
+
+def test_droplets_of_a_lost_create_that_list_late_are_not_kept_twice(
+    do_fake: FakeDigitalOcean,
+) -> None:
+    do_fake.listing_lag = 3.0  # longer than the backoff before the reconciling listing
+    do_fake.fail_next("droplets_create", 500, after=True)
+    provider = _provider()
+    provider.settle_seconds = 3.5
+    infra, instances = _launch(provider, build_spec(nodes=2, cpu=2))
+    assert len(_creates(do_fake)) == 2, "the first droplets were not listed yet"
+    time.sleep(do_fake.destroy_seconds + 0.1)
+    live = do_fake.live()
+    assert sorted(d.name for d in live) == [f"{POOL}-0", f"{POOL}-1"]
+    assert {i.id for i in instances} == {str(d.id) for d in live}
+    _shutdown(provider, infra, instances)

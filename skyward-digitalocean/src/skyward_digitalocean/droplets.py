@@ -20,6 +20,7 @@ from skyward_digitalocean.api import Api, RateLimited, UnknownOutcome, expect, g
 __all__ = [
     "MANAGED",
     "MAX_PER_CREATE",
+    "SETTLE_SECONDS",
     "create_droplets",
     "droplet_state",
     "instance_tags",
@@ -33,6 +34,8 @@ MAX_PER_CREATE = 10
 """DigitalOcean's limit on ``names`` in one create (stated in prose, not the schema)."""
 MAX_LOST_ANSWERS = 5
 """Creates of one batch whose answer may be lost before the launch gives up."""
+SETTLE_SECONDS = 5.0
+"""How long after a create with a lost answer its droplets are looked for once more."""
 MANAGED = MANAGED_TAG
 """``skyward:managed`` is a valid DigitalOcean tag as it is."""
 _POOL_PREFIX = f"{POOL_TAG}:"
@@ -109,10 +112,17 @@ def create_droplets(
     tag: str,
     *,
     sleep: Callable[[float], None] = time.sleep,
+    settle: float = SETTLE_SECONDS,
 ) -> list[dict[str, Any]]:
     """Create one droplet per name (``base`` is the rest of the body); returns them in
-    ``names`` order. Raises what DigitalOcean refused with (capacity, limit, bad input)."""
+    ``names`` order. Raises what DigitalOcean refused with (capacity, limit, bad input).
+
+    After any lost answer, the pool's tag is listed once more ``settle`` seconds after the
+    last create, in case a lost create's droplets showed up late and were asked for again:
+    a name found twice keeps one droplet. (Teardown destroys everything with the pool's
+    tag, so a duplicate that shows up later still does not outlive the pool.)"""
     made: dict[str, dict[str, Any]] = {}
+    any_lost = False
     for start in range(0, len(names), MAX_PER_CREATE):
         batch = list(names[start : start + MAX_PER_CREATE])
         missing = batch
@@ -134,6 +144,7 @@ def create_droplets(
                 sleep(limited.wait)
             except UnknownOutcome:
                 lost += 1
+                any_lost = True
                 if lost > MAX_LOST_ANSWERS:
                     raise
                 sleep(min(0.5 * 2**lost, 10.0))
@@ -141,6 +152,9 @@ def create_droplets(
             existing = _by_name(api, tag, set(batch))
             made.update(existing)
             missing = [n for n in batch if n not in made]
+    if any_lost:
+        sleep(settle)
+        made.update(_by_name(api, tag, set(names)))
     missing = [n for n in names if n not in made]
     if missing:
         raise ProvisioningError("digitalocean", f"droplets not created: {', '.join(missing)}")

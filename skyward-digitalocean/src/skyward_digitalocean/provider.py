@@ -82,6 +82,7 @@ class DigitalOceanProvider:
     poll_interval: float = POLL_INTERVAL
     redestroy_after: float = REDESTROY_AFTER
     teardown_wait: float = TEARDOWN_WAIT
+    settle_seconds: float = droplets.SETTLE_SECONDS
     _sizes: dict[str, catalog.Size] = field(factory=dict)
     _spec: ComputeSpec | None = None
     _region_checked: bool = False
@@ -311,7 +312,7 @@ class DigitalOceanProvider:
         names = [f"{request.pool_id}-{n}" for n in range(request.count)]
         self._check_limit(request.count)
         try:
-            made = droplets.create_droplets(self.api, body, names, tag)
+            made = droplets.create_droplets(self.api, body, names, tag, settle=self.settle_seconds)
         except BaseException:
             # All or nothing: whatever a failed launch made goes, found by its tag.
             with contextlib.suppress(Exception):
