@@ -15,7 +15,6 @@ Every remote provider uses this one path:
 
 from __future__ import annotations
 
-import json
 import platform
 import select
 import shlex
@@ -144,7 +143,7 @@ class SSHTransport:
         try:
             channel.set_combine_stderr(True)
             channel.exec_command(command)
-            channel.sendall((json.dumps(dict(config.env)) + "\n").encode())
+            channel.sendall(config.stdin_line())
             channel.shutdown_write()
             port, pid, output = _read_ready(channel, self.agent_timeout)
         finally:
