@@ -13,13 +13,13 @@ import psutil
 import pytest
 
 from skyward import handshake, messages, wire
-from skyward.agent import EXIT_LIFETIME, EXIT_NO_HEARTBEAT
 from skyward.agent_process import (
     AgentProcess,
     connect_loopback,
     start_agent_process,
     stop_process_group,
 )
+from skyward.messages import EXIT_LIFETIME, EXIT_NO_HEARTBEAT
 from skyward.provider import AgentConfig
 from tests.conftest import wait_until
 

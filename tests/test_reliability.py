@@ -416,3 +416,16 @@ def test_the_key_never_reaches_the_agent_command_line_or_disk(
         # a raw connection gets a challenge, never a greeting it could read a pid from
         with connect_loopback(_client(pool).endpoint.port) as raw:
             assert raw.recv(8) == handshake.MAGIC
+
+
+def test_exit_causes_in_words(tmp_path: Path) -> None:
+    from skyward.agent_process import describe_exit
+    from skyward.messages import EXIT_NO_HEARTBEAT, EXIT_REASON_FILE
+
+    assert describe_exit(None, tmp_path) is None
+    assert describe_exit(-signal.SIGSEGV, tmp_path) == "killed by SIGSEGV"
+    assert describe_exit(2, tmp_path) == "exited with code 2"
+    (tmp_path / EXIT_REASON_FILE).write_text(f"{EXIT_NO_HEARTBEAT} no heartbeat for 30s\n")
+    assert describe_exit(EXIT_NO_HEARTBEAT, tmp_path) == "no heartbeat for 30s"
+    # a stale reason of another exit is not believed
+    assert describe_exit(1, tmp_path) == "exited with code 1"

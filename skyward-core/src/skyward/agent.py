@@ -34,15 +34,12 @@ from skyward import cluster, handshake, messages, wire
 from skyward.agent_output import OutputCapture
 from skyward.cluster import InstanceInfo
 from skyward.errors import AgentAuthenticationError, SerializationError
+from skyward.messages import EXIT_LIFETIME, EXIT_NO_HEARTBEAT, EXIT_REASON_FILE
 
 POWEROFF_ENV = "SKYWARD_POWEROFF_CMD"
 """Overrides the command ``--on-expire=poweroff`` runs (tests point it at something harmless)."""
 NODE_MARKER_ENV = "SKYWARD_NODE"
 """``<pool>/<node>`` in the environment of everything an agent starts."""
-EXIT_REASON_FILE = "exit-reason"
-"""Written in the agent's directory when it stops on purpose: ``<code> <reason>``."""
-EXIT_NO_HEARTBEAT = 3
-EXIT_LIFETIME = 4
 HANDSHAKE_TIMEOUT = 10.0
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -407,6 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     env, key = _read_stdin()
     os.environ.update(env)
+    Path(EXIT_REASON_FILE).unlink(missing_ok=True)  # a predecessor's, in the same directory
     marker = f"{options.job_id}/{options.node}"
     _stop_predecessors(marker)
     # Everything the tasks start inherits this, so a later agent of the same node (after a

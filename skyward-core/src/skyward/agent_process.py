@@ -19,7 +19,7 @@ from pathlib import Path
 from attrs import frozen
 
 from skyward.errors import ProvisioningError
-from skyward.messages import READY_PREFIX
+from skyward.messages import EXIT_REASON_FILE, READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint
 
 __all__ = [
@@ -169,7 +169,7 @@ def describe_exit(returncode: int | None, workdir: Path) -> str | None:
     if returncode is None:
         return None
     with contextlib.suppress(OSError):
-        code, _, reason = (workdir / "exit-reason").read_text().strip().partition(" ")
+        code, _, reason = (workdir / EXIT_REASON_FILE).read_text().strip().partition(" ")
         if code == str(returncode) and reason:
             return reason
     if returncode < 0:

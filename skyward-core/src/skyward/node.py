@@ -336,7 +336,8 @@ class NodeClient:
             self._dead = error
         if not self._closing:
             self._emit(Error(f"node {self.node} is unreachable: {error}", self.instance.id))
-        cause = self._exit_cause() or f"connection: {error}"
+        # Only what is already known: asking the transport could wait on a dead link.
+        cause = self._restart_cause or f"connection: {error}"
         self._fail_all(WorkerLostError(self.node, "the node stopped answering", cause))
 
     def _exit_cause(self) -> str | None:

@@ -26,7 +26,7 @@ import paramiko
 
 from skyward import plugins
 from skyward.errors import ProvisioningError
-from skyward.messages import READY_PREFIX
+from skyward.messages import EXIT_REASON_FILE, READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint, BootstrapReporter, Stream
 from skyward.ssh.connection import SSHConnection
 from skyward.wheels import build_node_wheels
@@ -159,6 +159,14 @@ class SSHTransport:
         except paramiko.ChannelException as error:
             # sshd reached the machine but nothing listens there: the agent is gone.
             raise ConnectionRefusedError(f"agent port {endpoint.port}: {error}") from error
+
+    def agent_exit_cause(self) -> str | None:
+        """Why the agent stopped, when it said so (expiry, shutdown) before exiting."""
+        result = self.connection.run(
+            f"cat {self.workdir}/{EXIT_REASON_FILE} 2>/dev/null", timeout=10
+        )
+        _code, _, reason = result.output.strip().partition(" ")
+        return reason or None
 
     def close(self) -> None:
         """Stop the agent (if still running) and remove this pool's directory; keep caches."""
