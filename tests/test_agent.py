@@ -12,13 +12,14 @@ import cloudpickle
 import psutil
 import pytest
 
-from skyward import messages, wire
+from skyward import handshake, messages, wire
 from skyward.agent_process import (
     AgentProcess,
     connect_loopback,
     start_agent_process,
     stop_process_group,
 )
+from skyward.messages import EXIT_LIFETIME, EXIT_NO_HEARTBEAT
 from skyward.provider import AgentConfig
 from tests.conftest import wait_until
 
@@ -63,8 +64,9 @@ def start(tmp_path: Path) -> Iterator[object]:
         stop_process_group(agent.process)
 
 
-def _session(agent: AgentProcess) -> tuple[wire.FrameReader, wire.FrameWriter]:
+def _session(agent: AgentProcess, config: AgentConfig) -> tuple[wire.FrameReader, wire.FrameWriter]:
     sock = connect_loopback(agent.endpoint.port)
+    handshake.prove(sock, config.key)
     reader, writer = wire.FrameReader(sock), wire.FrameWriter(sock)
     hello = reader.read()
     assert isinstance(hello, messages.Hello)
@@ -92,8 +94,9 @@ def test_listens_on_loopback_only(start) -> None:  # type: ignore[no-untyped-def
 
 
 def test_runs_a_task_and_streams_child_output(start) -> None:  # type: ignore[no-untyped-def]
-    agent = start(_config())
-    reader, writer = _session(agent)
+    config = _config()
+    agent = start(config)
+    reader, writer = _session(agent, config)
     writer.send(_call(_echo_from_child, "from-a-child-process"))
     seen: list[object] = []
     while not any(isinstance(m, messages.Result) for m in seen) or not any(
@@ -113,12 +116,13 @@ def test_exits_without_heartbeats(start) -> None:  # type: ignore[no-untyped-def
     started = time.monotonic()
     agent.process.wait(timeout=10)
     assert time.monotonic() - started < 3
-    assert agent.process.returncode == 1
+    assert agent.process.returncode == EXIT_NO_HEARTBEAT
 
 
 def test_heartbeats_keep_it_alive(start) -> None:  # type: ignore[no-untyped-def]
-    agent = start(_config(heartbeat_timeout=1.0))
-    _, writer = _session(agent)
+    config = _config(heartbeat_timeout=1.0)
+    agent = start(config)
+    _, writer = _session(agent, config)
     for _ in range(10):
         writer.send(messages.Heartbeat())
         time.sleep(0.2)
@@ -126,13 +130,14 @@ def test_heartbeats_keep_it_alive(start) -> None:  # type: ignore[no-untyped-def
 
 
 def test_lifetime_is_hard_even_with_heartbeats(start) -> None:  # type: ignore[no-untyped-def]
-    agent = start(_config(heartbeat_timeout=5.0, lifetime=1.0))
-    _, writer = _session(agent)
+    config = _config(heartbeat_timeout=5.0, lifetime=1.0)
+    agent = start(config)
+    _, writer = _session(agent, config)
     deadline = time.monotonic() + 6
     while agent.process.poll() is None and time.monotonic() < deadline:
         writer.send(messages.Heartbeat())
         time.sleep(0.2)
-    assert agent.process.poll() == 1
+    assert agent.process.poll() == EXIT_LIFETIME
 
 
 def test_poweroff_on_expire_runs_the_poweroff_command(start, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -146,8 +151,9 @@ def test_poweroff_on_expire_runs_the_poweroff_command(start, tmp_path: Path) -> 
 
 
 def test_expiry_kills_what_tasks_started(start) -> None:  # type: ignore[no-untyped-def]
-    agent = start(_config(heartbeat_timeout=1.5))
-    _reader, writer = _session(agent)
+    config = _config(heartbeat_timeout=1.5)
+    agent = start(config)
+    _reader, writer = _session(agent, config)
     writer.send(_call(subprocess.Popen, ["sleep", "300"]))
     assert wait_until(lambda: bool(psutil.Process(agent.process.pid).children()), 5)
     child = psutil.Process(agent.process.pid).children()[0]
@@ -156,8 +162,9 @@ def test_expiry_kills_what_tasks_started(start) -> None:  # type: ignore[no-unty
 
 
 def test_shutdown_message_stops_it(start) -> None:  # type: ignore[no-untyped-def]
-    agent = start(_config())
-    _, writer = _session(agent)
+    config = _config()
+    agent = start(config)
+    _, writer = _session(agent, config)
     writer.send(messages.Shutdown())
     assert agent.process.wait(timeout=10) == 0
 

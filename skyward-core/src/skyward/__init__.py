@@ -37,7 +37,9 @@ from skyward.callbacks import Callback, compose, emit, use_callback
 from skyward.cluster import InstanceInfo, current_accelerator, instance_info
 from skyward.compute import ComputeFunction, PendingBatch, PendingCompute, compute, gather
 from skyward.errors import (
+    AgentAuthenticationError,
     AllProvidersFailedError,
+    BudgetExceededError,
     CapacityError,
     ConfigurationError,
     NoAvailableProviderError,
@@ -98,7 +100,9 @@ __all__ = [
     "NVIDIA",
     "Accelerator",
     "AcceleratorSpec",
+    "AgentAuthenticationError",
     "AllProvidersFailedError",
+    "BudgetExceededError",
     "Allocation",
     "AllocationLike",
     "BootstrapCompleted",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import io
 import json
 import logging
 import os
@@ -28,22 +27,32 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from skyward import cluster, messages, wire
+from skyward import cluster, handshake, messages, wire
+from skyward.agent_output import OutputCapture
 from skyward.cluster import InstanceInfo
-from skyward.errors import SerializationError
+from skyward.errors import AgentAuthenticationError, SerializationError
+from skyward.messages import EXIT_LIFETIME, EXIT_NO_HEARTBEAT, EXIT_REASON_FILE
 
 POWEROFF_ENV = "SKYWARD_POWEROFF_CMD"
 """Overrides the command ``--on-expire=poweroff`` runs (tests point it at something harmless)."""
+NODE_MARKER_ENV = "SKYWARD_NODE"
+"""``<pool>/<node>`` in the environment of everything an agent starts."""
+HANDSHAKE_TIMEOUT = 10.0
+_PR_SET_CHILD_SUBREAPER = 36
 
 _log = logging.getLogger("skyward.agent")
 _LOG_BACKLOG = 10_000
 
 
 class Agent:
-    def __init__(self, options: argparse.Namespace) -> None:
+    def __init__(self, options: argparse.Namespace, key: bytes) -> None:
         self.options = options
+        self.key = key
+        self.output: OutputCapture | None = None
+        self._stopping = threading.Lock()
         self.info = InstanceInfo(
             node=options.node,
             total_nodes=options.total_nodes,
@@ -80,6 +89,10 @@ class Agent:
             self._backlog.append(message)
 
     def _complete(self, result: messages.Result) -> None:
+        if self.output is not None:
+            # Lines the task printed travel before its result, so a caller that closes
+            # the pool as soon as it has the result still sees all of them.
+            self.output.drain()
         with self._lock:
             self._inflight.discard(result.id)
             self._retained[result.id] = result
@@ -120,6 +133,15 @@ class Agent:
         writer = wire.FrameWriter(conn)
         reader = wire.FrameReader(conn)
         try:
+            # Nothing from this peer is unpickled, and it cannot become the current
+            # connection, until it proves it holds the pool's key.
+            conn.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                handshake.accept(conn, self.key)
+            except (AgentAuthenticationError, EOFError, OSError) as error:
+                _log.warning("refused a connection: %s", error)
+                return
+            conn.settimeout(None)
             self._greet(writer)
             self.last_seen = time.monotonic()
             while True:
@@ -136,7 +158,7 @@ class Agent:
                         for task_id in message.ids:
                             self._retained.pop(task_id, None)
                 elif isinstance(message, messages.Shutdown):
-                    self.shutdown(0)
+                    self.shutdown(0, "the client closed the pool")
         except (EOFError, OSError):
             _log.info("client connection closed")
         finally:
@@ -183,23 +205,35 @@ class Agent:
             time.sleep(min(0.5, timeout / 4))
             now = time.monotonic()
             if now - self.last_seen > timeout:
-                self.expire(f"no heartbeat for {timeout:g}s")
+                self.expire(EXIT_NO_HEARTBEAT, f"no heartbeat for {timeout:g}s")
             if lifetime is not None and now - self.started > lifetime:
-                self.expire(f"lifetime of {lifetime:g}s reached")
+                self.expire(
+                    EXIT_LIFETIME, f"the pool's lifetime ({lifetime:g}s left at start) ran out"
+                )
 
-    def expire(self, reason: str) -> None:
+    def expire(self, code: int, reason: str) -> None:
         _log.warning("expiring: %s", reason)
         if self.options.on_expire == "poweroff":
             command = os.environ.get(POWEROFF_ENV) or _default_poweroff()
             subprocess.run(command, shell=True, check=False, timeout=60)
-        self.shutdown(1)
+        self.shutdown(code, reason)
 
-    def shutdown(self, code: int) -> None:
+    def shutdown(self, code: int, reason: str) -> None:
+        """Stop everything a task started, flush what it printed, and exit. Once."""
+        if not self._stopping.acquire(blocking=False):
+            return  # another thread is already shutting down; it will exit the process
+        with contextlib.suppress(OSError):
+            Path(EXIT_REASON_FILE).write_text(f"{code} {reason}\n")
+        _kill_descendants()
         sys.stdout.flush()
         sys.stderr.flush()
-        _kill_children()
+        if self.output is not None:
+            self.output.drain(final=True)
         logging.shutdown()
         os._exit(code)
+
+    def log_line(self, stream: str, line: str, timestamp: float) -> None:
+        self._send_current(messages.Log(stream=stream, line=line, timestamp=timestamp))
 
     def sampler(self, interval: float) -> None:
         import psutil
@@ -215,16 +249,66 @@ def _default_poweroff() -> str:
     return f"{prefix}shutdown -h now || {prefix}poweroff"
 
 
-def _kill_children() -> None:
+def _become_subreaper() -> None:
+    """Orphans of our descendants (daemons, double forks) become our children instead of
+    init's, so :func:`_kill_descendants` still finds them. Linux only; a no-op elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _kill_descendants() -> None:
+    """Kill every process a task started, in whatever session or group it put itself,
+    and whatever a previous agent of the same node left behind."""
     import psutil
 
-    try:
-        children = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return
-    for child in children:
+    me = os.getpid()
+    marker = os.environ.get(NODE_MARKER_ENV)
+    victims: dict[int, psutil.Process] = {}
+    with contextlib.suppress(psutil.Error):
+        victims.update((c.pid, c) for c in psutil.Process(me).children(recursive=True))
+    if marker:
+        victims.update((p.pid, p) for p in _marked_processes(marker) if p.pid != me)
+    for victim in victims.values():
         with contextlib.suppress(psutil.Error):
-            child.kill()
+            victim.kill()
+    psutil.wait_procs(list(victims.values()), timeout=3)
+
+
+def _marked_processes(marker: str) -> list[Any]:
+    """This user's processes whose environment carries ``marker`` (inherited from an
+    agent of this node, unless a process scrubbed its environment)."""
+    import psutil
+
+    uid = os.getuid()
+    found = []
+    for process in psutil.process_iter(["uids"]):
+        try:
+            if process.info["uids"] is None or process.info["uids"].real != uid:
+                continue
+            if process.environ().get(NODE_MARKER_ENV) == marker:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _stop_predecessors(marker: str) -> None:
+    """A restarted agent first stops what the dead one of the same node left running."""
+    import psutil
+
+    me = os.getpid()
+    ancestors = {me}
+    with contextlib.suppress(psutil.Error):
+        ancestors.update(p.pid for p in psutil.Process(me).parents())
+    leftovers = [p for p in _marked_processes(marker) if p.pid not in ancestors]
+    for process in leftovers:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(leftovers, timeout=3)
 
 
 def _sample(psutil: Any) -> messages.Sample:
@@ -273,34 +357,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _pump(fd: int, stream: str, agent: Agent) -> None:
-    with open(fd, "rb", buffering=0) as source:
-        pending = b""
-        while True:
-            chunk = source.read(65536)
-            if not chunk:
-                return
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            now = time.time()
-            for raw in lines:
-                line = raw.decode("utf-8", "replace")
-                agent._send_current(messages.Log(stream=stream, line=line, timestamp=now))
-
-
-def _capture_output(agent: Agent) -> int:
-    """Route fds 1 and 2 into pipes streamed to the client; return a dup of the old stdout."""
-    original = os.dup(1)
-    for fd, stream in ((1, "stdout"), (2, "stderr")):
-        read_end, write_end = os.pipe()
-        os.dup2(write_end, fd)
-        os.close(write_end)
-        threading.Thread(target=_pump, args=(read_end, stream, agent), daemon=True).start()
-    sys.stdout = io.TextIOWrapper(open(1, "wb", buffering=0, closefd=False), line_buffering=True)  # noqa: SIM115
-    sys.stderr = io.TextIOWrapper(open(2, "wb", buffering=0, closefd=False), line_buffering=True)  # noqa: SIM115
-    return original
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m skyward.agent")
     parser.add_argument("--node", type=int, required=True)
@@ -318,9 +374,25 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--env-stdin",
         action="store_true",
-        help="read the functions' environment as one JSON line on stdin (keeps secrets off argv)",
+        help="accepted for compatibility: the key and environment always come on stdin",
     )
     return parser.parse_args(argv)
+
+
+def _read_stdin() -> tuple[dict[str, str], bytes]:
+    """The environment for the functions and the pool's key, from one JSON line."""
+    line = sys.stdin.readline()
+    try:
+        data = json.loads(line)
+        env, key = data["env"], bytes.fromhex(data["key"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise SystemExit(
+            "skyward.agent: expected the pool's key and environment as one JSON line on "
+            f"stdin ({error})"
+        ) from None
+    if len(key) < handshake.KEY_BYTES:
+        raise SystemExit("skyward.agent: the pool's key is too short")
+    return {str(k): str(v) for k, v in env.items()}, key
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -330,12 +402,26 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if options.env_stdin:
-        os.environ.update(json.loads(sys.stdin.readline() or "{}"))
+    env, key = _read_stdin()
+    os.environ.update(env)
+    Path(EXIT_REASON_FILE).unlink(missing_ok=True)  # a predecessor's, in the same directory
+    marker = f"{options.job_id}/{options.node}"
+    _stop_predecessors(marker)
+    # Everything the tasks start inherits this, so a later agent of the same node (after a
+    # crash) and ``shutdown`` find it even when it left our session.
+    os.environ[NODE_MARKER_ENV] = marker
+    _become_subreaper()
     # A Ctrl-C meant for the client must not reach the agent; the client stops it itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    agent = Agent(options)
+    agent = Agent(options, key)
     cluster.set_node_info(agent.info)
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        threading.Thread(
+            target=agent.shutdown, args=(128 + signum, "stopped by SIGTERM"), daemon=True
+        ).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -343,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     listener.listen(16)
     port = listener.getsockname()[1]
 
-    original_stdout = _capture_output(agent)
+    agent.output = OutputCapture(agent.log_line)
+    original_stdout = agent.output.original_stdout
     os.write(original_stdout, f"{messages.READY_PREFIX} {port} {os.getpid()}\n".encode())
     os.close(original_stdout)
     _log.info("node %d listening on 127.0.0.1:%d", options.node, port)

@@ -53,6 +53,7 @@ class CostTracker:
 
     :param clock: monotonic seconds; injectable for tests.
     :param update_interval: least number of seconds between two ``CostUpdate`` events.
+    :param budget: the pool's ``max_cost``, reported in ``CostFinal``.
     """
 
     def __init__(
@@ -60,8 +61,10 @@ class CostTracker:
         *,
         clock: Callable[[], float] = time.monotonic,
         update_interval: float = 30.0,
+        budget: float | None = None,
     ) -> None:
         self._clock = clock
+        self._budget = budget
         self._update_interval = update_interval
         self._lock = threading.Lock()
         self._meters: dict[str, _Meter] = {}
@@ -108,6 +111,7 @@ class CostTracker:
                 spot_count=spot,
                 ondemand_count=len(meters) - spot,
                 savings_vs_ondemand=ondemand - total,
+                budget=self._budget,
             )
             return self._final
 

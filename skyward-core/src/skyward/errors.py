@@ -7,7 +7,9 @@ One base, :class:`SkywardError`. Mistakes in what the user asked for also subcla
 from __future__ import annotations
 
 __all__ = [
+    "AgentAuthenticationError",
     "AllProvidersFailedError",
+    "BudgetExceededError",
     "CapacityError",
     "ConfigurationError",
     "ConnectError",
@@ -94,16 +96,43 @@ class PoolTimeoutError(SkywardError):
     """The pool reached its ``timeout`` (its hard lifetime) and was shut down."""
 
 
+class BudgetExceededError(SkywardError):
+    """The pool spent its ``max_cost`` and was shut down.
+
+    ``budget`` and ``spent`` are in US dollars, as the cost events compute them.
+    """
+
+    def __init__(self, budget: float, spent: float) -> None:
+        self.budget = budget
+        self.spent = spent
+        super().__init__(
+            f"the pool spent ${spent:.4f} of its max_cost of ${budget:.4f} and was shut down"
+        )
+
+
+class AgentAuthenticationError(SkywardError, ConnectionError):
+    """A connection to (or from) a node agent did not prove it holds the pool's key.
+
+    The agent ignores such a connection; the client refuses to talk to such an agent.
+    """
+
+
 class SerializationError(SkywardError, TypeError):
     """A function, argument or result cannot be pickled. Nothing was sent; the pool is fine."""
 
 
 class WorkerLostError(SkywardError):
-    """The node running a task went away before answering; the task may not have finished."""
+    """The node running a task went away before answering; the task may not have finished.
 
-    def __init__(self, node: int, message: str) -> None:
+    ``cause`` says why when it is known: an exit code, a signal, the out-of-memory killer,
+    the agent's watchdog or lifetime, or the connection.
+    """
+
+    def __init__(self, node: int, message: str, cause: str | None = None) -> None:
         self.node = node
-        super().__init__(f"node {node}: {message}")
+        self.cause = cause
+        detail = f" ({cause})" if cause else ""
+        super().__init__(f"node {node}: {message}{detail}")
 
 
 class RemoteTraceback(Exception):

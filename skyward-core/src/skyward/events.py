@@ -169,6 +169,8 @@ class CostFinal:
     spot_count: int
     ondemand_count: int
     savings_vs_ondemand: float
+    budget: float | None = None
+    """The pool's ``max_cost``, when it had one; ``total_cost`` is what was spent."""
 
 
 # -- errors -------------------------------------------------------------------------------

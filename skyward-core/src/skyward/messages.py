@@ -18,6 +18,9 @@ from attrs import frozen
 from skyward import wire
 
 __all__ = [
+    "EXIT_LIFETIME",
+    "EXIT_NO_HEARTBEAT",
+    "EXIT_REASON_FILE",
     "READY_PREFIX",
     "Ack",
     "Failure",
@@ -33,6 +36,12 @@ __all__ = [
 
 READY_PREFIX = "SKYWARD-AGENT-READY"
 """First line an agent prints on its original stdout: ``SKYWARD-AGENT-READY <port> <pid>``."""
+EXIT_REASON_FILE = "exit-reason"
+"""Written in the agent's directory when it stops on purpose: ``<exit code> <reason>``."""
+EXIT_NO_HEARTBEAT = 3
+"""Exit code of an agent whose client stopped sending heartbeats."""
+EXIT_LIFETIME = 4
+"""Exit code of an agent that reached the pool's lifetime (timeout or budget)."""
 
 
 @frozen

@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from skyward import messages, wire
+from skyward import handshake, messages, wire
 from skyward.errors import RemoteError, RemoteTraceback, SerializationError, WorkerLostError
 from skyward.events import Error, LogLine, Metrics, SkywardEvent
 from skyward.provider import AgentConfig, AgentEndpoint, Instance, NodeTransport
@@ -70,13 +70,16 @@ class NodeClient:
         transport: NodeTransport,
         endpoint: AgentEndpoint,
         emit: Callable[[SkywardEvent], None],
-        config: AgentConfig | None = None,
+        config: AgentConfig,
+        *,
+        reconnect: bool = True,
     ) -> None:
         self.node = node
         self.instance = instance
         self.transport = transport
         self.endpoint = endpoint
         self.config = config
+        self.reconnect = reconnect
         self._emit = emit
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
@@ -88,6 +91,10 @@ class NodeClient:
         self._stream: Any = None
         self._agent_pid: int | None = None
         self._generation = 0
+        self._reading_done = threading.Event()
+        self._restart_cause: str | None = None
+        # A restarted agent gets what is left of this one's lifetime, not a fresh one.
+        self._lifetime_end = None if config.lifetime is None else time.monotonic() + config.lifetime
 
     # -- life -------------------------------------------------------------------------
 
@@ -96,6 +103,13 @@ class NodeClient:
         self._attach(self.transport.open_stream(self.endpoint), first=True)
 
     def _attach(self, stream: Any, *, first: bool) -> None:
+        try:
+            # Prove we hold the pool's key, and make the agent prove it: nothing is
+            # unpickled from a peer that cannot.
+            handshake.prove(stream, self.config.key)
+        except BaseException:
+            stream.close()
+            raise
         reader = wire.FrameReader(stream)
         hello = reader.read()
         if not isinstance(hello, messages.Hello):
@@ -114,6 +128,7 @@ class NodeClient:
             self._stream, self._writer = stream, writer
             self._generation += 1
             generation = self._generation
+            self._reading_done.clear()
             if restarted:
                 lost, self._pending = self._pending, {}
                 resend: list[_Pending] = []
@@ -121,14 +136,17 @@ class NodeClient:
                 known = set(hello.inflight) | set(hello.completed)
                 lost = {}
                 resend = [p for i, p in self._pending.items() if i not in known]
-        for pending in lost.values():
-            pending.future.set_exception(
-                WorkerLostError(
-                    self.node,
-                    "the node agent stopped while running this task; it was restarted and "
-                    "the task was not retried (it may have run partly)",
+        if lost:
+            cause = self._restart_cause or self._exit_cause()
+            for pending in lost.values():
+                pending.future.set_exception(
+                    WorkerLostError(
+                        self.node,
+                        "the node agent stopped while running this task; it was restarted "
+                        "and the task was not retried (it may have run partly)",
+                        cause,
+                    )
                 )
-            )
         threading.Thread(
             target=self._read_loop,
             args=(reader, generation),
@@ -138,14 +156,22 @@ class NodeClient:
         for pending in resend:  # never reached the agent: safe to send again
             writer.write(pending.parts)
 
-    def close(self) -> None:
-        """Ask the agent to stop and drop the connection. Idempotent."""
+    def close(self, grace: float = 5.0) -> None:
+        """Ask the agent to stop and drop the connection. Idempotent.
+
+        The agent flushes what its tasks printed and then closes its side; waiting up to
+        ``grace`` seconds for that means no output line is lost at close.
+        """
         if self._closing:
             return
         self._closing = True
         if self._writer is not None:
-            with contextlib.suppress(OSError, EOFError):
+            try:
                 self._writer.send(messages.Shutdown())
+            except (OSError, EOFError):
+                pass
+            else:
+                self._reading_done.wait(grace)
         if self._stream is not None:
             with contextlib.suppress(OSError, EOFError):
                 self._stream.close()
@@ -166,8 +192,12 @@ class NodeClient:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[Any]:
         """Send one task. Pickling errors raise here, before anything is sent."""
+        return self.submit_payload(messages.Payload.of((fn, args, kwargs)))
+
+    def submit_payload(self, payload: messages.Payload) -> Future[Any]:
+        """Send one task already pickled as ``(fn, args, kwargs)``."""
         task_id = next(self._ids)
-        parts = wire.encode(messages.Task(task_id, messages.Payload.of((fn, args, kwargs))))
+        parts = wire.encode(messages.Task(task_id, payload))
         future: Future[Any] = Future()
         with self._lock:
             if self._dead is not None:
@@ -208,6 +238,9 @@ class NodeClient:
         except Exception as error:  # a frame we cannot read: the stream is unusable
             _log.exception("node %d: bad frame", self.node)
             self._on_lost(error, generation)
+        finally:
+            if generation == self._generation:
+                self._reading_done.set()
 
     def _dispatch(self, message: object) -> None:
         if isinstance(message, messages.Result):
@@ -256,7 +289,7 @@ class NodeClient:
             if generation != self._generation or self._closing or self._dead is not None:
                 return
             self._writer = None
-        if self.config is None:
+        if not self.reconnect:
             self._give_up(error)
             return
         self._emit(Error(f"lost connection to node {self.node} ({error}); reconnecting"))
@@ -265,7 +298,6 @@ class NodeClient:
         ).start()
 
     def _reconnect(self, cause: BaseException) -> None:
-        assert self.config is not None
         # Past the agent's watchdog there is nothing left to reconnect to.
         deadline = time.monotonic() + self.config.heartbeat_timeout
         delay = 0.1
@@ -274,6 +306,10 @@ class NodeClient:
                 stream = self.transport.open_stream(self.endpoint)
             except ConnectionRefusedError:
                 try:  # the agent is gone but the machine answers: start a new one
+                    self._restart_cause = self._exit_cause()
+                    if self._lifetime_end is not None:
+                        left = max(1.0, self._lifetime_end - time.monotonic())
+                        self.config = attrs.evolve(self.config, lifetime=left)
                     self.endpoint = self.transport.start_agent(self.config)
                     stream = self.transport.open_stream(self.endpoint)
                 except Exception as error:
@@ -300,7 +336,20 @@ class NodeClient:
             self._dead = error
         if not self._closing:
             self._emit(Error(f"node {self.node} is unreachable: {error}", self.instance.id))
-        self._fail_all(WorkerLostError(self.node, f"the node stopped answering ({error})"))
+        # Only what is already known: asking the transport could wait on a dead link.
+        cause = self._restart_cause or f"connection: {error}"
+        self._fail_all(WorkerLostError(self.node, "the node stopped answering", cause))
+
+    def _exit_cause(self) -> str | None:
+        """Why the agent stopped, when the transport can tell."""
+        explain = getattr(self.transport, "agent_exit_cause", None)
+        if explain is None:
+            return None
+        try:
+            cause: str | None = explain()
+        except Exception:
+            return None
+        return cause
 
     def _fail_all(self, error: BaseException) -> None:
         with self._lock:

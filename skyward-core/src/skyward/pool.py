@@ -13,6 +13,7 @@ import functools
 import logging
 import signal
 import threading
+import time
 import types
 import uuid
 import weakref
@@ -20,9 +21,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from skyward import callbacks
+import attrs
+
+from skyward import callbacks, messages
 from skyward.cost import CostTracker
 from skyward.errors import (
+    BudgetExceededError,
     ConfigurationError,
     PoolClosedError,
     PoolTimeoutError,
@@ -127,6 +131,8 @@ class ComputePool:
         display: DisplayMode = "log",
         on_event: callbacks.Callback | None = None,
         collect_metrics: bool = True,
+        max_cost: float | None = None,
+        max_hourly_cost: float | None = None,
     ) -> None:
         self.providers = _providers(provider)
         self.selector = check_selection(selection)
@@ -143,6 +149,8 @@ class ComputePool:
             timeout=timeout,
             env=env,
             concurrency=concurrency,
+            max_cost=max_cost,
+            max_hourly_cost=max_hourly_cost,
         )
         self.display: DisplayMode = check_display(display)
         self.on_event = check_callable("on_event", on_event)
@@ -161,8 +169,11 @@ class ComputePool:
         self._cost: CostTracker | None = None
         self._token: contextvars.Token[ComputePool | None] | None = None
         self._timer: threading.Timer | None = None
-        self._timed_out = False
+        self._ended: PoolTimeoutError | BudgetExceededError | None = None
         self._lock = threading.Lock()
+        # Held for a whole teardown: a second close() (``with`` exit while the timer
+        # closes the pool) waits until everything is gone instead of returning at once.
+        self._closing = threading.Lock()
         self._previous_sigterm: Any = None
 
     # -- life -------------------------------------------------------------------------
@@ -186,12 +197,15 @@ class ComputePool:
         from skyward.display import make_display  # rich loads only when a pool opens
 
         self._display = make_display(self.display)
-        self._cost = CostTracker()
+        self._cost = CostTracker(budget=self.spec.max_cost)
         self._emit = callbacks.compose(
             *callbacks.registered(), self.on_event, self._cost, self._display
         )
         self._install_sigterm()
-        settings = AgentSettings.from_env(collect_metrics=self.collect_metrics)
+        settings = attrs.evolve(
+            AgentSettings.from_env(collect_metrics=self.collect_metrics),
+            deadline=time.monotonic() + self.spec.timeout,
+        )
         try:
             self._cluster = provision(
                 self.providers, self.selector, self.spec, self.pool_id, settings, self._emit
@@ -201,23 +215,38 @@ class ComputePool:
             raise
         self._scheduler = _Scheduler(self._cluster.clients, self.spec.concurrency)
         _open_pools.add(self)
-        self._timer = threading.Timer(self.spec.timeout, self._on_timeout)
+        self._start_timer(self._cluster, settings)
+
+    def _start_timer(self, cluster: Cluster, settings: AgentSettings) -> None:
+        """Close the pool at its timeout (counted from open) or when its budget is spent."""
+        end = cluster.lifetime_end(settings)
+        if end is None:
+            return
+        reason: PoolTimeoutError | BudgetExceededError
+        if cluster.budget_deadline is not None and end == cluster.budget_deadline:
+            assert self.spec.max_cost is not None
+            reason = BudgetExceededError(self.spec.max_cost, self.spec.max_cost)
+        else:
+            reason = PoolTimeoutError(f"the pool reached its timeout of {self.spec.timeout}s")
+        self._timer = threading.Timer(max(0.0, end - time.monotonic()), self._expire, (reason,))
         self._timer.daemon = True
         self._timer.start()
 
     def close(self) -> None:
-        """Tear everything down (what ``with`` does on exit). Idempotent."""
-        with self._lock:
-            cluster, self._cluster = self._cluster, None
-        if self._timer is not None:
-            self._timer.cancel()
-        if cluster is None:
-            return
-        _open_pools.discard(self)
-        with _sigint_deferred():
-            self._emit(PoolStopping())
-            cluster.shutdown()
-            self._finish()
+        """Tear everything down (what ``with`` does on exit). Idempotent; a call made while
+        another thread tears the pool down returns when that teardown has finished."""
+        with self._closing:
+            with self._lock:
+                cluster, self._cluster = self._cluster, None
+            if self._timer is not None:
+                self._timer.cancel()
+            if cluster is None:
+                return
+            _open_pools.discard(self)
+            with _sigint_deferred():
+                self._emit(PoolStopping())
+                cluster.shutdown()
+                self._finish()
 
     def _finish(self) -> None:
         if self._cost is not None:
@@ -227,9 +256,12 @@ class ComputePool:
             self._display.close()
         self._restore_sigterm()
 
-    def _on_timeout(self) -> None:
-        self._timed_out = True
-        self._emit(Error(f"pool reached its timeout of {self.spec.timeout}s; shutting down"))
+    def _expire(self, reason: PoolTimeoutError | BudgetExceededError) -> None:
+        if isinstance(reason, BudgetExceededError) and self._cost is not None:
+            spent = self._cost.snapshot().accumulated_cost
+            reason = BudgetExceededError(reason.budget, spent)
+        self._ended = reason
+        self._emit(Error(f"{reason}; shutting down"))
         self.close()
 
     def _install_sigterm(self) -> None:
@@ -267,18 +299,18 @@ class ComputePool:
     def _active(self) -> tuple[Cluster, _Scheduler]:
         cluster, scheduler = self._cluster, self._scheduler
         if cluster is None or scheduler is None:
-            if self._timed_out:
-                raise PoolTimeoutError(f"the pool reached its timeout of {self.spec.timeout}s")
+            if self._ended is not None:
+                raise self._ended
             raise PoolClosedError("the pool is not active: use it inside `with ComputePool(...)`")
         return cluster, scheduler
 
     # -- work -------------------------------------------------------------------------
 
-    def _submit(self, pending: PendingCompute[Any]) -> Future[Any]:
+    def _submit(self, payload: messages.Payload) -> Future[Any]:
         cluster, scheduler = self._active()
         index = scheduler.acquire()
         try:
-            future = cluster.clients[index].submit(pending.fn, pending.args, pending.kwargs)
+            future = cluster.clients[index].submit_payload(payload)
         except BaseException:
             scheduler.release(index)
             raise
@@ -289,32 +321,41 @@ class ComputePool:
         try:
             return future.result()
         except WorkerLostError:
-            if self._timed_out:
-                raise PoolTimeoutError(
-                    f"the pool reached its timeout of {self.spec.timeout}s"
-                ) from None
+            if self._ended is not None:
+                raise self._ended from None
             raise
 
     def run(self, pending: PendingCompute[R]) -> R:
         """Run one computation on the least-loaded worker and return its result."""
-        result: R = self._result(self._submit(pending))
+        result: R = self._result(self._submit(_payload(pending)))
         return result
 
     def run_batch(self, batch: PendingBatch[*tuple[Any, ...]]) -> tuple[Any, ...]:
-        """Run every computation of a batch in parallel; results in the batch's order."""
-        futures = [self._submit(p) for p in batch.computations]
+        """Run every computation of a batch in parallel; results in the batch's order.
+
+        Every computation is pickled before the first is sent: one that cannot be sent
+        fails the batch before any of it runs.
+        """
+        payloads = [_payload(p) for p in batch.computations]
+        futures = [self._submit(p) for p in payloads]
         return tuple(self._result(f) for f in futures)
 
     def broadcast(self, pending: PendingCompute[R]) -> tuple[R, ...]:
         """Run the computation on every node at once; results in node order."""
+        payload = _payload(pending)
         cluster, _ = self._active()
-        futures = [c.submit(pending.fn, pending.args, pending.kwargs) for c in cluster.clients]
+        futures = [c.submit_payload(payload) for c in cluster.clients]
         return tuple(self._result(f) for f in futures)
 
     def __repr__(self) -> str:
         state = "active" if self.is_active else "inactive"
         names = ", ".join(p.provider_name for p in self.providers)
         return f"<ComputePool {self.pool_id or '(not opened)'} {state} on {names}>"
+
+
+def _payload(pending: PendingCompute[Any]) -> messages.Payload:
+    """Pickle a call; raises :class:`~skyward.errors.SerializationError` before sending."""
+    return messages.Payload.of((pending.fn, pending.args, pending.kwargs))
 
 
 class _SigintDeferred:

@@ -16,11 +16,13 @@ Core drives them in this order (see ``docs/architecture.md``): ``offers`` → ``
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
 from attrs import evolve, field, frozen
 
+from skyward.handshake import new_key
 from skyward.offers import Offer
 
 if TYPE_CHECKING:
@@ -135,8 +137,8 @@ class LaunchRequest:
 class AgentConfig:
     """How to start the node agent on one machine.
 
-    Secrets live only in ``env``: transports pass it to the agent through its
-    environment or standard input, never on a command line or in a file left behind.
+    Secrets live only in ``env`` and ``key``: transports pass them to the agent on its
+    standard input (:meth:`stdin_line`), never on a command line or in a file left behind.
     """
 
     node: int
@@ -149,13 +151,23 @@ class AgentConfig:
     heartbeat_timeout: float = 30.0
     """Seconds without a heartbeat after which the agent gives up and exits."""
     lifetime: float | None = None
-    """Hard lifetime in seconds from agent start (the pool's ``timeout``)."""
+    """Hard lifetime in seconds from agent start: what is left of the pool's ``timeout``
+    when the agent starts (so a node started late, or restarted, expires with the pool)."""
     metrics_interval: float | None = 5.0
     """Seconds between resource samples; ``None`` turns metrics off."""
-    env: Mapping[str, str] = field(factory=dict)
-    """Environment for the user's functions (image env, then pool env)."""
+    env: Mapping[str, str] = field(factory=dict, repr=False)
+    """Environment for the user's functions (image env, then pool env); may hold secrets,
+    so it is never shown."""
     on_expire: str = "exit"
     """What the agent does when its watchdog or lifetime fires: ``"exit"`` or ``"poweroff"``."""
+    key: bytes = field(factory=new_key, repr=False)
+    """The pool's key: every connection to the agent proves it holds it
+    (:mod:`skyward.handshake`). Travels only on the agent's standard input."""
+
+    def stdin_line(self) -> bytes:
+        """What a transport writes to the agent's standard input: the key and ``env``, as
+        one JSON line (secrets stay off the command line and out of files)."""
+        return (json.dumps({"env": dict(self.env), "key": self.key.hex()}) + "\n").encode()
 
     def argv(self) -> list[str]:
         """Command-line arguments of ``python -m skyward.agent`` (never holds ``env``)."""

@@ -73,6 +73,8 @@ class AgentSettings:
     metrics_interval: float | None = 5.0
     ready_timeout: float = 600.0
     """How long instances may take to reach the running state."""
+    deadline: float | None = None
+    """``time.monotonic()`` at which the pool's ``timeout`` runs out (counted from open)."""
 
     @property
     def heartbeat_interval(self) -> float:
@@ -97,8 +99,15 @@ class Cluster:
     instances: list[Instance] = field(factory=list)
     transports: list[NodeTransport] = field(factory=list)
     clients: list[NodeClient] = field(factory=list)
+    budget_deadline: float | None = None
+    """``time.monotonic()`` at which the pool's ``max_cost`` is spent at its hourly price."""
     _stop: threading.Event = field(factory=threading.Event)
     _closed: bool = False
+
+    def lifetime_end(self, settings: AgentSettings) -> float | None:
+        """When the pool must be gone: its timeout or its budget, whichever comes first."""
+        ends = [t for t in (settings.deadline, self.budget_deadline) if t is not None]
+        return min(ends) if ends else None
 
     def start_heartbeats(self, interval: float) -> None:
         threading.Thread(
@@ -203,7 +212,7 @@ def _bring_up_node(
         head_port=cluster.infra.head_port,
         accelerators=accelerators,
         heartbeat_timeout=settings.heartbeat_timeout,
-        lifetime=float(spec.timeout),
+        lifetime=_agent_lifetime(cluster.lifetime_end(settings), float(spec.timeout)),
         metrics_interval=settings.metrics_interval,
         env={**spec.image.env, **spec.env},
         on_expire=cluster.infra.on_expire,
@@ -214,6 +223,26 @@ def _bring_up_node(
     client.connect()
     emit(BootstrapCompleted(instance.id))
     return client
+
+
+LIFETIME_GRACE = 15.0
+"""Agents outlive the pool's end by this much, so the client (which reports the reason)
+closes the pool first; the node's own limit is only the backstop for a dead client."""
+
+
+def _agent_lifetime(end: float | None, fallback: float) -> float:
+    """Seconds an agent starting now may live: until the pool's end, plus the grace."""
+    if end is None:
+        return fallback + LIFETIME_GRACE
+    return max(1.0, end - time.monotonic()) + LIFETIME_GRACE
+
+
+def _budget_deadline(spec: ComputeSpec, instances: Sequence[Instance]) -> float | None:
+    """When ``max_cost`` is spent, with every instance billed at its launch price."""
+    hourly = sum(i.hourly_price for i in instances)
+    if spec.max_cost is None or hourly <= 0:
+        return None
+    return time.monotonic() + spec.max_cost / hourly * 3600.0
 
 
 def _launch(
@@ -236,6 +265,8 @@ def _launch(
         )
         cluster.instances = list(provider.launch(infra, request))
         cluster.instances = _wait_running(provider, cluster.instances, settings.ready_timeout)
+        # Metering starts with InstanceProvisioned (the cost tracker's clock), so does the budget.
+        cluster.budget_deadline = _budget_deadline(spec, cluster.instances)
         for node, instance in enumerate(cluster.instances):
             emit(
                 InstanceProvisioned(
@@ -323,4 +354,6 @@ def _describe(spec: ComputeSpec) -> str:
         parts.append(f"{spec.cpu} CPUs")
     if spec.memory_gb:
         parts.append(f"{spec.memory_gb:g} GB memory")
+    if spec.max_hourly_cost is not None:
+        parts.append(f"at most ${spec.max_hourly_cost:g}/hour in all (max_hourly_cost)")
     return ", ".join(parts)

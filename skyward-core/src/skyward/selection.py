@@ -59,10 +59,27 @@ def _price(offer: Offer, allocation: AllocationStrategy) -> float:
     return math.inf if price is None else price
 
 
+def _highest_price(offer: Offer, allocation: AllocationStrategy) -> float:
+    """The most one machine may cost per hour under ``allocation`` (spot-if-available may
+    end up on demand)."""
+    if isinstance(allocation, AlwaysSpot):
+        price = offer.price_spot
+    else:
+        price = offer.price_on_demand if offer.price_on_demand is not None else offer.price_spot
+    return math.inf if price is None else price
+
+
 def rank_offers(offers: Sequence[Offer], spec: ComputeSpec) -> list[Offer]:
-    """Offers best-first: available, cheapest for the allocation, then the smallest."""
+    """Offers best-first: available, cheapest for the allocation, then the smallest.
+
+    With ``max_hourly_cost``, offers whose whole pool (every node) may cost more per hour
+    are dropped; an offer without a price cannot be shown to fit and is dropped too.
+    """
     if isinstance(spec.allocation, AlwaysSpot):
         offers = [o for o in offers if o.price_spot is not None or o.price_on_demand == 0]
+    cap = spec.max_hourly_cost
+    if cap is not None:
+        offers = [o for o in offers if _highest_price(o, spec.allocation) * spec.nodes <= cap]
     return sorted(
         offers,
         key=lambda o: (

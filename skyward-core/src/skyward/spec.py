@@ -6,6 +6,7 @@ Validation happens here, before any provider is called: each bad value raises a
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 import sys
@@ -41,8 +42,13 @@ class ComputeSpec:
     allocation: AllocationStrategy = field(factory=SpotIfAvailable)
     volumes: tuple[VolumeLike, ...] = ()
     timeout: int = 3600
-    env: Mapping[str, str] = MappingProxyType({})
+    env: Mapping[str, str] = field(default=MappingProxyType({}), repr=False)
+    """May hold secrets (tokens, passwords), so it is never shown."""
     concurrency: int = 1
+    max_cost: float | None = None
+    """Dollar budget of the whole pool: reaching it closes the pool."""
+    max_hourly_cost: float | None = None
+    """Cap on the pool's whole hourly price (every node), applied to offers before launch."""
 
 
 def _positive_int(field: str, value: object, example: str) -> int:
@@ -92,6 +98,23 @@ def _volumes(volume: object, volumes: object) -> tuple[VolumeLike, ...]:
     return tuple(given)
 
 
+def _dollars(field: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(
+            field, f"{value!r} is not an amount of US dollars", f"Use e.g. {field}=25.0"
+        )
+    amount = float(value)
+    if not math.isfinite(amount) or amount <= 0:
+        raise ConfigurationError(
+            field,
+            f"{value!r} is not a positive amount",
+            f"Use e.g. {field}=25.0, or None for no limit",
+        )
+    return amount
+
+
 def _env(value: object) -> Mapping[str, str]:
     if value is None:
         return MappingProxyType({})
@@ -134,6 +157,8 @@ def build_spec(
     timeout: object = 3600,
     env: object = None,
     concurrency: object = 1,
+    max_cost: object = None,
+    max_hourly_cost: object = None,
 ) -> ComputeSpec:
     """Validate raw ``ComputePool`` arguments into a :class:`ComputeSpec`."""
     if image is None:
@@ -162,6 +187,8 @@ def build_spec(
         timeout=_positive_int("timeout", timeout, "Use seconds, e.g. timeout=3600"),
         env=_env(env),
         concurrency=_positive_int("concurrency", concurrency, "Use e.g. concurrency=4"),
+        max_cost=_dollars("max_cost", max_cost),
+        max_hourly_cost=_dollars("max_hourly_cost", max_hourly_cost),
     )
 
 

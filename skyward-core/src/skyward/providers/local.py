@@ -24,6 +24,7 @@ from skyward.agent_process import (
     POOL_ID_ENV,
     AgentProcess,
     connect_loopback,
+    describe_exit,
     start_agent_process,
     stop_orphan_group,
     stop_process_group,
@@ -234,6 +235,12 @@ class LocalTransport:
 
     def open_stream(self, endpoint: AgentEndpoint) -> Stream:
         return connect_loopback(endpoint.port)
+
+    def agent_exit_cause(self) -> str | None:
+        """Why the agent process ended (``None`` while it runs)."""
+        if self.agent is None:
+            return None
+        return describe_exit(self.agent.process.poll(), self.node_dir)
 
     def close(self) -> None:
         if self.agent is not None:

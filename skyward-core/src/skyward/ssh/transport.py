@@ -15,7 +15,6 @@ Every remote provider uses this one path:
 
 from __future__ import annotations
 
-import json
 import platform
 import select
 import shlex
@@ -27,7 +26,7 @@ import paramiko
 
 from skyward import plugins
 from skyward.errors import ProvisioningError
-from skyward.messages import READY_PREFIX
+from skyward.messages import EXIT_REASON_FILE, READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint, BootstrapReporter, Stream
 from skyward.ssh.connection import SSHConnection
 from skyward.wheels import build_node_wheels
@@ -144,7 +143,7 @@ class SSHTransport:
         try:
             channel.set_combine_stderr(True)
             channel.exec_command(command)
-            channel.sendall((json.dumps(dict(config.env)) + "\n").encode())
+            channel.sendall(config.stdin_line())
             channel.shutdown_write()
             port, pid, output = _read_ready(channel, self.agent_timeout)
         finally:
@@ -160,6 +159,14 @@ class SSHTransport:
         except paramiko.ChannelException as error:
             # sshd reached the machine but nothing listens there: the agent is gone.
             raise ConnectionRefusedError(f"agent port {endpoint.port}: {error}") from error
+
+    def agent_exit_cause(self) -> str | None:
+        """Why the agent stopped, when it said so (expiry, shutdown) before exiting."""
+        result = self.connection.run(
+            f"cat {self.workdir}/{EXIT_REASON_FILE} 2>/dev/null", timeout=10
+        )
+        _code, _, reason = result.output.strip().partition(" ")
+        return reason or None
 
     def close(self) -> None:
         """Stop the agent (if still running) and remove this pool's directory; keep caches."""

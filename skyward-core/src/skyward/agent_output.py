@@ -1,0 +1,151 @@
+"""The agent's file descriptors 1 and 2, captured into pipes and streamed as log lines.
+
+Everything written there, by Python or by any child process, becomes a ``Log`` frame. A
+task's result must not overtake what the task printed (a caller that closes the pool as
+soon as it has the result would lose the last lines), so :meth:`OutputCapture.drain`
+waits until every byte already in the pipes has been turned into frames. Usually there is
+nothing to wait for and it costs two ``ioctl`` calls; otherwise a marker is written into
+each pipe and the pump reports when it reaches it (pipes are first in, first out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import itertools
+import os
+import select
+import struct
+import sys
+import termios
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["OutputCapture"]
+
+_MARK = b"\x1eskyward-drain:"
+_CHUNK = 65536
+_DRAIN_TIMEOUT = 5.0
+
+Emit = Callable[[str, str, float], None]
+"""``emit(stream, line, timestamp)``."""
+
+
+def _unread(fd: int) -> int:
+    raw = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    count: int = struct.unpack("i", raw)[0]
+    return count
+
+
+class _Pump:
+    """One pipe's reader thread."""
+
+    def __init__(self, read_fd: int, write_fd: int, stream: str, emit: Emit) -> None:
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self.stream = stream
+        self._emit = emit
+        self._pending = b""
+        self._busy = False
+        self._lock = threading.Condition()
+        self._reached: set[int] = set()
+        threading.Thread(target=self._run, daemon=True, name=f"skyward-{stream}").start()
+
+    def idle(self) -> bool:
+        """Nothing in the pipe and nothing read but not yet emitted (but a partial line)."""
+        return not self._busy and _unread(self.read_fd) == 0
+
+    def mark(self, token: int) -> None:
+        os.write(self.write_fd, _MARK + str(token).encode() + b"\n")
+
+    def wait(self, token: int, deadline: float) -> None:
+        with self._lock:
+            while token not in self._reached:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._lock.wait(left)
+            self._reached.discard(token)
+
+    def flush_partial(self) -> None:
+        with self._lock:
+            partial, self._pending = self._pending, b""
+        if partial:
+            self._emit(self.stream, partial.decode("utf-8", "replace"), time.time())
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self.read_fd, select.POLLIN)
+        while True:
+            poller.poll()
+            # Busy from before the read until the lines are emitted: ``idle`` never sees
+            # an empty pipe while read bytes are still in flight.
+            self._busy = True
+            try:
+                chunk = os.read(self.read_fd, _CHUNK)
+                if not chunk:
+                    return
+                self._consume(chunk)
+            finally:
+                self._busy = False
+
+    def _consume(self, chunk: bytes) -> None:
+        self._pending += chunk
+        *lines, self._pending = self._pending.split(b"\n")
+        now = time.time()
+        reached: list[int] = []
+        for raw in lines:
+            line, mark, token = raw.partition(_MARK)
+            if mark:
+                with contextlib.suppress(ValueError):
+                    reached.append(int(token))
+                if not line:
+                    continue
+            self._emit(self.stream, line.decode("utf-8", "replace"), now)
+        if reached:
+            with self._lock:
+                self._reached.update(reached)
+                self._lock.notify_all()
+
+
+def _line_buffered(fd: int) -> io.TextIOWrapper:
+    raw = open(fd, "wb", buffering=0, closefd=False)  # noqa: SIM115 - lives as long as the process
+    return io.TextIOWrapper(raw, line_buffering=True)
+
+
+class OutputCapture:
+    """Route fds 1 and 2 into pipes whose lines go to ``emit``."""
+
+    def __init__(self, emit: Emit) -> None:
+        self._tokens = itertools.count()
+        self._pumps: list[_Pump] = []
+        self.original_stdout = os.dup(1)
+        for fd, stream in ((1, "stdout"), (2, "stderr")):
+            read_end, write_end = os.pipe()
+            os.dup2(write_end, fd)
+            os.close(write_end)
+            self._pumps.append(_Pump(read_end, fd, stream, emit))
+        sys.stdout = _line_buffered(1)
+        sys.stderr = _line_buffered(2)
+
+    def drain(self, *, final: bool = False) -> None:
+        """Return once every byte written to fds 1 and 2 before the call has been emitted.
+
+        ``final`` also emits a last line that lacks its newline (at exit).
+        """
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        waiting = [p for p in self._pumps if not p.idle()]
+        if waiting:
+            token = next(self._tokens)
+            deadline = time.monotonic() + _DRAIN_TIMEOUT
+            for pump in waiting:
+                pump.mark(token)
+            for pump in waiting:
+                pump.wait(token, deadline)
+        if final:
+            for pump in self._pumps:
+                pump.flush_partial()

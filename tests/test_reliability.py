@@ -1,0 +1,431 @@
+"""Reliability and security of a pool's agents (issue: authenticated agent, leaks closed).
+
+Each test reproduces one defect the audit found; each failed before its fix.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from skyward_example_provider.plugin import HOURLY_PRICE, Example
+
+import skyward as sky
+from skyward import handshake
+from skyward.agent_process import connect_loopback
+from skyward.errors import AgentAuthenticationError
+from skyward.events import CostFinal, LogLine
+from skyward.node import NodeClient
+from skyward.providers.local import Local, LocalProvider
+from tests.conftest import agent_processes, wait_until
+
+Factory = Callable[..., sky.ComputePool]
+
+# What another unix user sends: one frame whose pickle runs a command when unpickled.
+_ATTACK = r"""
+import os, pickle, socket, struct, sys, time
+
+class Run:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[2],))
+
+payload = pickle.dumps(Run(), protocol=5)
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+try:
+    sock.sendall(struct.pack("!IH", len(payload), 0) + payload)
+    time.sleep(1)
+    sock.recv(4096)
+except OSError:
+    pass
+"""
+
+
+def _client(pool: sky.ComputePool, node: int = 0) -> NodeClient:
+    cluster = pool._cluster
+    assert cluster is not None
+    return cluster.clients[node]
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def _sleep_then(value: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return value
+
+
+def test_another_unix_user_cannot_run_code_through_the_agent(local_pool_factory: Factory) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="skyward-attack-"))
+    scratch.chmod(0o777)
+    script = scratch / "attack.py"
+    script.write_text(_ATTACK)
+    script.chmod(0o644)
+    marker = scratch / "pwned"
+    with local_pool_factory() as pool:
+        port = _client(pool).endpoint.port
+        attacker = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                "nobody",
+                "--",
+                "/usr/bin/python3",
+                str(script),
+                str(port),
+                str(marker),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert attacker.returncode == 0, attacker.stderr
+        assert not marker.exists(), "the agent ran a stranger's pickle"
+        # and the pool still works for its owner
+        assert sky.compute(_pid)() >> pool == _client(pool).endpoint.pid
+
+
+def test_a_stray_connection_changes_nothing_for_the_call_in_flight(
+    local_pool_factory: Factory,
+) -> None:
+    with local_pool_factory() as pool:
+        port = _client(pool).endpoint.port
+        results: list[int] = []
+        call = threading.Thread(
+            target=lambda: results.append(sky.compute(_sleep_then)(7, 1.5) >> pool)
+        )
+        started = time.monotonic()
+        call.start()
+        time.sleep(0.3)
+        for _ in range(5):  # a port scan: connect, maybe read, close
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as stray:
+                stray.recv(64)
+        call.join(timeout=30)
+        assert results == [7]
+        assert time.monotonic() - started < 10
+
+
+def test_the_agent_must_prove_the_key_too() -> None:
+    """A process that took over the port of a dead agent does not get to feed pickles to
+    the client: the client checks the agent's own proof."""
+    ours, impostor_key = handshake.new_key(), handshake.new_key()
+    client, agent = socket.socketpair()
+    with client, agent:
+        errors: list[BaseException] = []
+
+        def impostor() -> None:
+            try:
+                handshake.accept(agent, impostor_key)
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                agent.shutdown(socket.SHUT_RDWR)  # as the agent drops a refused peer
+
+        thread = threading.Thread(target=impostor)
+        thread.start()
+        with pytest.raises(AgentAuthenticationError):
+            handshake.prove(client, ours)
+        thread.join(5)
+        assert len(errors) == 1
+        assert isinstance(errors[0], AgentAuthenticationError)
+
+
+def test_a_recorded_answer_cannot_be_replayed() -> None:
+    key = handshake.new_key()
+    recorded = bytearray()
+
+    class Recorder:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock = sock
+
+        def sendall(self, data: bytes) -> None:
+            recorded.extend(data)
+            self.sock.sendall(data)
+
+        def recv_into(self, buffer: memoryview, nbytes: int = 0) -> int:
+            return self.sock.recv_into(buffer, nbytes)
+
+    a, b = socket.socketpair()
+    with a, b:
+        thread = threading.Thread(target=handshake.accept, args=(b, key))
+        thread.start()
+        handshake.prove(Recorder(a), key)
+        thread.join(5)
+    a, b = socket.socketpair()
+    with a, b:
+        refused: list[BaseException] = []
+
+        def agent() -> None:
+            try:
+                handshake.accept(b, key)
+            except BaseException as error:
+                refused.append(error)
+
+        thread = threading.Thread(target=agent)
+        thread.start()
+        a.recv(len(handshake.MAGIC) + 32)  # a fresh challenge, which the replay ignores
+        a.sendall(bytes(recorded))
+        thread.join(5)
+        assert len(refused) == 1
+        assert isinstance(refused[0], AgentAuthenticationError)
+
+
+def _print_lines(count: int) -> int:
+    for i in range(1, count + 1):
+        print(f"line {i} of {count}")
+    return count
+
+
+@pytest.mark.parametrize("count", [10, 1000])
+def test_no_output_line_is_lost_when_the_pool_closes_right_away(
+    local_pool_factory: Factory, count: int
+) -> None:
+    lines: list[str] = []
+    pool = local_pool_factory(
+        on_event=lambda e: lines.append(e.line) if isinstance(e, LogLine) else None
+    )
+    with pool:
+        assert sky.compute(_print_lines)(count) >> pool == count
+    wanted = [f"line {i} of {count}" for i in range(1, count + 1)]
+    assert [line for line in lines if line.startswith("line ")] == wanted
+
+
+def _start_detached() -> tuple[int, int]:
+    """A child in its own session, and a daemon whose parent already exited."""
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    launcher = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess; print(subprocess.Popen(['sleep', '301'], "
+            "start_new_session=True, stdout=subprocess.DEVNULL, "
+            "stderr=subprocess.DEVNULL).pid)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return child.pid, int(launcher.stdout)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_children_in_their_own_session_are_gone_when_the_pool_closes(
+    local_pool_factory: Factory,
+) -> None:
+    with local_pool_factory() as pool:
+        child, daemon = sky.compute(_start_detached)() >> pool
+        assert not _gone(child)
+        assert not _gone(daemon)
+    assert wait_until(lambda: _gone(child) and _gone(daemon), 10)
+
+
+def test_skyward_down_stops_detached_children(local_pool_factory: Factory) -> None:
+    pool = local_pool_factory()
+    pool.open()
+    child, daemon = sky.compute(_start_detached)() >> pool
+    provider = LocalProvider(Local(), Path(tempfile.gettempdir()))
+    provider.terminate(provider.list_by_tag(pool.pool_id))
+    assert wait_until(lambda: _gone(child) and _gone(daemon), 10)
+    pool.close()
+
+
+def _start_child_then_die() -> None:
+    subprocess.Popen(["sleep", "302"], start_new_session=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _sleepers() -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] == ["sleep", "302"] and not _gone(p.pid)
+    ]
+
+
+def test_a_crashed_agent_is_named_and_its_children_stopped(local_pool_factory: Factory) -> None:
+    with local_pool_factory() as pool:
+        with pytest.raises(sky.WorkerLostError) as caught:
+            sky.compute(_start_child_then_die)() >> pool
+        assert caught.value.cause == "killed by SIGKILL"
+        assert "SIGKILL" in str(caught.value)
+        # the restarted agent stopped what the dead one left running
+        assert wait_until(lambda: not _sleepers(), 10)
+        assert sky.compute(_pid)() >> pool != 0
+
+
+def _agent_lifetime(pool: sky.ComputePool) -> float:
+    (agent,) = agent_processes(pool.pool_id)
+    (arg,) = [a for a in agent.cmdline() if a.startswith("--lifetime=")]
+    return float(arg.split("=", 1)[1])
+
+
+def test_agent_lifetime_counts_from_pool_open(local_pool_factory: Factory) -> None:
+    from skyward.provisioning import LIFETIME_GRACE
+
+    with local_pool_factory(timeout=600) as pool:
+        lifetime = _agent_lifetime(pool)
+        assert 590 < lifetime - LIFETIME_GRACE <= 600
+
+
+def test_a_call_running_at_the_pool_timeout_reports_the_timeout(
+    local_pool_factory: Factory,
+) -> None:
+    with local_pool_factory(timeout=2) as pool, pytest.raises(sky.PoolTimeoutError):
+        sky.compute(_sleep_then)(1, 30) >> pool
+
+
+class _SlowTerminate(LocalProvider):
+    def terminate(self, instances: Any) -> None:
+        time.sleep(1.5)  # a cloud API taking its time
+        super().terminate(instances)
+
+
+class _SlowLocal(Local):
+    def create(self) -> Any:
+        return _SlowTerminate(self, Path(tempfile.gettempdir()) / "skyward-slow-cache")
+
+
+def test_leaving_the_block_waits_for_a_teardown_the_timeout_started(
+    local_pool_factory: Factory,
+) -> None:
+    finals: list[CostFinal] = []
+    pool = local_pool_factory(
+        provider=_SlowLocal(),
+        timeout=1,
+        on_event=lambda e: finals.append(e) if isinstance(e, CostFinal) else None,
+    )
+    with pool:
+        time.sleep(1.3)  # the timer fired; its teardown is still running
+    assert finals, "CostFinal came after the with block"
+    assert not agent_processes(pool.pool_id)
+
+
+def test_max_cost_ends_the_pool_with_budget_exceeded() -> None:
+    finals: list[CostFinal] = []
+    budget = HOURLY_PRICE * 2.0 / 3600  # two seconds of one node
+    pool = sky.ComputePool(
+        provider=Example(),
+        max_cost=budget,
+        display="quiet",
+        on_event=lambda e: finals.append(e) if isinstance(e, CostFinal) else None,
+    )
+    with pool:
+        lifetime = _agent_lifetime(pool)
+        from skyward.provisioning import LIFETIME_GRACE
+
+        assert lifetime - LIFETIME_GRACE <= 2.5, "the node's share of the budget bounds its life"
+        with pytest.raises(sky.BudgetExceededError) as caught:
+            sky.compute(_sleep_then)(1, 30) >> pool
+    assert caught.value.budget == pytest.approx(budget)
+    assert caught.value.spent >= budget * 0.9
+    (final,) = finals
+    assert final.budget == pytest.approx(budget)
+    assert final.total_cost >= budget * 0.9
+    assert wait_until(lambda: not agent_processes(pool.pool_id), 10)
+
+
+def test_max_hourly_cost_filters_offers_before_launch() -> None:
+    pool = sky.ComputePool(
+        provider=Example(), nodes=2, max_hourly_cost=HOURLY_PRICE * 2 - 0.01, display="quiet"
+    )
+    with pytest.raises(sky.NoAvailableProviderError, match="max_hourly_cost"), pool:
+        pass
+    ok = sky.ComputePool(provider=Example(), nodes=2, max_hourly_cost=HOURLY_PRICE * 2)
+    assert ok.spec.max_hourly_cost == HOURLY_PRICE * 2
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "5", True])
+def test_budgets_are_validated(value: object) -> None:
+    for name in ("max_cost", "max_hourly_cost"):
+        with pytest.raises(sky.ConfigurationError, match=name):
+            sky.ComputePool(provider=sky.Local(), **{name: value})
+
+
+def test_reprs_hide_secrets() -> None:
+    pool = sky.ComputePool(provider=sky.Local(), env={"API_TOKEN": "s3cr3t-value"})
+    assert "s3cr3t-value" not in repr(pool.spec)
+    from skyward.provider import AgentConfig
+
+    config = AgentConfig(
+        node=0,
+        total_nodes=1,
+        concurrency=1,
+        job_id="j",
+        head_addr="h",
+        head_port=0,
+        env={"API_TOKEN": "s3cr3t-value"},
+    )
+    assert "s3cr3t-value" not in repr(config)
+    assert config.key.hex() not in repr(config)
+
+
+class _Unpicklable:
+    def __reduce__(self) -> Any:
+        raise TypeError("no pickling here")
+
+
+def _record(path: str, value: int) -> int:
+    with open(path, "a") as handle:
+        handle.write(f"{value}\n")
+    return value
+
+
+def test_a_batch_with_an_unpicklable_call_runs_none_of_it(
+    local_pool_factory: Factory, tmp_path: Path
+) -> None:
+    ran = tmp_path / "ran"
+    record = sky.compute(_record)
+    with local_pool_factory() as pool:
+        with pytest.raises(sky.SerializationError):
+            sky.gather(record(str(ran), 1), record(_Unpicklable(), 2)) >> pool  # type: ignore[arg-type]
+        time.sleep(0.5)
+        assert not ran.exists()
+
+
+def test_the_key_never_reaches_the_agent_command_line_or_disk(
+    local_pool_factory: Factory,
+) -> None:
+    with local_pool_factory() as pool:
+        key = _client(pool).config.key.hex()
+        (agent,) = agent_processes(pool.pool_id)
+        assert key not in " ".join(agent.cmdline())
+        assert key not in str(agent.environ())
+        workdir = Path(agent.cwd())
+        for path in workdir.rglob("*"):
+            if path.is_file() and not stat.S_ISFIFO(path.stat().st_mode):
+                assert key not in path.read_text(errors="replace")
+        # a raw connection gets a challenge, never a greeting it could read a pid from
+        with connect_loopback(_client(pool).endpoint.port) as raw:
+            assert raw.recv(8) == handshake.MAGIC
+
+
+def test_exit_causes_in_words(tmp_path: Path) -> None:
+    from skyward.agent_process import describe_exit
+    from skyward.messages import EXIT_NO_HEARTBEAT, EXIT_REASON_FILE
+
+    assert describe_exit(None, tmp_path) is None
+    assert describe_exit(-signal.SIGSEGV, tmp_path) == "killed by SIGSEGV"
+    assert describe_exit(2, tmp_path) == "exited with code 2"
+    (tmp_path / EXIT_REASON_FILE).write_text(f"{EXIT_NO_HEARTBEAT} no heartbeat for 30s\n")
+    assert describe_exit(EXIT_NO_HEARTBEAT, tmp_path) == "no heartbeat for 30s"
+    # a stale reason of another exit is not believed
+    assert describe_exit(1, tmp_path) == "exited with code 1"
