@@ -174,6 +174,7 @@ def test_gpu_offers_from_gpu_info(do_fake: FakeDigitalOcean) -> None:
     assert (h100[0].accelerator, h100[0].accelerator_count) == ("H100", 1)
     assert h100[0].accelerator_memory_gb == 80
     assert h100[0].price_on_demand == pytest.approx(3.39)
+    assert h100[0].extra["disk_gb"] == "720"
     eight = _offers(provider, build_spec(accelerator="8xH100"))
     assert [o.instance_type for o in eight] == ["gpu-h100x8-640gb"]
     mi300 = _offers(provider, build_spec(accelerator="MI300X"))
@@ -551,3 +552,23 @@ def test_droplets_of_a_lost_create_that_list_late_are_not_kept_twice(
     assert sorted(d.name for d in live) == [f"{POOL}-0", f"{POOL}-1"]
     assert {i.id for i in instances} == {str(d.id) for d in live}
     _shutdown(provider, infra, instances)
+
+
+def test_the_token_never_reaches_logs(
+    do_fake: FakeDigitalOcean, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("azure").setLevel(logging.DEBUG)
+    provider = sky.DigitalOcean(  # type: ignore[attr-defined]
+        region="tor1", ssh_cidr="127.0.0.1/32", token=do_fake.token
+    ).create()
+    provider.poll_interval = 0.1
+    do_fake.fail_next("droplets_create", 500)
+    infra, instances = _launch(provider, build_spec(cpu=2))
+    _shutdown(provider, infra, instances)
+    assert caplog.records, "azure-core logged the requests"
+    assert do_fake.token not in caplog.text
+    assert do_fake.token not in repr(provider)
+    assert do_fake.token not in repr(infra)

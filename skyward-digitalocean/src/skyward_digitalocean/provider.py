@@ -141,7 +141,7 @@ class DigitalOceanProvider:
                 price_on_demand=s.price_hourly,
                 price_spot=None,  # DigitalOcean has no spot market
                 available=s.available,
-                extra={"description": s.description},
+                extra={"description": s.description, "disk_gb": f"{s.disk_gb:g}"},
             )
             for s in matching
         ]
