@@ -572,3 +572,12 @@ def test_the_token_never_reaches_logs(
     assert do_fake.token not in caplog.text
     assert do_fake.token not in repr(provider)
     assert do_fake.token not in repr(infra)
+
+
+def test_the_endpoint_defaults_to_digitalocean(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skyward_digitalocean.api import endpoint
+
+    monkeypatch.delenv("SKYWARD_DIGITALOCEAN_ENDPOINT", raising=False)
+    assert endpoint() == "https://api.digitalocean.com"
+    monkeypatch.setenv("SKYWARD_DIGITALOCEAN_ENDPOINT", "http://127.0.0.1:9/ ")
+    assert endpoint() == "http://127.0.0.1:9"
