@@ -199,3 +199,34 @@ def test_fallback_from_digitalocean_out_of_capacity_to_aws(
     assert _leftovers(do_fake, pool_id) == NOTHING
     assert do_fake.keys == {}
     assert not [t for t in do_fake.tags if t.startswith("skyward:pool:")]
+
+
+@sky.compute
+def accelerators() -> tuple[list[str], str]:
+    info = sky.instance_info()
+    return list(info.accelerators), info.head_addr
+
+
+def test_a_gpu_pool_runs_and_is_found_even_where_tag_listings_omit_gpus(
+    do_fake: FakeDigitalOcean, cloud: CloudInit
+) -> None:
+    do_fake.gpus_in_tag_listing = False  # the pessimistic reading of the document
+    events: list[Any] = []
+    with sky.ComputePool(
+        provider=_do(),
+        accelerator="H100",
+        env=POWEROFF_HARMLESS,
+        display="quiet",
+        on_event=events.append,
+    ) as pool:
+        names, head = accelerators() >> pool
+        pool_id = pool.pool_id
+        (droplet,) = do_fake.live()
+    assert names == ["H100"]
+    assert head == droplet.private_ip, "frameworks rendezvous on the private network"
+    (create,) = [c for c in do_fake.calls if c.operation == "droplets_create"]
+    assert create.body["size"] == "gpu-h100x1-80gb"
+    assert create.body["image"] == "gpu-h100x1-base"
+    provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
+    assert [e.price_on_demand for e in provisioned] == [pytest.approx(3.39)]
+    assert _leftovers(do_fake, pool_id) == NOTHING
