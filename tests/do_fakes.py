@@ -2,7 +2,7 @@
 
 :class:`FakeDigitalOcean` serves ``http://127.0.0.1:<free port>`` from a thread (werkzeug).
 Every request it receives and every response it sends is validated with openapi-core
-against ``shared/contracts/digitalocean-openapi.json``, the document DigitalOcean
+against ``tests/contracts/digitalocean-openapi.json``, the document DigitalOcean
 publishes; a mismatch is recorded in :attr:`FakeDigitalOcean.violations` (a request the
 real API would refuse is also answered ``400 bad_request``), and the test fixture fails
 the test when any is left. Three corrections are made in memory, never in the file
@@ -19,7 +19,15 @@ region, SSH key ids that exist, one registration per public key. Droplets are bo
 public one a little later (the ``active``-before-address race). GPU droplets are missing
 from an untyped listing, as on the real API. Every answer carries the ``ratelimit-*``
 headers; the burst limit (250/min) and the key-listing limit (10/60 s) answer 429 with
-``retry-after``.
+``retry-after``, the hourly limit (5,000) without it, ``ratelimit-reset`` saying when the
+oldest request stops counting.
+
+Knobs (attributes, reset by :meth:`FakeDigitalOcean.reset`): ``droplet_limit``,
+``burst_limit``, ``hourly_limit``, ``boot_seconds`` / ``address_seconds`` (the two steps
+of a droplet's boot), ``destroy_seconds`` (how long a destroyed droplet is still listed),
+``listing_lag`` (a new droplet missing from listings for a while),
+``gpus_in_tag_listing`` (whether ``tag_name`` listings include GPU droplets; the document
+does not say), ``sizes`` (the catalog).
 
 Faults, for tests and the fault matrix (all one-shot and counted, cleared by
 :meth:`FakeDigitalOcean.reset`):
@@ -30,6 +38,11 @@ Faults, for tests and the fault matrix (all one-shot and counted, cleared by
 - :meth:`partial_create` — the next create makes only some droplets, then answers 5xx;
 - :meth:`ignore_destroy_next` — a destroy answered 204 that does not take effect;
 - :meth:`sell_out` — a size refused for capacity (422), as GPU sizes often are.
+
+For tests: the ``do_fake`` fixture (a fresh account, the environment pointing Skyward at
+it, and a check that nothing broke the contract), :func:`pydo_client` (the official
+client pointed at the fake), and :class:`CloudInit` (the connection hook that maps
+droplets onto SSH test hosts after playing their user-data).
 """
 
 from __future__ import annotations
