@@ -522,8 +522,8 @@ def test_the_hourly_limit_used_up_is_a_clear_error_not_an_hour_of_waiting(
 ) -> None:
     provider = _provider()
     assert _offers(provider, build_spec(cpu=2))
-    with do_fake._lock:
-        do_fake.hourly_limit = len(do_fake._requests) + 2
+    with do_fake._lock:  # another client of this token used the hour up
+        do_fake.hourly_limit = len(do_fake._requests)
     started = time.monotonic()
     with pytest.raises(ProvisioningError, match=r"rate limit .* used up until \d\d:\d\d") as err:
         provider.prepare(build_spec(cpu=2), POOL)
@@ -531,9 +531,9 @@ def test_the_hourly_limit_used_up_is_a_clear_error_not_an_hour_of_waiting(
     assert "DIGITALOCEAN" not in str(err.value)
     limited = [c for c in do_fake.calls if c.status == 429]
     assert limited
-    assert limited[0].operation == "sshKeys_create"
+    assert limited[0].operation == "tags_create"
     do_fake.hourly_limit = 5000
-    provider.teardown_shared()
+    _provider().teardown_shared()  # a new hour (this client remembers none was left)
     assert do_fake.keys == {}
     assert do_fake.tags == set()
 
@@ -581,3 +581,14 @@ def test_the_endpoint_defaults_to_digitalocean(monkeypatch: pytest.MonkeyPatch) 
     assert endpoint() == "https://api.digitalocean.com"
     monkeypatch.setenv("SKYWARD_DIGITALOCEAN_ENDPOINT", "http://127.0.0.1:9/ ")
     assert endpoint() == "http://127.0.0.1:9"
+
+
+def test_no_request_is_sent_once_the_headers_say_none_is_left(do_fake: FakeDigitalOcean) -> None:
+    provider = _provider()
+    with do_fake._lock:
+        do_fake.hourly_limit = len(do_fake._requests) + 3
+    assert _offers(provider, build_spec(cpu=2))  # regions, two pages of sizes: the last 3
+    sent = len(do_fake.calls)
+    with pytest.raises(ProvisioningError, match=r"rate limit .* used up until"):
+        provider.offers(build_spec(cpu=4))
+    assert len(do_fake.calls) == sent, "refused by the client, not by DigitalOcean"

@@ -5,8 +5,11 @@ documented 404/400 bodies instead of raising, and azure-core retries a POST on 5
 for ``droplets.create`` can make duplicate droplets. So the client is built with
 azure-core's retries off, and :meth:`Api.call` retries in one place:
 
-- 429: wait as ``retry-after`` says (burst limit), else back off (the hourly limit sends
-  no header), for any method — a 429 means the request was not processed;
+- 429: wait as ``retry-after`` says (the burst limit); the hourly limit sends none, so
+  with ``ratelimit-remaining: 0`` wait until ``ratelimit-reset`` (or give up with the time,
+  past :data:`PATIENCE`), else back off — for any method, as a 429 was not processed;
+- the ``ratelimit-*`` headers of every answer are remembered: with none left this hour,
+  no request is sent until the reset;
 - 5xx, 408 and dropped connections: retried for reads and deletes (idempotent); for a
   create the outcome is unknown, so :class:`UnknownOutcome` is raised and the caller
   reconciles by tag before it tries again;
@@ -119,7 +122,32 @@ class Api:
             ),
             retry_total=0,
             user_agent="skyward",
+            raw_response_hook=self._note_limits,
         )
+        self._remaining: int | None = None
+        self._reset: int | None = None
+
+    def _note_limits(self, response: Any) -> None:
+        """Remember the ``ratelimit-*`` headers every answer carries."""
+        headers = response.http_response.headers
+        remaining, reset = headers.get("ratelimit-remaining"), headers.get("ratelimit-reset")
+        if remaining is not None and str(remaining).isdigit():
+            self._remaining = int(remaining)
+        if reset is not None and str(reset).isdigit():
+            self._reset = int(reset)
+
+    def _spend(self, operation: str, deadline: float) -> None:
+        """With no request left this hour, wait until the oldest one stops counting rather
+        than send one that can only be refused — or say when that is, past the patience."""
+        if self._remaining != 0 or self._reset is None:
+            return
+        wait = self._reset - time.time()
+        if wait <= 0:
+            return
+        if time.monotonic() + wait > deadline:
+            raise ProvisioningError(NAME, _limit_text(operation, str(self._reset)))
+        time.sleep(wait)
+        self._remaining = None
 
     def call(
         self, operation: str, fn: Callable[..., Any], *args: Any, write: bool = False, **kw: Any
@@ -137,6 +165,7 @@ class Api:
         deadline = time.monotonic() + self.patience
         backoff = 0.5
         while True:
+            self._spend(operation, deadline)
             try:
                 return fn(*args, **kw)
             except ClientAuthenticationError as error:
@@ -244,12 +273,14 @@ def token_refused(operation: str, error: Any) -> ConfigurationError:
 
 
 def _exhausted(operation: str, error: Any) -> ProvisioningError:
-    reset = _header(error, "ratelimit-reset")
+    return ProvisioningError(NAME, _limit_text(operation, _header(error, "ratelimit-reset")))
+
+
+def _limit_text(operation: str, reset: str | None) -> str:
     when = ""
     if reset and reset.isdigit():
         when = " until " + time.strftime("%H:%M:%S UTC", time.gmtime(int(reset)))
-    return ProvisioningError(
-        NAME,
+    return (
         f"{operation}: DigitalOcean's API rate limit (5,000/hour, 250/minute) is used "
-        f"up{when}; wait, or close other clients using this token",
+        f"up{when}; wait, or close other clients using this token"
     )
