@@ -25,9 +25,9 @@ oldest request stops counting.
 Knobs (attributes, reset by :meth:`FakeDigitalOcean.reset`): ``droplet_limit``,
 ``burst_limit``, ``hourly_limit``, ``boot_seconds`` / ``address_seconds`` (the two steps
 of a droplet's boot), ``destroy_seconds`` (how long a destroyed droplet is still listed),
-``listing_lag`` (a new droplet missing from listings for a while),
-``gpus_in_tag_listing`` (whether ``tag_name`` listings include GPU droplets; the document
-does not say), ``sizes`` (the catalog).
+``listing_lag`` (a new droplet missing from listings for a while), ``read_only`` (a
+read-scoped token: writes answer 403), ``gpus_in_tag_listing`` (whether ``tag_name``
+listings include GPU droplets; the document does not say), ``sizes`` (the catalog).
 
 Faults, for tests and the fault matrix (all one-shot and counted, cleared by
 :meth:`FakeDigitalOcean.reset`):
@@ -370,6 +370,8 @@ class FakeDigitalOcean:
             self.gpus_in_tag_listing = True
             """Whether ``tag_name`` listings include GPU droplets (the document does not say;
             ``False`` models the pessimistic reading)."""
+            self.read_only = False
+            """The token has read scope only: writes answer 403."""
             self.listing_lag = 0.0
             """Seconds before a new droplet shows in listings (``get`` finds it at once)."""
             self.destroy_seconds = 0.2
@@ -519,6 +521,10 @@ class FakeDigitalOcean:
             return record(self._error(401, "unauthorized", "Unable to authenticate you"))
         if not valid:
             return record(self._error(400, "bad_request", "The request is invalid."))
+        if self.read_only and request.method in ("POST", "PUT", "DELETE"):
+            return record(
+                self._error(403, "forbidden", "You are not authorized to perform this operation")
+            )
         limited = self._rate_limited(endpoint)
         if limited is not None:
             return record(limited)

@@ -592,3 +592,13 @@ def test_no_request_is_sent_once_the_headers_say_none_is_left(do_fake: FakeDigit
     with pytest.raises(ProvisioningError, match=r"rate limit .* used up until"):
         provider.offers(build_spec(cpu=4))
     assert len(do_fake.calls) == sent, "refused by the client, not by DigitalOcean"
+
+
+def test_a_read_only_token_is_a_clear_error_and_leaves_nothing(do_fake: FakeDigitalOcean) -> None:
+    do_fake.read_only = True
+    provider = _provider()
+    assert _offers(provider, build_spec(cpu=2)), "reading works"
+    with pytest.raises(ConfigurationError, match="write scope") as refused:
+        provider.prepare(build_spec(cpu=2), POOL)
+    assert refused.value.field == "token"
+    assert do_fake.tags == set()

@@ -175,6 +175,8 @@ class Api:
                 ident, message = _error_body(error)
                 if status == 401:
                     raise token_refused(operation, error) from None
+                if status == 403:
+                    raise token_scope(operation, message) from None
                 if status == 429:
                     wait = _rate_limit_wait(error, backoff)
                     backoff = min(backoff * 2, 60.0)
@@ -269,6 +271,15 @@ def token_refused(operation: str, error: Any) -> ConfigurationError:
         f"DigitalOcean refused the API token ({operation}: 401 Unauthorized)",
         f"Check {TOKEN_VARIABLES[0]} / {TOKEN_VARIABLES[1]} (or DigitalOcean(token=...)): "
         "the token must exist, be unexpired and have read and write scope",
+    )
+
+
+def token_scope(operation: str, message: str) -> ConfigurationError:
+    return ConfigurationError(
+        "token",
+        f"the API token may not {operation} ({message or '403 Forbidden'})",
+        "Use a token with read and write scope (or custom scopes covering droplet, "
+        "ssh_key, firewall, tag, regions, sizes and account)",
     )
 
 

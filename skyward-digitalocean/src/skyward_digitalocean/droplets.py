@@ -127,7 +127,12 @@ def create_droplets(
         batch = list(names[start : start + MAX_PER_CREATE])
         missing = batch
         lost = 0
+        deadline = time.monotonic() + api.patience
         while missing:
+            if time.monotonic() > deadline:
+                raise ProvisioningError(
+                    "digitalocean", f"droplets.create: still refused after {api.patience:g}s"
+                )
             try:
                 answer = api.call(
                     "droplets.create",
