@@ -19,13 +19,12 @@ from pathlib import Path
 from attrs import frozen
 
 from skyward.errors import ProvisioningError
-from skyward.messages import EXIT_REASON_FILE, READY_PREFIX
+from skyward.messages import READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint
 
 __all__ = [
     "AgentProcess",
     "connect_loopback",
-    "describe_exit",
     "start_agent_process",
     "stop_orphan_group",
     "stop_process_group",
@@ -160,40 +159,3 @@ def stop_orphan_group(pid: int, grace: float = 3.0) -> None:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def describe_exit(returncode: int | None, workdir: Path) -> str | None:
-    """Why an agent process ended, in words: its own reason when it stopped on purpose
-    (the ``exit-reason`` file it writes), else its exit code or signal, and whether the
-    kernel's out-of-memory killer is the likely cause."""
-    if returncode is None:
-        return None
-    with contextlib.suppress(OSError):
-        code, _, reason = (workdir / EXIT_REASON_FILE).read_text().strip().partition(" ")
-        if code == str(returncode) and reason:
-            return reason
-    if returncode < 0:
-        sig = -returncode
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        text = f"killed by {name}"
-        if sig == signal.SIGKILL and _oom_killed_recently():
-            text += "; the out-of-memory killer was active: it most likely ran out of memory"
-        return text
-    return f"exited with code {returncode}"
-
-
-def _oom_killed_recently() -> bool:
-    """Whether this cgroup's memory controller recorded an OOM kill (cgroup v2)."""
-    try:
-        line = Path("/proc/self/cgroup").read_text().strip().splitlines()[0]
-        events = Path("/sys/fs/cgroup") / line.split("::", 1)[1].lstrip("/") / "memory.events"
-        for entry in events.read_text().splitlines():
-            name, _, value = entry.partition(" ")
-            if name == "oom_kill" and int(value) > 0:
-                return True
-    except (OSError, IndexError, ValueError):
-        return False
-    return False

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple
 
 import cloudpickle
 
+from skyward.call_options import CallOptions
 from skyward.errors import PoolClosedError
 
 if TYPE_CHECKING:
@@ -57,9 +58,11 @@ def _ship_module_by_value(module_name: str) -> None:
 class ComputeFunction(Generic[P, R]):
     """A function made lazy by ``@sky.compute``: calling it returns a ``PendingCompute``."""
 
-    def __init__(self, fn: Callable[P, R]) -> None:
+    def __init__(self, fn: Callable[P, R], options: CallOptions | None = None) -> None:
         functools.update_wrapper(self, fn)
         self._fn = fn
+        self.options = options or CallOptions()
+        """The per-call limits every call of this function carries."""
 
     @property
     def local(self) -> Callable[P, R]:
@@ -68,18 +71,45 @@ class ComputeFunction(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> PendingCompute[R]:
         _ship_module_by_value(self._fn.__module__)
-        return PendingCompute(self._fn, args, kwargs)
+        return PendingCompute(self._fn, args, kwargs, self.options)
 
     def __repr__(self) -> str:
         return f"<compute function {self._fn.__qualname__}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ComputeFunction, (self._fn,))
+        return (ComputeFunction, (self._fn, self.options))
 
 
-def compute(fn: Callable[P, R]) -> ComputeFunction[P, R]:
-    """Make ``fn`` lazy: ``fn(...)`` returns a :class:`PendingCompute` to send to a pool."""
-    return ComputeFunction(fn)
+@overload
+def compute(fn: Callable[P, R], /) -> ComputeFunction[P, R]: ...
+@overload
+def compute(
+    *,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> Callable[[Callable[P, R]], ComputeFunction[P, R]]: ...
+def compute(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> ComputeFunction[P, R] | Callable[[Callable[P, R]], ComputeFunction[P, R]]:
+    """Make ``fn`` lazy: ``fn(...)`` returns a :class:`PendingCompute` to send to a pool.
+
+    Used bare (``@sky.compute``) or with per-call limits
+    (``@sky.compute(timeout=600, retries=2, retry_on=(ConnectionError,))``): a call past
+    ``timeout`` seconds raises :class:`~skyward.errors.TaskTimeoutError`; ``retries`` runs
+    a call again when its worker was lost or it raised one of ``retry_on``.
+    """
+    options = CallOptions(timeout=timeout, retries=retries, retry_on=retry_on)
+    if fn is None:
+        return lambda function: ComputeFunction(function, options)
+    if not callable(fn):
+        raise TypeError(f"@sky.compute needs a function, not {fn!r}")
+    return ComputeFunction(fn, options)
 
 
 def _implicit_pool(target: object) -> ComputePool:
@@ -102,19 +132,26 @@ def _implicit_pool(target: object) -> ComputePool:
 class PendingCompute(Generic[R]):
     """A deferred call: a function with its arguments, not yet run."""
 
-    __slots__ = ("args", "fn", "kwargs")
+    __slots__ = ("args", "fn", "kwargs", "options")
 
-    def __init__(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: CallOptions | None = None,
+    ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
+        self.options = options or CallOptions()
 
     def __rshift__(self, target: ComputePool | types.ModuleType) -> R:
         """Run on one worker (the least loaded) and return the result."""
         return _implicit_pool(target).run(self)
 
     def __matmul__(self, target: ComputePool | types.ModuleType) -> tuple[R, ...]:
-        """Run on every node; return the results in node order."""
+        """Run on every worker of every node; results ordered by node, then worker."""
         return _implicit_pool(target).broadcast(self)
 
     @overload

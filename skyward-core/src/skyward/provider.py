@@ -143,7 +143,8 @@ class AgentConfig:
 
     node: int
     total_nodes: int
-    concurrency: int
+    concurrency: int | str
+    """Workers on the node: a number, or ``"auto"`` (one per GPU or MIG instance, else 1)."""
     job_id: str
     head_addr: str
     head_port: int
@@ -160,6 +161,8 @@ class AgentConfig:
     so it is never shown."""
     on_expire: str = "exit"
     """What the agent does when its watchdog or lifetime fires: ``"exit"`` or ``"poweroff"``."""
+    executor: str = "process"
+    """``"process"``: each worker its own process; ``"thread"``: threads of the agent."""
     key: bytes = field(factory=new_key, repr=False)
     """The pool's key: every connection to the agent proves it holds it
     (:mod:`skyward.handshake`). Travels only on the agent's standard input."""
@@ -175,6 +178,7 @@ class AgentConfig:
             f"--node={self.node}",
             f"--total-nodes={self.total_nodes}",
             f"--concurrency={self.concurrency}",
+            f"--executor={self.executor}",
             f"--job-id={self.job_id}",
             f"--head-addr={self.head_addr}",
             f"--head-port={self.head_port}",

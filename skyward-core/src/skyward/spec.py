@@ -22,9 +22,10 @@ from skyward.errors import ConfigurationError
 from skyward.image import Image
 from skyward.volumes import S3Volume, Volume, VolumeLike
 
-__all__ = ["DISPLAY_MODES", "ComputeSpec", "DisplayMode", "build_spec"]
+__all__ = ["DISPLAY_MODES", "ComputeSpec", "DisplayMode", "Executor", "build_spec"]
 
 DisplayMode: TypeAlias = Literal["log", "spinner", "quiet"]
+Executor: TypeAlias = Literal["process", "thread"]
 DISPLAY_MODES: tuple[DisplayMode, ...] = ("log", "spinner", "quiet")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -45,6 +46,8 @@ class ComputeSpec:
     env: Mapping[str, str] = field(default=MappingProxyType({}), repr=False)
     """May hold secrets (tokens, passwords), so it is never shown."""
     concurrency: int = 1
+    executor: Executor = "process"
+    """``"process"``: each worker is its own process; ``"thread"``: threads of the agent."""
     max_cost: float | None = None
     """Dollar budget of the whole pool: reaching it closes the pool."""
     max_hourly_cost: float | None = None
@@ -96,6 +99,18 @@ def _volumes(volume: object, volumes: object) -> tuple[VolumeLike, ...]:
             "volumes", f"mount paths repeat: {paths}", "Give each volume its own mount_path"
         )
     return tuple(given)
+
+
+def _executor(value: object) -> Executor:
+    if value == "process":
+        return "process"
+    if value == "thread":
+        return "thread"
+    raise ConfigurationError(
+        "executor",
+        f"{value!r} is not an executor",
+        'Use "process" (each worker its own process) or "thread"',
+    )
 
 
 def _dollars(field: str, value: object) -> float | None:
@@ -159,6 +174,7 @@ def build_spec(
     concurrency: object = 1,
     max_cost: object = None,
     max_hourly_cost: object = None,
+    executor: object = "process",
 ) -> ComputeSpec:
     """Validate raw ``ComputePool`` arguments into a :class:`ComputeSpec`."""
     if image is None:
@@ -187,6 +203,7 @@ def build_spec(
         timeout=_positive_int("timeout", timeout, "Use seconds, e.g. timeout=3600"),
         env=_env(env),
         concurrency=_positive_int("concurrency", concurrency, "Use e.g. concurrency=4"),
+        executor=_executor(executor),
         max_cost=_dollars("max_cost", max_cost),
         max_hourly_cost=_dollars("max_hourly_cost", max_hourly_cost),
     )

@@ -24,12 +24,12 @@ from skyward.agent_process import (
     POOL_ID_ENV,
     AgentProcess,
     connect_loopback,
-    describe_exit,
     start_agent_process,
     stop_orphan_group,
     stop_process_group,
 )
 from skyward.errors import ConfigurationError
+from skyward.exit_status import describe_exit, oom_kills
 from skyward.hookspecs import hookimpl
 from skyward.image import Image
 from skyward.offers import Offer
@@ -218,11 +218,13 @@ class LocalTransport:
     on_start: Callable[[AgentProcess], None]
     python: str = ""
     agent: AgentProcess | None = None
+    oom_at_start: int | None = None
 
     def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
         self.python = ensure_environment(image, self.cache_dir, reporter)
 
     def start_agent(self, config: AgentConfig) -> AgentEndpoint:
+        self.oom_at_start = oom_kills()
         self.agent = start_agent_process(
             self.python,
             config,
@@ -240,7 +242,7 @@ class LocalTransport:
         """Why the agent process ended (``None`` while it runs)."""
         if self.agent is None:
             return None
-        return describe_exit(self.agent.process.poll(), self.node_dir)
+        return describe_exit(self.agent.process.poll(), self.node_dir, self.oom_at_start)
 
     def close(self) -> None:
         if self.agent is not None:
