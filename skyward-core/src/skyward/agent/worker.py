@@ -14,6 +14,7 @@ import socket
 import sys
 
 from skyward import cluster, messages, wire
+from skyward.agent.output import line_buffered
 from skyward.agent.tasks import run_task
 
 _PR_SET_PDEATHSIG = 1
@@ -31,6 +32,7 @@ def _die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     _die_with_parent()
+    sys.stdout, sys.stderr = line_buffered(1), line_buffered(2)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's business
     sock = socket.socket(fileno=int(args[0]))
     reader, writer = wire.FrameReader(sock), wire.FrameWriter(sock)
