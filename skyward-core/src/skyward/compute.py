@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple
 import cloudpickle
 
 from skyward.call_options import CallOptions
+from skyward.context import Runner, current_pool
 from skyward.errors import PoolClosedError
 
 if TYPE_CHECKING:
@@ -114,10 +115,8 @@ def compute(
 
 def _implicit_pool(target: object) -> ComputePool:
     """Resolve the right-hand side of ``>>``/``@``: a pool, or ``sky`` for the current one."""
-    from skyward.pool import ComputePool, current_pool
-
-    if isinstance(target, ComputePool):
-        return target
+    if isinstance(target, Runner):
+        return target  # type: ignore[return-value]
     if isinstance(target, types.ModuleType) and target.__name__ == "skyward":
         pool = current_pool()
         if pool is None:
@@ -125,7 +124,7 @@ def _implicit_pool(target: object) -> ComputePool:
                 "`>> sky` / `@ sky` need an active pool: use them inside a function decorated "
                 "with @sky.pool(...) or a `with sky.ComputePool(...)` block, or send to a pool"
             )
-        return pool
+        return pool  # type: ignore[return-value]
     raise TypeError(f"cannot send a computation to {target!r}: expected a ComputePool or `sky`")
 
 

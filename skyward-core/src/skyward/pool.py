@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import attrs
 
-from skyward import callbacks, messages
+from skyward import callbacks, context, messages
 from skyward.call_options import CallOptions
 from skyward.compute import ComputeFunction, compute
 from skyward.cost import CostTracker
@@ -63,15 +63,13 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _log = logging.getLogger("skyward.pool")
-_current: contextvars.ContextVar[ComputePool | None] = contextvars.ContextVar(
-    "skyward_pool", default=None
-)
 _open_pools: weakref.WeakSet[ComputePool] = weakref.WeakSet()
 
 
 def current_pool() -> ComputePool | None:
     """The innermost pool active in this context (what ``>> sky`` sends to)."""
-    return _current.get()
+    pool = context.current_pool()
+    return pool if isinstance(pool, ComputePool) else None
 
 
 def _providers(value: object) -> tuple[ProviderConfig, ...]:
@@ -180,7 +178,7 @@ class ComputePool:
         self._emit: Callable[[SkywardEvent], None] = lambda _: None
         self._display: Any = None
         self._cost: CostTracker | None = None
-        self._token: contextvars.Token[ComputePool | None] | None = None
+        self._token: contextvars.Token[context.Runner | None] | None = None
         self._timer: threading.Timer | None = None
         self._ended: PoolTimeoutError | BudgetExceededError | None = None
         self._lock = threading.Lock()
@@ -193,12 +191,12 @@ class ComputePool:
 
     def __enter__(self) -> ComputePool:
         self.open()
-        self._token = _current.set(self)
+        self._token = context.enter(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._token is not None:
-            _current.reset(self._token)
+            context.leave(self._token)
             self._token = None
         self.close()
 
