@@ -24,6 +24,7 @@ from skyward.provider import AgentConfig, AgentEndpoint
 
 __all__ = [
     "AgentProcess",
+    "connect_endpoint",
     "connect_loopback",
     "start_agent_process",
     "stop_orphan_group",
@@ -80,22 +81,25 @@ def start_agent_process(
         with contextlib.suppress(BrokenPipeError):  # an agent that died early says why below
             process.stdin.write(config.stdin_line())
         process.stdin.close()
-        port, pid = _read_ready(process, timeout)
+        ready = _read_ready(process, timeout)
     except BaseException:
         stop_process_group(process)
         raise
     finally:
         assert process.stdout is not None
         process.stdout.close()
-    if port == 0:
+    if ready is None:
         tail = _tail(cwd / "agent.stderr")
         raise ProvisioningError(
             provider, f"the node agent exited with {process.returncode} before starting:\n{tail}"
         )
-    return AgentProcess(process, AgentEndpoint(port=port, pid=pid))
+    port, pid = ready
+    return AgentProcess(process, AgentEndpoint(port=port, pid=pid, path=config.unix_socket))
 
 
-def _read_ready(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, int]:
+def _read_ready(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, int] | None:
+    """``(port, pid)`` from the agent's ready line (port 0 on a unix socket); ``None``
+    when it exited first."""
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     buffer = b""
@@ -107,7 +111,7 @@ def _read_ready(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, 
             chunk = os.read(process.stdout.fileno(), 4096)
             if not chunk:
                 process.wait(timeout=10)
-                return 0, 0
+                return None
             buffer += chunk
             for line in buffer.decode(errors="replace").splitlines():
                 if line.startswith(READY_PREFIX):
@@ -128,6 +132,24 @@ def connect_loopback(port: int, timeout: float = 10.0) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def connect_endpoint(endpoint: AgentEndpoint, timeout: float = 10.0) -> socket.socket:
+    """A connection to a local agent: its unix socket when it has one, else its port."""
+    if endpoint.path is None:
+        return connect_loopback(endpoint.port, timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(endpoint.path)
+    except FileNotFoundError as error:  # the agent is gone (it removes nothing, but a
+        sock.close()  # restarted node's directory may be fresh)
+        raise ConnectionRefusedError(str(error)) from error
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
     return sock
 
 

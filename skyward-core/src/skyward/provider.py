@@ -161,6 +161,8 @@ class AgentConfig:
     so it is never shown."""
     on_expire: str = "exit"
     """What the agent does when its watchdog or lifetime fires: ``"exit"`` or ``"poweroff"``."""
+    unix_socket: str | None = None
+    """Listen on this unix socket instead of 127.0.0.1 (machines that are the client's own)."""
     executor: str = "process"
     """``"process"``: each worker its own process; ``"thread"``: threads of the agent."""
     key: bytes = field(factory=new_key, repr=False)
@@ -189,6 +191,8 @@ class AgentConfig:
             args.append(f"--accelerators={','.join(self.accelerators)}")
         if self.lifetime is not None:
             args.append(f"--lifetime={self.lifetime}")
+        if self.unix_socket is not None:
+            args.append(f"--unix-socket={self.unix_socket}")
         if self.metrics_interval is not None:
             args.append(f"--metrics-interval={self.metrics_interval}")
         return args
@@ -200,6 +204,8 @@ class AgentEndpoint:
 
     port: int
     pid: int | None = None
+    path: str | None = None
+    """The agent's unix socket, when it listens on one instead of a port (``Local``)."""
 
 
 @runtime_checkable

@@ -114,7 +114,8 @@ class Agent:
     def serve(self, listener: socket.socket) -> None:
         while True:
             conn, _ = listener.accept()
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if conn.family == socket.AF_INET:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
     def _greet(self, writer: wire.FrameWriter) -> None:
@@ -279,6 +280,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--head-port", type=int, default=0)
     parser.add_argument("--accelerators", default="")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--unix-socket",
+        default=None,
+        help="listen on this unix socket (only its owner can reach it) instead of TCP",
+    )
     parser.add_argument("--heartbeat-timeout", type=float, default=30.0)
     parser.add_argument("--lifetime", type=float, default=None)
     parser.add_argument("--metrics-interval", type=float, default=None)
@@ -289,6 +295,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="accepted for compatibility: the key and environment always come on stdin",
     )
     return parser.parse_args(argv)
+
+
+def _listen(options: argparse.Namespace) -> tuple[socket.socket, int]:
+    """127.0.0.1 only; or a unix socket that only this user can open (0600, in a 0700
+    directory), where the machine is the client's own. Returns the port (0 for unix)."""
+    if options.unix_socket:
+        path = Path(options.unix_socket)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        path.unlink(missing_ok=True)  # a dead predecessor's
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        listener.listen(16)
+        return listener, 0
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", options.port))
+    listener.listen(16)
+    port: int = listener.getsockname()[1]
+    return listener, port
 
 
 def _read_stdin() -> tuple[dict[str, str], bytes]:
@@ -335,11 +365,7 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", options.port))
-    listener.listen(16)
-    port = listener.getsockname()[1]
+    listener, port = _listen(options)
 
     agent.output = OutputCapture(agent.log_line)  # before the workers: they inherit it
     agent.start_workers()

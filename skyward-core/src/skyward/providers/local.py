@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import psutil
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 
 from skyward.agent_process import (
     INSTANCE_ID_ENV,
     POOL_ID_ENV,
     AgentProcess,
-    connect_loopback,
+    connect_endpoint,
     start_agent_process,
     stop_orphan_group,
     stop_process_group,
@@ -50,6 +50,8 @@ from skyward.providers.local_env import default_cache_dir, ensure_environment
 from skyward.spec import ComputeSpec
 
 __all__ = ["Local"]
+
+_UNIX_PATH_MAX = 100  # sun_path holds 108 bytes; a deeper root falls back to 127.0.0.1
 
 
 @frozen
@@ -225,6 +227,11 @@ class LocalTransport:
 
     def start_agent(self, config: AgentConfig) -> AgentEndpoint:
         self.oom_at_start = oom_kills()
+        # This machine is the client's own: a socket only this user can open, and the
+        # key on top (another session of the same user still has to prove it).
+        socket_path = self.node_dir / "agent" / "sock"
+        if len(str(socket_path)) < _UNIX_PATH_MAX:
+            config = evolve(config, unix_socket=str(socket_path))
         self.agent = start_agent_process(
             self.python,
             config,
@@ -236,7 +243,7 @@ class LocalTransport:
         return self.agent.endpoint
 
     def open_stream(self, endpoint: AgentEndpoint) -> Stream:
-        return connect_loopback(endpoint.port)
+        return connect_endpoint(endpoint)
 
     def agent_exit_cause(self) -> str | None:
         """Why the agent process ended (``None`` while it runs)."""
