@@ -220,3 +220,28 @@ def test_output_of_worker_processes_streams_and_is_complete(local_pool_factory: 
     assert sorted(line for line in lines if line.startswith("call ")) == sorted(
         f"call {i} line {j}" for i in range(4) for j in range(20)
     )
+
+
+@sky.compute
+def fail_after(seconds: float, message: str) -> None:
+    time.sleep(seconds)
+    raise ValueError(message)
+
+
+def test_gather_in_completion_order_and_with_exceptions(local_pool_factory: Factory) -> None:
+    with local_pool_factory(nodes=1, concurrency=3) as pool:
+        stream = sky.gather(nap(0.8), nap(0.0), nap(0.4), ordered=False) >> pool
+        assert list(stream) == [0.0, 0.4, 0.8]
+        mixed = sky.gather(nap(0.1), fail_after(0.0, "bad"), return_exceptions=True) >> pool
+        assert mixed[0] == 0.1
+        assert isinstance(mixed[1], ValueError)
+        assert str(mixed[1]) == "bad"
+        with pytest.raises(ValueError, match="bad"):
+            sky.gather(nap(0.1), fail_after(0.0, "bad")) >> pool
+        both = (
+            sky.gather(fail_after(0.3, "late"), nap(0.0), ordered=False, return_exceptions=True)
+            >> pool
+        )
+        first, second = list(both)
+        assert first == 0.0
+        assert isinstance(second, ValueError)

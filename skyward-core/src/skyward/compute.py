@@ -13,7 +13,16 @@ import sys
 import sysconfig
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    ParamSpec,
+    TypeVar,
+    TypeVarTuple,
+    overload,
+)
 
 import cloudpickle
 
@@ -24,7 +33,14 @@ from skyward.errors import PoolClosedError
 if TYPE_CHECKING:
     from skyward.pool import ComputePool
 
-__all__ = ["ComputeFunction", "PendingBatch", "PendingCompute", "compute", "gather"]
+__all__ = [
+    "ComputeFunction",
+    "PendingBatch",
+    "PendingCompute",
+    "PendingGather",
+    "compute",
+    "gather",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -203,6 +219,50 @@ class PendingBatch(Generic[*Ts]):
         return f"<PendingBatch of {len(self.computations)}>"
 
 
-def gather(*computations: PendingCompute[Any]) -> PendingBatch[*tuple[Any, ...]]:
-    """Group any number of computations to run in parallel: ``gather(*calls) >> pool``."""
-    return PendingBatch(*computations)
+class PendingGather:
+    """``gather(..., ordered=False)`` or ``return_exceptions=True``: ``>> pool`` returns
+    an iterator of results in the order they complete (or, ordered, a tuple), with
+    exceptions in place of results when ``return_exceptions``."""
+
+    __slots__ = ("batch", "ordered", "return_exceptions")
+
+    def __init__(self, batch: PendingBatch[Any], *, ordered: bool, return_exceptions: bool) -> None:
+        self.batch = batch
+        self.ordered = ordered
+        self.return_exceptions = return_exceptions
+
+    def __rshift__(self, target: ComputePool | types.ModuleType) -> Any:
+        pool = _implicit_pool(target)
+        return pool.run_gather(self)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def __repr__(self) -> str:
+        return f"<PendingGather of {len(self.batch)}, ordered={self.ordered}>"
+
+
+@overload
+def gather(
+    *computations: PendingCompute[Any],
+    ordered: Literal[True] = True,
+    return_exceptions: Literal[False] = False,
+) -> PendingBatch[*tuple[Any, ...]]: ...
+@overload
+def gather(
+    *computations: PendingCompute[Any], ordered: bool = True, return_exceptions: bool = False
+) -> PendingGather: ...
+def gather(
+    *computations: PendingCompute[Any], ordered: bool = True, return_exceptions: bool = False
+) -> PendingBatch[*tuple[Any, ...]] | PendingGather:
+    """Group any number of computations to run in parallel: ``gather(*calls) >> pool``.
+
+    By default ``>> pool`` returns the results as a tuple in call order and raises the
+    first failure. ``ordered=False`` returns an iterator that yields each result as it
+    completes; ``return_exceptions=True`` puts a failed call's exception where its result
+    would be instead of raising it.
+    """
+    batch: PendingBatch[*tuple[Any, ...]] = PendingBatch(*computations)
+    if ordered and not return_exceptions:
+        return batch
+    return PendingGather(batch, ordered=ordered, return_exceptions=return_exceptions)

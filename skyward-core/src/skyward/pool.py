@@ -51,7 +51,7 @@ from skyward.spec import (
 if TYPE_CHECKING:
     from skyward.accelerators import AcceleratorSpec
     from skyward.allocation import AllocationLike
-    from skyward.compute import PendingBatch, PendingCompute
+    from skyward.compute import PendingBatch, PendingCompute, PendingGather
     from skyward.image import Image
     from skyward.node import NodeClient
     from skyward.provider import ProviderConfig
@@ -449,6 +449,26 @@ class ComputePool:
         payloads = [(_payload(p), p.options) for p in batch.computations]
         futures = [self._dispatch(payload, options) for payload, options in payloads]
         return tuple(self._result(f) for f in futures)
+
+    def run_gather(self, gathered: PendingGather) -> tuple[Any, ...] | Iterator[Any]:
+        """``gather(..., ordered=False / return_exceptions=True) >> pool``."""
+        payloads = [(_payload(p), p.options) for p in gathered.batch.computations]
+        futures = [self._dispatch(payload, options) for payload, options in payloads]
+        if gathered.ordered:
+            return tuple(self._outcome(f, gathered.return_exceptions) for f in futures)
+        return self._as_completed(futures, gathered.return_exceptions)
+
+    def _as_completed(self, futures: list[Future[Any]], keep: bool) -> Iterator[Any]:
+        for future in concurrent.futures.as_completed(futures):
+            yield self._outcome(future, keep)
+
+    def _outcome(self, future: Future[Any], keep_exceptions: bool) -> Any:
+        try:
+            return self._result(future)
+        except Exception as error:
+            if keep_exceptions:
+                return error
+            raise
 
     def broadcast(self, pending: PendingCompute[R]) -> tuple[R, ...]:
         """Run the computation once on every worker of every node; results ordered by
