@@ -54,11 +54,18 @@ def _paths(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(value) or None
 
 
-def _positive(field_name: str) -> Callable[[object, object, float], None]:
+# A day: longer than any boot, short enough that a typo (ms for s) is caught.
+MAX_CONNECT_TIMEOUT = 86_400.0
+
+
+def _seconds(field_name: str, most: float) -> Callable[[object, object, float], None]:
     def check(_: object, __: object, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        # NaN passes every comparison: "not 0 < nan <= most" is what catches it.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most:
             raise ConfigurationError(
-                field_name, f"{value!r} is not positive", "Use seconds, e.g. 60"
+                field_name,
+                f"{value!r} is not a number of seconds in (0, {most:g}]",
+                "Use seconds, e.g. 60",
             )
 
     return check
@@ -78,7 +85,9 @@ class SSH:
 
     hosts: tuple[SSHHost, ...] = field(converter=_hosts)
     known_hosts: tuple[str, ...] | None = field(default=None, converter=_paths)
-    connect_timeout: float = field(default=60.0, validator=_positive("connect_timeout"))
+    connect_timeout: float = field(
+        default=60.0, validator=_seconds("connect_timeout", MAX_CONNECT_TIMEOUT)
+    )
     ssh_config: str | None = None
     provider_name: ClassVar[str] = "ssh"
 
