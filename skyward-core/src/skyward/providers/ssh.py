@@ -169,9 +169,13 @@ class SSHProvider:
         # Never power off a user's machine: the transports already stopped the agents.
         for instance in instances:
             if "pid" in instance.tags and instance.id in self._hosts:
-                self._connection(self._hosts[instance.id]).run(
-                    f"kill -TERM -- -{instance.tags['pid']} 2>/dev/null; true"
-                )
+                from skyward.ssh.transport import stop_group_command
+
+                connection = self._connection(self._hosts[instance.id])
+                try:
+                    connection.run(stop_group_command(int(instance.tags["pid"])), timeout=30)
+                finally:
+                    connection.close()
             with self._lock:
                 self._terminated.add(instance.id)
 

@@ -36,10 +36,32 @@ if TYPE_CHECKING:
     from skyward.image import Image
     from skyward.spec import ComputeSpec
 
-__all__ = ["SSHTransport"]
+__all__ = ["SSHTransport", "stop_group_command"]
 
 HOME = ".skyward"  # relative to the login directory, for SFTP and the shell alike
 _TAIL = 25
+# How long an agent's group gets to exit on SIGTERM before SIGKILL, seconds.
+STOP_GRACE = 2.0
+
+
+def stop_group_command(pid: int, grace: float = STOP_GRACE) -> str:
+    """A command that stops process group ``pid`` (an agent and everything it started):
+    SIGTERM, up to ``grace`` seconds for it to exit, then SIGKILL.
+
+    ``kill -TERM -- -PGID`` is what most write, but dash (Debian's ``/bin/sh``, the
+    login shell of many service users) reads ``--`` as a pid and kills nothing;
+    ``kill -TERM -PGID`` means the same to dash, bash, zsh and busybox. It runs under
+    ``sh -c`` so a login shell that is not POSIX (fish, csh) still parses it.
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
+        raise ValueError(f"not a process group id: {pid!r}")
+    rounds = max(1, round(grace / 0.1))
+    script = (
+        f"kill -TERM -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; i=0; "
+        f"while [ $i -lt {rounds} ] && kill -0 -{pid} 2>/dev/null; do sleep 0.1; i=$((i+1)); done; "
+        f"kill -KILL -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; true"
+    )
+    return f"sh -c {shlex.quote(script)}"
 
 
 class SSHTransport:
@@ -165,10 +187,7 @@ class SSHTransport:
         """Stop the agent (if still running) and remove this pool's directory; keep caches."""
         stop = ""
         if self.endpoint is not None and self.endpoint.pid:
-            pid = self.endpoint.pid
-            stop = (
-                f"kill -TERM {pid} 2>/dev/null; sleep 0.2; kill -KILL -- -{pid} {pid} 2>/dev/null; "
-            )
+            stop = f"{stop_group_command(self.endpoint.pid)}; "
         pool_dir = f"{HOME}/pools/{self.pool_id}"
         try:
             self.connection.run(
