@@ -21,11 +21,29 @@ from skyward.errors import ConfigurationError
 from skyward.image import Image
 from skyward.volumes import S3Volume, Volume, VolumeLike
 
-__all__ = ["DISPLAY_MODES", "ComputeSpec", "DisplayMode", "build_spec"]
+__all__ = [
+    "DISPLAY_MODES",
+    "MAX_CONCURRENCY",
+    "MAX_CPU",
+    "MAX_NODES",
+    "MAX_TIMEOUT",
+    "ComputeSpec",
+    "DisplayMode",
+    "build_spec",
+    "check_providers",
+]
 
 DisplayMode: TypeAlias = Literal["log", "spinner", "quiet"]
 DISPLAY_MODES: tuple[DisplayMode, ...] = ("log", "spinner", "quiet")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Upper bounds: far above any real pool, low enough that a typo (an extra digit, ms for s)
+# is caught here rather than by a cloud quota, a bill, or a timer thread that overflows.
+MAX_NODES = 10_000
+MAX_CPU = 4_096
+MAX_CONCURRENCY = 10_000
+MAX_TIMEOUT = 30 * 24 * 3600
+"""30 days, in seconds; ``threading.Timer`` itself overflows near 292 years."""
 
 
 @frozen
@@ -45,9 +63,11 @@ class ComputeSpec:
     concurrency: int = 1
 
 
-def _positive_int(field: str, value: object, example: str) -> int:
+def _positive_int(field: str, value: object, example: str, most: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(field, f"{value!r} is not a positive whole number", example)
+    if value > most:
+        raise ConfigurationError(field, f"{value} is more than the limit of {most}", example)
     return value
 
 
@@ -106,6 +126,12 @@ def _env(value: object) -> Mapping[str, str]:
             raise ConfigurationError(
                 "env", f"the value of {key} is {type(item).__name__}, not str", "Pass str(value)"
             )
+        if "\x00" in item:
+            raise ConfigurationError(
+                "env",
+                f"the value of {key} contains a NUL character",
+                "Remove it: environment values cannot hold NUL",
+            )
     return MappingProxyType(dict(value))
 
 
@@ -141,7 +167,9 @@ def build_spec(
     if not isinstance(image, Image):
         raise ConfigurationError("image", f"{image!r} is not an Image", "Use sky.Image(...)")
     _python_matches_client(image)
-    if machine is not None and (not isinstance(machine, str) or not machine.strip()):
+    if machine is not None and (
+        not isinstance(machine, str) or not machine.strip() or not machine.isprintable()
+    ):
         raise ConfigurationError(
             "machine", f"{machine!r} is not an instance type name", 'Use e.g. "p5.48xlarge"'
         )
@@ -151,17 +179,21 @@ def build_spec(
             raise ConfigurationError("memory", f"{memory!r} is not a size", 'Use e.g. "32GB"')
         memory_gb = parse_memory_gb(memory)
     return ComputeSpec(
-        nodes=_positive_int("nodes", nodes, "Use e.g. nodes=4"),
+        nodes=_positive_int("nodes", nodes, "Use e.g. nodes=4", MAX_NODES),
         machine=machine,
         accelerator=_accelerator(accelerator),
-        cpu=None if cpu is None else _positive_int("cpu", cpu, "Use e.g. cpu=8"),
+        cpu=None if cpu is None else _positive_int("cpu", cpu, "Use e.g. cpu=8", MAX_CPU),
         memory_gb=memory_gb,
         image=image,
         allocation=parse_allocation(allocation),
         volumes=_volumes(volume, volumes),
-        timeout=_positive_int("timeout", timeout, "Use seconds, e.g. timeout=3600"),
+        timeout=_positive_int(
+            "timeout", timeout, "Use seconds, e.g. timeout=3600 (at most 30 days)", MAX_TIMEOUT
+        ),
         env=_env(env),
-        concurrency=_positive_int("concurrency", concurrency, "Use e.g. concurrency=4"),
+        concurrency=_positive_int(
+            "concurrency", concurrency, "Use e.g. concurrency=4", MAX_CONCURRENCY
+        ),
     )
 
 
@@ -180,3 +212,28 @@ def check_callable(field: str, value: object) -> Callable[..., Any] | None:
     if value is not None and not callable(value):
         raise ConfigurationError(field, f"{value!r} is not callable", "Pass a function or None")
     return value
+
+
+def check_providers(value: object) -> tuple[Any, ...]:
+    """Validate ``provider=``: one provider configuration or a non-empty list of them.
+
+    A configuration is an *instance* (``sky.Local()``): the class itself has ``create``
+    and ``provider_name`` too, and would fail later with a confusing ``TypeError``.
+    """
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    if not items:
+        raise ConfigurationError("provider", "the list is empty", "Give at least one provider")
+    for item in items:
+        if isinstance(item, type):
+            raise ConfigurationError(
+                "provider",
+                f"{item.__name__} is a provider class, not a provider",
+                f"Call it: provider=sky.{item.__name__}(...)",
+            )
+        if not (hasattr(item, "create") and hasattr(item, "provider_name")):
+            raise ConfigurationError(
+                "provider",
+                f"{item!r} is not a provider",
+                "Use e.g. sky.Local(), sky.AWS() or a list of them",
+            )
+    return tuple(items)

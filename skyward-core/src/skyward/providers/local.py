@@ -51,6 +51,27 @@ from skyward.spec import ComputeSpec
 __all__ = ["Local"]
 
 
+def _path_or_none(name: str, value: object) -> str | None:
+    """A directory given as ``str`` or ``os.PathLike`` (kept as ``str``), or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise ConfigurationError(
+            name, f"{value!r} is not a directory path", f'Use e.g. {name}="/tmp/skyward"'
+        )
+    return value
+
+
+def _root(value: object) -> str | None:
+    return _path_or_none("root", value)
+
+
+def _cache_dir(value: object) -> str | None:
+    return _path_or_none("cache_dir", value)
+
+
 @frozen
 class Local:
     """Run a pool's nodes as processes on this machine: no account, no cost.
@@ -61,8 +82,8 @@ class Local:
         (default ``~/.cache/skyward/local``).
     """
 
-    root: str | None = None
-    cache_dir: str | None = None
+    root: str | None = field(default=None, converter=_root)
+    cache_dir: str | None = field(default=None, converter=_cache_dir)
     provider_name: ClassVar[str] = "local"
 
     def validate(self, spec: ComputeSpec) -> None:

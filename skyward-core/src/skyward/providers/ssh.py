@@ -8,6 +8,7 @@ pool starts fast.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,10 +49,32 @@ def _hosts(value: object) -> tuple[SSHHost, ...]:
     return tuple(parse_host(v) for v in value)
 
 
-def _paths(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    if value is None or isinstance(value, str):
-        return None if value is None else (value,)
-    return tuple(value) or None
+def _path(name: str, value: object) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise ConfigurationError(
+            name, f"{value!r} is not a file path", f'Use e.g. {name}="~/.ssh/{name}"'
+        )
+    return value
+
+
+def _paths(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike):
+        return (_path("known_hosts", value),)
+    if not isinstance(value, Sequence) or isinstance(value, bytes):
+        raise ConfigurationError(
+            "known_hosts",
+            f"{value!r} is not a path or a list of paths",
+            'Use e.g. known_hosts="~/.ssh/known_hosts"',
+        )
+    return tuple(_path("known_hosts", item) for item in value) or None
+
+
+def _optional_path(value: object) -> str | None:
+    return None if value is None else _path("ssh_config", value)
 
 
 # A day: longer than any boot, short enough that a typo (ms for s) is caught.
@@ -88,7 +111,7 @@ class SSH:
     connect_timeout: float = field(
         default=60.0, validator=_seconds("connect_timeout", MAX_CONNECT_TIMEOUT)
     )
-    ssh_config: str | None = None
+    ssh_config: str | None = field(default=None, converter=_optional_path)
     provider_name: ClassVar[str] = "ssh"
 
     def validate(self, spec: ComputeSpec) -> None:
