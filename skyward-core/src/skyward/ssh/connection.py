@@ -13,6 +13,7 @@ Failures that waiting cannot cure (a wrong host key, a refused login) are not re
 from __future__ import annotations
 
 import math
+import shlex
 import socket
 import stat
 import threading
@@ -105,6 +106,7 @@ class SSHConnection:
         # transport is closed under it so a blocked read returns at once.
         self._cancel = threading.Event()
         self._pending: socket.socket | paramiko.Channel | paramiko.Transport | None = None
+        self._sftp_missing = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -305,14 +307,73 @@ class SSHConnection:
         return CommandResult(code, b"".join(chunks).decode(errors="replace"))
 
     def upload(self, files: list[Path], remote_dir: str) -> None:
-        """Copy files into ``remote_dir`` (created if missing) with SFTP."""
-        sftp = paramiko.SFTPClient.from_transport(self.ensure())
+        """Copy files into ``remote_dir`` (created if missing; relative to the login
+        directory unless absolute).
+
+        SFTP when the host offers it; otherwise (minimal and hardened sshd configurations
+        drop the ``Subsystem sftp`` line) each file streams through ``cat`` on an exec
+        channel.
+        """
+        sftp = self._open_sftp()
         if sftp is None:
-            raise ConnectError(self.provider, f"{self.host.target}: SFTP is not available")
+            for path in files:
+                self._upload_exec(path, remote_dir)
+            return
         with sftp:
             _makedirs(sftp, remote_dir)
             for path in files:
                 sftp.put(str(path), f"{remote_dir}/{path.name}")
+
+    def _open_sftp(self) -> paramiko.SFTPClient | None:
+        """An SFTP session, or ``None`` when the host has no SFTP subsystem (remembered)."""
+        if self._sftp_missing:
+            return None
+        channel = self.ensure().open_session(timeout=30)
+        try:
+            channel.invoke_subsystem("sftp")
+            return paramiko.SFTPClient(channel)
+        except paramiko.SSHException:
+            # sshd refused the subsystem request ("Channel closed." in paramiko's words).
+            channel.close()
+            self._sftp_missing = True
+            return None
+
+    def _upload_exec(self, path: Path, remote_dir: str) -> None:
+        target = f"{remote_dir}/{path.name}"
+        partial = f"{remote_dir}/.{path.name}.partial"
+        q = shlex.quote
+        # Written next to the target and renamed: a reader never sees half a file.
+        command = (
+            f"mkdir -p {q(remote_dir)} && cat > {q(partial)} && mv -f {q(partial)} {q(target)}"
+        )
+        channel = self.ensure().open_session(timeout=30)
+        try:
+            channel.set_combine_stderr(True)
+            channel.exec_command(command)
+            with path.open("rb") as source:
+                while chunk := source.read(1 << 20):
+                    channel.sendall(chunk)
+            channel.shutdown_write()
+            output = b""
+            while data := channel.recv(65536):
+                output += data[: 4000 - len(output)]
+            code = channel.recv_exit_status()
+        except (OSError, paramiko.SSHException) as error:
+            raise self._upload_failed(path, target, str(error)) from error
+        finally:
+            channel.close()
+        if code != 0:
+            detail = output.decode(errors="replace").strip() or f"exit {code}"
+            raise self._upload_failed(path, target, detail)
+
+    def _upload_failed(self, path: Path, target: str, detail: str) -> ConnectError:
+        return ConnectError(
+            self.provider,
+            f"{self.host.target}: cannot upload {path.name} to {target}: the host has no "
+            f"SFTP subsystem (no 'Subsystem sftp' in its sshd_config), and copying through "
+            f"'cat' on an exec channel failed too ({detail}). Enable SFTP on the host, or "
+            f"make sure its login shell can run mkdir, cat and mv there",
+        )
 
     def open_tunnel(self, port: int) -> ChannelStream:
         """A channel to ``127.0.0.1:port`` on the host (the agent's loopback port)."""
