@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,3 +112,108 @@ def test_transport_close_kills_the_agents_whole_group(
         assert wait_until(lambda: not alive(leader) and not alive(child), 10), (
             f"left running under {shell}: {[p for p in (leader, child) if alive(p)]}"
         )
+
+
+# -- skyward down --provider ssh --host ... ---------------------------------------------------
+
+
+def down(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "skyward.cli", "down", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def host_args(host: SSHTestHost, key: ClientKey, known_hosts: Path) -> list[str]:
+    return [
+        "--host",
+        host.target,
+        "--identity",
+        str(key.private_path),
+        "--known-hosts",
+        str(known_hosts),
+    ]
+
+
+def pool_dirs(host: SSHTestHost) -> list[str]:
+    return host.run("ls .skyward/pools 2>/dev/null").stdout.split()
+
+
+def test_down_for_ssh_without_hosts_says_what_it_needs_and_fails() -> None:
+    result = down("--provider", "ssh")
+    assert result.returncode != 0
+    assert "--host" in result.stderr
+    assert "ssh" in result.stderr
+
+
+def test_down_with_hosts_stops_agents_and_removes_dead_pools_directories(
+    ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path
+) -> None:
+    host = ssh_hosts(1)[0]
+    host.run("rm -rf .skyward/pools; mkdir -p .skyward/pools/deadpool/node0 .skyward/pools/ghost/n")
+    leader, child = start_fake_agent(host, "deadpool")
+    args = host_args(host, ssh_client_key, ssh_known_hosts)
+
+    listed = down("--provider", "ssh", "--dry-run", *args)
+    assert listed.returncode == 0, listed.stderr
+    assert f"deadpool-{host.target}-{leader}" in listed.stdout
+    assert "node-dir\t~/.skyward/pools/ghost" in listed.stdout
+    assert "pools/deadpool" not in listed.stdout, "its agent is alive: not a leftover yet"
+    assert alive(leader), "dry run only lists"
+    assert sorted(pool_dirs(host)) == ["deadpool", "ghost"], "dry run only lists"
+
+    swept = down(*args)  # --host alone means the ssh provider
+    assert swept.returncode == 0, swept.stderr
+    assert wait_until(lambda: not alive(leader) and not alive(child), 10)
+    assert pool_dirs(host) == []
+
+
+def test_down_for_an_unreachable_host_fails_and_names_it(tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    started = time.monotonic()
+    result = down(
+        "--host", "nobody@127.0.0.99:2299", "--known-hosts", str(known), "--connect-timeout", "2"
+    )
+    assert result.returncode == 1
+    assert "nobody@127.0.0.99:2299" in result.stderr
+    assert "refused" in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_opening_a_pool_removes_old_directories_of_dead_pools(
+    ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path
+) -> None:
+    host = ssh_hosts(1)[0]
+    host.run(
+        "rm -rf .skyward/pools; mkdir -p .skyward/pools/oldpool/node0 .skyward/pools/newpool/n0"
+        " && touch -d '1 hour ago' .skyward/pools/oldpool"
+    )
+    leader, _ = start_fake_agent(host, "busypool")  # alive: its directory stays
+    host.run(
+        "mkdir -p .skyward/pools/busypool/node0 && touch -d '1 hour ago' .skyward/pools/busypool"
+    )
+    config = sky.SSH(
+        hosts=[
+            sky.SSHHost(
+                host.address,
+                user=host.user,
+                port=host.port,
+                identity_file=str(ssh_client_key.private_path),
+            )
+        ],
+        known_hosts=str(ssh_known_hosts),
+    )
+    with sky.ComputePool(provider=config, display="quiet") as pool:
+        assert square(4) >> pool == 16
+        assert "oldpool" not in pool_dirs(host)
+        assert {"newpool", "busypool"} <= set(pool_dirs(host)), "recent or live: kept"
+    assert alive(leader)
+
+
+@sky.compute
+def square(x: int) -> int:
+    return x * x

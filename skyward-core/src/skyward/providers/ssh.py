@@ -25,6 +25,7 @@ from skyward.provider import (
     Instance,
     InstanceState,
     LaunchRequest,
+    Leftover,
     Provider,
     ProviderConfig,
     running_unless,
@@ -140,6 +141,7 @@ class SSHProvider:
     _spec: ComputeSpec | None = None
     _terminated: set[str] = field(factory=set)
     _lock: threading.Lock = field(factory=threading.Lock)
+    _unreachable: dict[str, str] = field(factory=dict)
 
     def offers(self, spec: ComputeSpec) -> Sequence[Offer]:
         accelerator = spec.accelerator
@@ -203,33 +205,96 @@ class SSHProvider:
                 self._terminated.add(instance.id)
 
     def list_by_tag(self, pool_id: str | None = None) -> Sequence[Instance]:
-        """Agents left on the hosts (of one pool, or any), found by their ``--job-id``."""
+        """Agents left on the hosts (of one pool, or any), found by their ``--job-id``.
+
+        A host that cannot be reached is remembered and reported by
+        :meth:`list_leftovers` (as a leftover that cannot be removed)."""
+        from skyward.ssh.leftovers import scan_host
+
         found = []
-        for host in self.config.hosts:
-            resolved = host.resolved()
+        for host in self._sweep_hosts():
+            connection = self._connection(host)
             try:
-                output = self._connection(resolved).run("ps -eo pid=,args=").output
-            except Exception:
+                scan = scan_host(connection)
+            except Exception as error:
+                self._unreachable[host.target] = str(error)
                 continue
-            for line in output.splitlines():
-                pid, _, args = line.strip().partition(" ")
-                if "skyward.agent" not in args or "--job-id=" not in args:
-                    continue
-                job = args.split("--job-id=", 1)[1].split()[0]
+            finally:
+                connection.close()
+            for pid, job in sorted(scan.agents.items()):
                 if pool_id is not None and job != pool_id:
                     continue
-                instance_id = f"{job}-{resolved.target}-{pid}"
-                self._hosts[instance_id] = resolved
+                instance_id = f"{job}-{host.target}-{pid}"
+                self._hosts[instance_id] = host
                 found.append(
                     Instance(
                         id=instance_id,
                         provider=self.name,
                         state=InstanceState.RUNNING,
-                        ip=resolved.host,
-                        tags={POOL_TAG: job, "pid": pid},
+                        ip=host.host,
+                        tags={POOL_TAG: job, "pid": str(pid)},
                     )
                 )
         return found
+
+    def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
+        """Node directories (``~/.skyward/pools/<pool>``) of pools with no live agent on
+        their host, and the hosts that could not be looked at."""
+        from skyward.ssh.leftovers import POOLS_DIR, scan_host
+
+        found = [
+            Leftover(kind="unreachable-host", id=target, where=target)
+            for target in sorted(self._unreachable)
+        ]
+        for host in self._sweep_hosts():
+            if host.target in self._unreachable:
+                continue
+            connection = self._connection(host)
+            try:
+                scan = scan_host(connection)
+            except Exception as error:
+                self._unreachable[host.target] = str(error)
+                found.append(Leftover(kind="unreachable-host", id=host.target, where=host.target))
+                continue
+            finally:
+                connection.close()
+            for name in scan.dead_pool_dirs(pool_id=pool_id):
+                found.append(
+                    Leftover(
+                        kind="node-dir", id=f"~/{POOLS_DIR}/{name}", where=host.target, pool=name
+                    )
+                )
+        return found
+
+    def remove_leftovers(self, leftovers: Sequence[Leftover]) -> list[tuple[Leftover, str]]:
+        from skyward.ssh.leftovers import remove_pool_dirs
+
+        failed: list[tuple[Leftover, str]] = []
+        hosts = {host.target: host for host in self._sweep_hosts()}
+        by_host: dict[str, list[Leftover]] = {}
+        for leftover in leftovers:
+            if leftover.kind == "unreachable-host":
+                reason = self._unreachable.get(leftover.id, "unreachable")
+                failed.append((leftover, f"could not look at the host: {reason}"))
+            elif leftover.kind == "node-dir" and leftover.where in hosts:
+                by_host.setdefault(leftover.where, []).append(leftover)
+            else:
+                failed.append((leftover, "not something the SSH provider made"))
+        for target, items in by_host.items():
+            connection = self._connection(hosts[target])
+            try:
+                problem = remove_pool_dirs(connection, [item.pool for item in items])
+            except Exception as error:
+                problem = str(error)
+            finally:
+                connection.close()
+            if problem:
+                failed.extend((item, problem) for item in items)
+        return failed
+
+    def _sweep_hosts(self) -> list[SSHHost]:
+        ssh_config = Path(self.config.ssh_config) if self.config.ssh_config else None
+        return [host.resolved(ssh_config) for host in self.config.hosts]
 
     def _connection(self, host: SSHHost) -> SSHConnection:
         from skyward.ssh.connection import SSHConnection

@@ -30,6 +30,7 @@ from skyward.errors import ProvisioningError
 from skyward.messages import READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint, BootstrapReporter, Stream
 from skyward.ssh.connection import SSHConnection
+from skyward.ssh.leftovers import sweep_dead_pool_dirs
 from skyward.wheels import build_node_wheels
 
 if TYPE_CHECKING:
@@ -100,6 +101,10 @@ class SSHTransport:
     # -- bootstrap --------------------------------------------------------------------
 
     def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
+        # What SIGKILLed clients left here (pool directories without an agent, untouched
+        # for 10 minutes): one command, and never a reason to fail.
+        for name in sweep_dead_pool_dirs(self.connection):
+            reporter.log(f"removed {HOME}/pools/{name}, left by a pool whose agents are gone")
         same_platform = self._upload_uv(reporter)
         wheels = build_node_wheels(include_binary=same_platform)
         remote_wheels = f"{HOME}/wheels/{wheels.fingerprint}"
