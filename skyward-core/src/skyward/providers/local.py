@@ -33,6 +33,7 @@ from skyward.hookspecs import hookimpl
 from skyward.image import Image
 from skyward.offers import Offer
 from skyward.provider import (
+    POOL_TAG,
     AgentConfig,
     AgentEndpoint,
     BootstrapReporter,
@@ -40,12 +41,14 @@ from skyward.provider import (
     Instance,
     InstanceState,
     LaunchRequest,
+    Leftover,
     Provider,
     ProviderConfig,
     Stream,
     running_unless,
 )
 from skyward.providers.local_env import default_cache_dir, ensure_environment
+from skyward.providers.local_leftovers import TEMP_PREFIX, dead_pool_dirs, write_pool_marker
 from skyward.spec import ComputeSpec
 
 __all__ = ["Local"]
@@ -139,9 +142,12 @@ class LocalProvider:
         ]
 
     def prepare(self, spec: ComputeSpec, pool_id: str) -> Infrastructure:
+        # Housekeeping first (cheap: one directory listing): what SIGKILLed clients left.
+        self.remove_leftovers(self.list_leftovers())
         if self.config.root is None:
-            root, owns = Path(tempfile.mkdtemp(prefix=f"skyward-{pool_id}-")), True
-        else:
+            root, owns = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{pool_id}-")), True
+            write_pool_marker(root, pool_id)
+        else:  # the user's directory: kept after the pool, never swept
             root, owns = Path(self.config.root) / pool_id, False
             root.mkdir(parents=True, exist_ok=True)
         return LocalInfrastructure(
@@ -209,6 +215,37 @@ class LocalProvider:
                 )
             )
         return found
+
+    def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
+        """Temporary pool directories whose client is dead and whose agents are gone
+        (directories under a ``root`` the user chose are theirs to keep)."""
+        dead = [
+            (path, pool)
+            for path, pool in dead_pool_dirs([Path(tempfile.gettempdir())])
+            if pool_id is None or pool == pool_id
+        ]
+        if not dead:
+            return []  # the common case, and all a pool's open pays for
+        live_pools = {i.tags.get(POOL_TAG, "") for i in self.list_by_tag()}
+        return [
+            Leftover(kind="node-dir", id=str(path), where="local", pool=pool)
+            for path, pool in dead
+            if pool not in live_pools
+        ]
+
+    def remove_leftovers(self, leftovers: Sequence[Leftover]) -> list[tuple[Leftover, str]]:
+        failed: list[tuple[Leftover, str]] = []
+        for leftover in leftovers:
+            if leftover.kind != "node-dir":
+                failed.append((leftover, "not something the Local provider made"))
+                continue
+            try:
+                shutil.rmtree(leftover.id)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                failed.append((leftover, str(error)))
+        return failed
 
     def connect(self, infra: Infrastructure, instance: Instance) -> LocalTransport:
         assert isinstance(infra, LocalInfrastructure)
