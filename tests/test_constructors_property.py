@@ -52,14 +52,18 @@ PROPERTY = settings(
 )
 
 
-def builds_or_names(field: str, make: Callable[[], object]) -> None:
-    """``make()`` either works or raises a ConfigurationError whose field names ``field``."""
+def builds_or_names(
+    field: str, make: Callable[[], object], kept: Callable[[Any], bool] | None = None
+) -> None:
+    """``make()`` either works (and then ``kept(result)`` holds: the value was stored as
+    the type the field promises) or raises a ConfigurationError naming ``field``."""
     error: ConfigurationError | None = None
     try:
-        make()
+        built = make()
     except ConfigurationError as raised:
         error = raised
     if error is None:
+        assert kept is None or kept(built), f"{field} accepted a value of the wrong type"
         return
     assert isinstance(error, ValueError)
     # The field, or (for a part of one, like an accelerator's count) the message.
@@ -131,7 +135,11 @@ def test_compute_pool_env(env: dict[str, str], counting: type[CountingProvider])
 @PROPERTY
 @given(value=ANYTHING)
 def test_local(name: str, value: object) -> None:
-    builds_or_names(name, lambda: sky.Local(**{name: value}))
+    builds_or_names(
+        name,
+        lambda: sky.Local(**{name: value}),
+        lambda local: isinstance(getattr(local, name), str | None),
+    )
 
 
 @pytest.mark.parametrize("name", ["hosts", "known_hosts", "connect_timeout", "ssh_config"])
@@ -139,7 +147,17 @@ def test_local(name: str, value: object) -> None:
 @given(value=ANYTHING)
 def test_ssh(name: str, value: object) -> None:
     options: dict[str, object] = {"hosts": ["u@127.0.0.1"], name: value}
-    builds_or_names(name, lambda: sky.SSH(**options))
+    builds_or_names(name, lambda: sky.SSH(**options), _ssh_kept)
+
+
+def _ssh_kept(config: sky.SSH) -> bool:
+    return (
+        all(isinstance(h, sky.SSHHost) for h in config.hosts)
+        and (config.known_hosts is None or all(isinstance(p, str) for p in config.known_hosts))
+        and isinstance(config.connect_timeout, int | float)
+        and not isinstance(config.connect_timeout, bool)
+        and isinstance(config.ssh_config, str | None)
+    )
 
 
 @PROPERTY
@@ -153,7 +171,17 @@ def test_ssh_host_strings(hosts: list[object]) -> None:
 @given(value=ANYTHING)
 def test_ssh_host(name: str, value: object) -> None:
     options: dict[str, object] = {"host": "10.0.0.5", name: value}
-    builds_or_names(name, lambda: sky.SSHHost(**options))  # type: ignore[arg-type]
+    builds_or_names(
+        name,
+        lambda: sky.SSHHost(**options),  # type: ignore[arg-type]
+        lambda h: (
+            isinstance(h.host, str)
+            and isinstance(h.user, str | None)
+            and (h.port is None or (type(h.port) is int and 0 < h.port < 65536))
+            and isinstance(h.identity_file, str | None)
+            and isinstance(h.jump, sky.SSHHost | None)
+        ),
+    )
 
 
 @pytest.mark.parametrize("name", ["python", "pip", "pip_extra_index_url", "apt", "env"])
@@ -168,7 +196,11 @@ def test_image(name: str, value: object) -> None:
 @given(value=ANYTHING)
 def test_volume(name: str, value: object) -> None:
     options: dict[str, object] = {"size_gb": 10, "mount_path": "/data", name: value}
-    builds_or_names(name, lambda: sky.Volume(**options))  # type: ignore[arg-type]
+    builds_or_names(
+        name,
+        lambda: sky.Volume(**options),  # type: ignore[arg-type]
+        lambda v: type(v.size_gb) is int and isinstance(v.mount_path, str),
+    )
 
 
 @pytest.mark.parametrize("name", ["mount_path", "bucket", "prefix", "read_only"])
@@ -176,7 +208,16 @@ def test_volume(name: str, value: object) -> None:
 @given(value=ANYTHING)
 def test_s3_volume(name: str, value: object) -> None:
     options: dict[str, object] = {"mount_path": "/data", "bucket": "my-bucket", name: value}
-    builds_or_names(name, lambda: sky.S3Volume(**options))  # type: ignore[arg-type]
+    builds_or_names(
+        name,
+        lambda: sky.S3Volume(**options),  # type: ignore[arg-type]
+        lambda v: (
+            isinstance(v.mount_path, str)
+            and isinstance(v.bucket, str)
+            and isinstance(v.prefix, str)
+            and type(v.read_only) is bool
+        ),
+    )
 
 
 FACTORIES: Sequence[tuple[str, Callable[..., AcceleratorSpec]]] = [

@@ -164,3 +164,34 @@ def test_good_heartbeat_timeouts() -> None:
     assert env_seconds(name, 30.0, environ={name: " "}) == 30.0
     assert env_seconds(name, 30.0, environ={name: "2.5"}) == 2.5
     assert math.isfinite(env_seconds(name, 30.0, environ={name: "86400"}))
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: sky.Volume(size_gb=10**12, mount_path="/d"), "volume.size_gb"),
+        (lambda: sky.Volume(size_gb=10, mount_path="/d\n"), "volume.mount_path"),
+        (lambda: sky.S3Volume(mount_path="/d", bucket="b b\n"), "volume.bucket"),
+        (lambda: sky.S3Volume(mount_path="/d", bucket="ok-bucket", prefix=5), "volume.prefix"),
+        (lambda: sky.S3Volume(mount_path="/d", bucket="ok-bucket", prefix="a\nb"), "volume.prefix"),
+        (
+            lambda: sky.S3Volume(mount_path="/d", bucket="ok-bucket", read_only="no"),
+            "volume.read_only",
+        ),
+        (lambda: sky.AcceleratorSpec.NVIDIA.A100(count=10**9), "accelerator"),
+        (lambda: sky.ComputePool(provider=sky.Local(), memory=10**12), "memory"),
+        (lambda: sky.ComputePool(provider=sky.Local(), machine="m" * 10_000), "machine"),
+        (lambda: sky.ComputePool(provider=sky.Local(), env={"A": "x" * 200_000}), "env"),
+        (
+            lambda: sky.ComputePool(
+                provider=sky.Local(), env={f"K{i}": "x" * 100_000 for i in range(12)}
+            ),
+            "env",
+        ),
+        (lambda: sky.Image(env={"A": "x" * 200_000}), "image.env"),
+        (lambda: sky.AWS(instance_timeout=10**9), "instance_timeout"),
+        (lambda: sky.AWS(region=None), "region"),
+    ],
+)
+def test_more_bounds_and_types(make: Callable[[], object], field: str) -> None:
+    assert _field_of(make) == field

@@ -207,6 +207,12 @@ def _check_env(_: Any, __: Attribute[Mapping[str, str]], value: Mapping[str, str
                 f"the value of {key} contains a NUL character",
                 "remove the NUL; environment values cannot hold it",
             )
+        if len(key) > 256 or len(val) > 127 * 1024:
+            raise ConfigurationError(
+                "image.env",
+                f"{key[:40]!r} or its value is too long for an environment variable",
+                "keep names under 256 characters and values under 127 KiB",
+            )
 
 
 def _check_step_name(_: Any, __: Attribute[str], value: str) -> None:

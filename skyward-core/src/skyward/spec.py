@@ -44,6 +44,12 @@ MAX_CPU = 4_096
 MAX_CONCURRENCY = 10_000
 MAX_TIMEOUT = 30 * 24 * 3600
 """30 days, in seconds; ``threading.Timer`` itself overflows near 292 years."""
+MAX_MEMORY_GB = 100_000.0  # the largest machines have 32 TB
+MAX_NAME = 256
+# Linux refuses a single NAME=value string over 128 KiB (MAX_ARG_STRLEN) when a function
+# starts a subprocess, and the whole environment counts against the argv limit.
+MAX_ENV_VALUE = 128 * 1024 - 1024
+MAX_ENV_TOTAL = 1024 * 1024
 
 
 @frozen
@@ -132,6 +138,17 @@ def _env(value: object) -> Mapping[str, str]:
                 f"the value of {key} contains a NUL character",
                 "Remove it: environment values cannot hold NUL",
             )
+        if len(key) > MAX_NAME or len(item) > MAX_ENV_VALUE:
+            raise ConfigurationError(
+                "env",
+                f"{key[:40]!r} or its value is too long for an environment variable",
+                f"Keep names under {MAX_NAME} characters and values under 127 KiB; "
+                "send large data as a function argument",
+            )
+    if sum(len(k) + len(v) + 2 for k, v in value.items()) > MAX_ENV_TOTAL:
+        raise ConfigurationError(
+            "env", "the environment is larger than 1 MiB", "Send large data as function arguments"
+        )
     return MappingProxyType(dict(value))
 
 
@@ -168,7 +185,10 @@ def build_spec(
         raise ConfigurationError("image", f"{image!r} is not an Image", "Use sky.Image(...)")
     _python_matches_client(image)
     if machine is not None and (
-        not isinstance(machine, str) or not machine.strip() or not machine.isprintable()
+        not isinstance(machine, str)
+        or not machine.strip()
+        or not machine.isprintable()
+        or len(machine) > MAX_NAME
     ):
         raise ConfigurationError(
             "machine", f"{machine!r} is not an instance type name", 'Use e.g. "p5.48xlarge"'
@@ -178,6 +198,10 @@ def build_spec(
         if not isinstance(memory, str | int | float) or isinstance(memory, bool):
             raise ConfigurationError("memory", f"{memory!r} is not a size", 'Use e.g. "32GB"')
         memory_gb = parse_memory_gb(memory)
+        if memory_gb > MAX_MEMORY_GB:
+            raise ConfigurationError(
+                "memory", f"{memory!r} is more than any machine has", 'Use a size like "32GB"'
+            )
     return ComputeSpec(
         nodes=_positive_int("nodes", nodes, "Use e.g. nodes=4", MAX_NODES),
         machine=machine,
