@@ -35,6 +35,7 @@ from skyward.ssh.hosts import SSHHost, parse_host
 
 if TYPE_CHECKING:
     from skyward.ssh.connection import SSHConnection
+    from skyward.ssh.leftovers import HostScan
     from skyward.ssh.transport import SSHTransport
 
 __all__ = ["SSH"]
@@ -209,18 +210,10 @@ class SSHProvider:
 
         A host that cannot be reached is remembered and reported by
         :meth:`list_leftovers` (as a leftover that cannot be removed)."""
-        from skyward.ssh.leftovers import scan_host
-
         found = []
-        for host in self._sweep_hosts():
-            connection = self._connection(host)
-            try:
-                scan = scan_host(connection)
-            except Exception as error:
-                self._unreachable[host.target] = str(error)
+        for host, scan in self._scan_hosts(self._sweep_hosts()):
+            if scan is None:
                 continue
-            finally:
-                connection.close()
             for pid, job in sorted(scan.agents.items()):
                 if pool_id is not None and job != pool_id:
                     continue
@@ -240,24 +233,17 @@ class SSHProvider:
     def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
         """Node directories (``~/.skyward/pools/<pool>``) of pools with no live agent on
         their host, and the hosts that could not be looked at."""
-        from skyward.ssh.leftovers import POOLS_DIR, scan_host
+        from skyward.ssh.leftovers import POOLS_DIR
 
         found = [
             Leftover(kind="unreachable-host", id=target, where=target)
             for target in sorted(self._unreachable)
         ]
-        for host in self._sweep_hosts():
-            if host.target in self._unreachable:
-                continue
-            connection = self._connection(host)
-            try:
-                scan = scan_host(connection)
-            except Exception as error:
-                self._unreachable[host.target] = str(error)
+        reachable = [h for h in self._sweep_hosts() if h.target not in self._unreachable]
+        for host, scan in self._scan_hosts(reachable):
+            if scan is None:
                 found.append(Leftover(kind="unreachable-host", id=host.target, where=host.target))
                 continue
-            finally:
-                connection.close()
             for name in scan.dead_pool_dirs(pool_id=pool_id):
                 found.append(
                     Leftover(
@@ -291,6 +277,29 @@ class SSHProvider:
             if problem:
                 failed.extend((item, problem) for item in items)
         return failed
+
+    def _scan_hosts(self, hosts: list[SSHHost]) -> list[tuple[SSHHost, HostScan | None]]:
+        """Scan every host at once (a sweep of many machines waits for the slowest, not
+        the sum); an unreachable host scans as ``None`` and is remembered with why."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from skyward.ssh.leftovers import scan_host
+
+        def scan(host: SSHHost) -> HostScan | None:
+            connection = self._connection(host)
+            try:
+                return scan_host(connection)
+            except Exception as error:
+                with self._lock:
+                    self._unreachable[host.target] = str(error)
+                return None
+            finally:
+                connection.close()
+
+        if not hosts:
+            return []
+        with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as executor:
+            return list(zip(hosts, executor.map(scan, hosts), strict=True))
 
     def _sweep_hosts(self) -> list[SSHHost]:
         ssh_config = Path(self.config.ssh_config) if self.config.ssh_config else None
