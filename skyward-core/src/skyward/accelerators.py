@@ -333,16 +333,21 @@ BUILTIN_ACCELERATORS: tuple[AcceleratorDefinition, ...] = (
 # ---------------------------------------------------------------------------------------
 
 
+# Per node; the largest machines carry 16 accelerators (TPU hosts, trn1), so this only
+# catches typos.
+MAX_ACCELERATOR_COUNT = 1_024
+
+
 def _require_count(_instance: object, attribute: Attribute[Any], value: object) -> None:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or value <= 0
+        or not 0 < value <= MAX_ACCELERATOR_COUNT
     ):
         raise ConfigurationError(
             _FIELD,
-            f"count must be a positive number, got {value!r}",
+            f"count must be a positive number up to {MAX_ACCELERATOR_COUNT}, got {value!r}",
             "Use count=1 or more (fractions like 0.5 ask for a share of one GPU)",
         )
 

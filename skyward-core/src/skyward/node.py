@@ -317,6 +317,9 @@ class NodeClient:
                         left = max(1.0, self._lifetime_end - time.monotonic())
                         self.config = attrs.evolve(self.config, lifetime=left)
                     self.endpoint = self.transport.start_agent(self.config)
+                    if self._closing:  # the pool closed while the new agent started
+                        self.transport.close()
+                        return
                     stream = self.transport.open_stream(self.endpoint)
                 except Exception as error:
                     self._give_up(error)

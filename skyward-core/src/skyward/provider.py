@@ -37,6 +37,8 @@ __all__ = [
     "Instance",
     "InstanceState",
     "LaunchRequest",
+    "Leftover",
+    "LeftoverSweeper",
     "NodeTransport",
     "Provider",
     "ProviderConfig",
@@ -285,6 +287,34 @@ class SharedInfrastructure(Protocol):
 
     def teardown_shared(self) -> list[tuple[str, str]]:
         """Remove them; return those kept (in use, or holding the user's data)."""
+
+
+@frozen
+class Leftover:
+    """Something a dead client left behind that is not an instance: a key pair, a launch
+    template, a volume, a firewall, a node directory on a host, ..."""
+
+    kind: str
+    """What it is, e.g. ``"key-pair"`` or ``"node-dir"``."""
+    id: str
+    """The provider's id or name for it (a path for a directory)."""
+    where: str = ""
+    """Region, zone or host it is in (for messages and for removal)."""
+    pool: str = ""
+    """The pool that made it, when known."""
+
+
+@runtime_checkable
+class LeftoverSweeper(Protocol):
+    """Optional: providers that make more than instances implement this, so that
+    ``skyward down`` removes everything a dead client left, not just its machines."""
+
+    def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
+        """What pools (one, or any) left behind whose owner is gone. Makes no change."""
+
+    def remove_leftovers(self, leftovers: Sequence[Leftover]) -> list[tuple[Leftover, str]]:
+        """Remove them (after :meth:`Provider.terminate` of the instances); return each
+        one that could not be removed with the reason."""
 
 
 class ProviderConfig(Protocol):

@@ -34,6 +34,7 @@ from skyward.hookspecs import hookimpl
 from skyward.image import Image
 from skyward.offers import Offer
 from skyward.provider import (
+    POOL_TAG,
     AgentConfig,
     AgentEndpoint,
     BootstrapReporter,
@@ -41,17 +42,40 @@ from skyward.provider import (
     Instance,
     InstanceState,
     LaunchRequest,
+    Leftover,
     Provider,
     ProviderConfig,
     Stream,
     running_unless,
 )
 from skyward.providers.local_env import default_cache_dir, ensure_environment
+from skyward.providers.local_leftovers import TEMP_PREFIX, dead_pool_dirs, write_pool_marker
 from skyward.spec import ComputeSpec
 
 __all__ = ["Local"]
 
 _UNIX_PATH_MAX = 100  # sun_path holds 108 bytes; a deeper root falls back to 127.0.0.1
+
+
+def _path_or_none(name: str, value: object) -> str | None:
+    """A directory given as ``str`` or ``os.PathLike`` (kept as ``str``), or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise ConfigurationError(
+            name, f"{value!r} is not a directory path", f'Use e.g. {name}="/tmp/skyward"'
+        )
+    return value
+
+
+def _root(value: object) -> str | None:
+    return _path_or_none("root", value)
+
+
+def _cache_dir(value: object) -> str | None:
+    return _path_or_none("cache_dir", value)
 
 
 @frozen
@@ -64,8 +88,8 @@ class Local:
         (default ``~/.cache/skyward/local``).
     """
 
-    root: str | None = None
-    cache_dir: str | None = None
+    root: str | None = field(default=None, converter=_root)
+    cache_dir: str | None = field(default=None, converter=_cache_dir)
     provider_name: ClassVar[str] = "local"
 
     def validate(self, spec: ComputeSpec) -> None:
@@ -121,9 +145,12 @@ class LocalProvider:
         ]
 
     def prepare(self, spec: ComputeSpec, pool_id: str) -> Infrastructure:
+        # Housekeeping first (cheap: one directory listing): what SIGKILLed clients left.
+        self.remove_leftovers(self.list_leftovers())
         if self.config.root is None:
-            root, owns = Path(tempfile.mkdtemp(prefix=f"skyward-{pool_id}-")), True
-        else:
+            root, owns = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{pool_id}-")), True
+            write_pool_marker(root, pool_id)
+        else:  # the user's directory: kept after the pool, never swept
             root, owns = Path(self.config.root) / pool_id, False
             root.mkdir(parents=True, exist_ok=True)
         return LocalInfrastructure(
@@ -191,6 +218,37 @@ class LocalProvider:
                 )
             )
         return found
+
+    def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
+        """Temporary pool directories whose client is dead and whose agents are gone
+        (directories under a ``root`` the user chose are theirs to keep)."""
+        dead = [
+            (path, pool)
+            for path, pool in dead_pool_dirs([Path(tempfile.gettempdir())])
+            if pool_id is None or pool == pool_id
+        ]
+        if not dead:
+            return []  # the common case, and all a pool's open pays for
+        live_pools = {i.tags.get(POOL_TAG, "") for i in self.list_by_tag()}
+        return [
+            Leftover(kind="node-dir", id=str(path), where="local", pool=pool)
+            for path, pool in dead
+            if pool not in live_pools
+        ]
+
+    def remove_leftovers(self, leftovers: Sequence[Leftover]) -> list[tuple[Leftover, str]]:
+        failed: list[tuple[Leftover, str]] = []
+        for leftover in leftovers:
+            if leftover.kind != "node-dir":
+                failed.append((leftover, "not something the Local provider made"))
+                continue
+            try:
+                shutil.rmtree(leftover.id)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                failed.append((leftover, str(error)))
+        return failed
 
     def connect(self, infra: Infrastructure, instance: Instance) -> LocalTransport:
         assert isinstance(infra, LocalInfrastructure)
