@@ -470,6 +470,20 @@ class SSHTestHost:
         self.stop(drop_sessions=drop_sessions)
         self.start()
 
+    @contextlib.contextmanager
+    def without_sftp(self) -> Iterator[None]:
+        """Run this host's sshd without its ``Subsystem sftp`` line (as minimal and
+        hardened servers do); the config and the sshd are restored afterwards."""
+        original = self.config_path.read_text()
+        kept = [line for line in original.splitlines(keepends=True) if "Subsystem" not in line]
+        self.config_path.write_text("".join(kept))
+        self.restart(drop_sessions=True)
+        try:
+            yield
+        finally:
+            self.config_path.write_text(original)
+            self.restart(drop_sessions=True)
+
     def _session_processes(self) -> list[psutil.Process]:
         found: dict[int, psutil.Process] = {}
         if self._process is not None and self._process.poll() is None:

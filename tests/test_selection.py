@@ -260,7 +260,10 @@ def test_check_selection_accepts_a_function() -> None:
     def prefer_last(providers: tuple[object, ...], spec: ComputeSpec) -> object:
         return providers[-1]
 
-    assert check_selection(prefer_last) is prefer_last
+    checked = check_selection(prefer_last)
+    assert checked.__wrapped__ is prefer_last  # type: ignore[attr-defined]
+    providers = (object(), object())
+    assert checked(providers, ComputeSpec()) is providers[-1]  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("value", ["fastest", "First", "", None, 3, ["first"]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
@@ -37,10 +38,19 @@ def _pattern(
     return check
 
 
-def _region(_: object, __: object, value: str) -> None:
-    import boto3  # botocore's bundled endpoint data: no network call
+@functools.cache
+def _known_regions() -> tuple[str, ...]:
+    import boto3  # botocore's bundled endpoint data: no network call, but slow to load
 
-    known = boto3.Session().get_available_regions("ec2")
+    return tuple(boto3.Session().get_available_regions("ec2"))
+
+
+def _region(_: object, __: object, value: str) -> None:
+    known = _known_regions()
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            "region", f"{value!r} is not a region name", "Use e.g. 'us-east-1'"
+        )
     if value not in known:
         import difflib
 
@@ -51,10 +61,19 @@ def _region(_: object, __: object, value: str) -> None:
         )
 
 
+MAX_INSTANCE_TIMEOUT = 86_400  # a day: no boot takes longer, a typo (ms for s) does
+
+
 def _positive(_: object, __: object, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not 0 < value <= MAX_INSTANCE_TIMEOUT
+    ):
         raise ConfigurationError(
-            "instance_timeout", f"{value!r} is not a positive number of seconds", "Use e.g. 300"
+            "instance_timeout",
+            f"{value!r} is not a number of seconds in 1..{MAX_INSTANCE_TIMEOUT}",
+            "Use e.g. 300",
         )
 
 

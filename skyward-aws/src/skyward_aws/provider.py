@@ -22,6 +22,7 @@ from skyward.provider import (
     Instance,
     InstanceState,
     LaunchRequest,
+    Leftover,
 )
 from skyward.spec import ComputeSpec
 from skyward.ssh.connection import SSHConnection
@@ -29,7 +30,7 @@ from skyward.ssh.hosts import SSHHost
 from skyward.ssh.transport import SSHTransport
 from skyward.ssh.user_data import NodeIdentity, user_data_script
 from skyward.volumes import S3Volume, Volume
-from skyward_aws import amis, catalog, infra, pricing
+from skyward_aws import amis, catalog, infra, pricing, sweep
 from skyward_aws.config import AWS
 from skyward_aws.fleet import launch_fleet
 from skyward_aws.session import Clients, cache_dir
@@ -71,6 +72,8 @@ class AWSProvider:
     _usernames: dict[str, str] = field(factory=dict)
     _spec: ComputeSpec | None = None
     _lock: threading.Lock = field(factory=threading.Lock)
+    _unscanned: dict[str, str] = field(factory=dict)
+    """Regions a sweep could not scan, with why (reported as leftovers)."""
 
     def __attrs_post_init__(self) -> None:
         self.clients = Clients(self.config.region)
@@ -260,39 +263,100 @@ class AWSProvider:
         return result
 
     def terminate(self, instances: Sequence[Instance]) -> None:
-        ids = [i.id for i in instances]
-        if not ids:
-            return
-        try:
-            self.clients("ec2").terminate_instances(InstanceIds=ids)
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "InvalidInstanceID.NotFound":
-                raise
+        by_region: dict[str, list[str]] = {}
+        for instance in instances:
+            by_region.setdefault(instance.region or self.config.region, []).append(instance.id)
+        for region, ids in by_region.items():
+            try:
+                self.clients("ec2", region).terminate_instances(InstanceIds=ids)
+            except ClientError as error:
+                if error.response["Error"]["Code"] != "InvalidInstanceID.NotFound":
+                    raise
+
+    # -- skyward down: every region, every kind of resource -------------------------------
+
+    def _region_clients(self) -> dict[str, Any]:
+        # boto3 makes clients thread-unsafely: make them here, use them in parallel.
+        regions = sweep.enabled_regions(self.clients("ec2"))
+        return {region: self.clients("ec2", region) for region in regions}
 
     def list_by_tag(self, pool_id: str | None = None) -> Sequence[Instance]:
-        filters = [
-            {"Name": f"tag:{MANAGED_TAG}", "Values": ["true"]},
-            {
-                "Name": "instance-state-name",
-                "Values": ["pending", "running", "stopping", "stopped"],
-            },
-        ]
-        if pool_id is not None:
-            filters.append({"Name": f"tag:{POOL_TAG}", "Values": [pool_id]})
-        pages = self.clients("ec2").get_paginator("describe_instances").paginate(Filters=filters)
-        return [
-            Instance(
-                id=item["InstanceId"],
-                provider=self.name,
-                state=_STATES.get(item["State"]["Name"], InstanceState.PENDING),
-                instance_type=item.get("InstanceType", ""),
-                ip=item.get("PublicIpAddress") or item.get("PrivateIpAddress"),
-                tags={t["Key"]: t["Value"] for t in item.get("Tags", [])},
+        """Skyward's instances (of one pool, or any) in every enabled region, scanned in
+        parallel. A region that cannot be scanned is reported by :meth:`list_leftovers`."""
+        clients = self._region_clients()
+
+        def scan(region: str) -> list[Instance]:
+            pages = (
+                clients[region]
+                .get_paginator("describe_instances")
+                .paginate(Filters=sweep.live_filters(pool_id))
             )
-            for page in pages
-            for reservation in page["Reservations"]
-            for item in reservation["Instances"]
-        ]
+            return [
+                Instance(
+                    id=item["InstanceId"],
+                    provider=self.name,
+                    state=_STATES.get(item["State"]["Name"], InstanceState.PENDING),
+                    instance_type=item.get("InstanceType", ""),
+                    ip=item.get("PublicIpAddress") or item.get("PrivateIpAddress"),
+                    region=region,
+                    tags={t["Key"]: t["Value"] for t in item.get("Tags", [])},
+                )
+                for page in pages
+                for reservation in page["Reservations"]
+                for item in reservation["Instances"]
+            ]
+
+        found: list[Instance] = []
+        for region, result in sweep.in_every_region(sorted(clients), scan).items():
+            if isinstance(result, BaseException):
+                self._unscanned[region] = str(result)
+            else:
+                found += result
+        return found
+
+    def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
+        """Key pairs, launch templates, unattached volumes and unused security groups
+        Skyward made, in every enabled region (see :mod:`skyward_aws.sweep`)."""
+        clients = self._region_clients()
+        found: list[Leftover] = []
+        results = sweep.in_every_region(
+            sorted(clients), lambda region: sweep.find_leftovers(clients[region], region, pool_id)
+        )
+        for region, result in results.items():
+            if isinstance(result, BaseException):
+                self._unscanned[region] = str(result)
+            else:
+                found += result
+        found += [Leftover(sweep.UNSCANNED, region, region) for region in sorted(self._unscanned)]
+        return found
+
+    def remove_leftovers(self, leftovers: Sequence[Leftover]) -> list[tuple[Leftover, str]]:
+        failed: list[tuple[Leftover, str]] = []
+        by_region: dict[str, list[Leftover]] = {}
+        for leftover in leftovers:
+            if leftover.kind == sweep.UNSCANNED:
+                reason = self._unscanned.get(leftover.id, "the region could not be scanned")
+                failed.append((leftover, f"not scanned: {reason}"))
+            else:
+                by_region.setdefault(leftover.where or self.config.region, []).append(leftover)
+        clients = {region: self.clients("ec2", region) for region in by_region}
+        # Groups last: a template or volume may still name one.
+        order = {"launch-template": 0, "key-pair": 1, "volume": 2, "security-group": 3}
+
+        def remove(region: str) -> list[tuple[Leftover, str]]:
+            problems = []
+            for item in sorted(by_region[region], key=lambda i: order.get(i.kind, 9)):
+                reason = sweep.remove_leftover(clients[region], item)
+                if reason:
+                    problems.append((item, reason))
+            return problems
+
+        for region, result in sweep.in_every_region(sorted(by_region), remove).items():
+            if isinstance(result, BaseException):
+                failed += [(item, str(result)) for item in by_region[region]]
+            else:
+                failed += result
+        return failed
 
     # -- shared infrastructure (``skyward down --shared``) -----------------------------
 

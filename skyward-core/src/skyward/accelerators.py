@@ -333,16 +333,21 @@ BUILTIN_ACCELERATORS: tuple[AcceleratorDefinition, ...] = (
 # ---------------------------------------------------------------------------------------
 
 
+# Per node; the largest machines carry 16 accelerators (TPU hosts, trn1), so this only
+# catches typos.
+MAX_ACCELERATOR_COUNT = 1_024
+
+
 def _require_count(_instance: object, attribute: Attribute[Any], value: object) -> None:
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or value <= 0
+        or not 0 < value <= MAX_ACCELERATOR_COUNT
     ):
         raise ConfigurationError(
             _FIELD,
-            f"count must be a positive number, got {value!r}",
+            f"count must be a positive number up to {MAX_ACCELERATOR_COUNT}, got {value!r}",
             "Use count=1 or more (fractions like 0.5 ask for a share of one GPU)",
         )
 
@@ -1003,12 +1008,21 @@ def _builtin_catalog() -> AcceleratorCatalog:
     return AcceleratorCatalog.with_builtins()
 
 
+_live_source: Callable[[], AcceleratorCatalog] | None = None
+
+
+def use_live_catalog(source: Callable[[], AcceleratorCatalog]) -> None:
+    """Where the plugin-filled catalog comes from (:mod:`skyward.plugins` says, when it is
+    imported, which ``import skyward`` does), so this module never imports the plugins."""
+    global _live_source
+    _live_source = source
+
+
 def _live_catalog() -> AcceleratorCatalog:
     """The catalog with builtins plus every plugin's entries; loads plugins on first use."""
-    from skyward.plugins import accelerator_catalog
-
-    catalog: AcceleratorCatalog = accelerator_catalog()
-    return catalog
+    if _live_source is None:
+        return _builtin_catalog()
+    return _live_source()
 
 
 def _catalog_knowing(name: str) -> AcceleratorCatalog:

@@ -42,10 +42,11 @@ _HASH_SCHEME = "skyward.image/1"
 """Version tag inside the hashed document; bump it when the serialization changes."""
 
 _MIN_PYTHON = (3, 11)
-_PYTHON_RE = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?$")
-_APT_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(?:=[A-Za-z0-9.+~:-]+)?$")
-_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_STEP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Used with fullmatch: "$" alone would accept a trailing newline ("ffmpeg\n").
+_PYTHON_RE = re.compile(r"(\d+)\.(\d+)(?:\.\d+)?")
+_APT_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+(?:=[A-Za-z0-9.+~:-]+)?")
+_ENV_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_STEP_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -60,7 +61,7 @@ def _client_python() -> str:
 def _python_minor(value: str) -> str:
     """Normalize ``"3.11.7"`` to ``"3.11"``; anything else is left for the validator."""
     if isinstance(value, str):
-        match = _PYTHON_RE.match(value.strip())
+        match = _PYTHON_RE.fullmatch(value.strip())
         if match:
             return f"{int(match.group(1))}.{int(match.group(2))}"
     return value
@@ -116,7 +117,7 @@ def _env_repr(value: Mapping[str, str]) -> str:
 
 
 def _check_python(_: Any, __: Attribute[str], value: str) -> None:
-    match = _PYTHON_RE.match(value) if isinstance(value, str) else None
+    match = _PYTHON_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise ConfigurationError(
             "image.python",
@@ -178,7 +179,7 @@ def _check_index_url(_: Any, __: Attribute[str | None], value: str | None) -> No
 
 def _check_apt(_: Any, __: Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
     for entry in value:
-        if not isinstance(entry, str) or not _APT_RE.match(entry):
+        if not isinstance(entry, str) or not _APT_RE.fullmatch(entry):
             raise ConfigurationError(
                 "image.apt",
                 f"{entry!r} is not a Debian package name",
@@ -188,7 +189,7 @@ def _check_apt(_: Any, __: Attribute[tuple[str, ...]], value: tuple[str, ...]) -
 
 def _check_env(_: Any, __: Attribute[Mapping[str, str]], value: Mapping[str, str]) -> None:
     for key, val in value.items():
-        if not isinstance(key, str) or not _ENV_KEY_RE.match(key):
+        if not isinstance(key, str) or not _ENV_KEY_RE.fullmatch(key):
             raise ConfigurationError(
                 "image.env",
                 f"{key!r} is not a valid environment variable name",
@@ -206,10 +207,16 @@ def _check_env(_: Any, __: Attribute[Mapping[str, str]], value: Mapping[str, str
                 f"the value of {key} contains a NUL character",
                 "remove the NUL; environment values cannot hold it",
             )
+        if len(key) > 256 or len(val) > 127 * 1024:
+            raise ConfigurationError(
+                "image.env",
+                f"{key[:40]!r} or its value is too long for an environment variable",
+                "keep names under 256 characters and values under 127 KiB",
+            )
 
 
 def _check_step_name(_: Any, __: Attribute[str], value: str) -> None:
-    if not isinstance(value, str) or not _STEP_NAME_RE.match(value):
+    if not isinstance(value, str) or not _STEP_NAME_RE.fullmatch(value):
         raise ConfigurationError(
             "BootstrapStep.name",
             f"{value!r} is not a valid step name",

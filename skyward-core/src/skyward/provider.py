@@ -37,6 +37,8 @@ __all__ = [
     "Instance",
     "InstanceState",
     "LaunchRequest",
+    "Leftover",
+    "LeftoverSweeper",
     "NodeTransport",
     "Provider",
     "ProviderConfig",
@@ -143,7 +145,8 @@ class AgentConfig:
 
     node: int
     total_nodes: int
-    concurrency: int
+    concurrency: int | str
+    """Workers on the node: a number, or ``"auto"`` (one per GPU or MIG instance, else 1)."""
     job_id: str
     head_addr: str
     head_port: int
@@ -160,6 +163,10 @@ class AgentConfig:
     so it is never shown."""
     on_expire: str = "exit"
     """What the agent does when its watchdog or lifetime fires: ``"exit"`` or ``"poweroff"``."""
+    unix_socket: str | None = None
+    """Listen on this unix socket instead of 127.0.0.1 (machines that are the client's own)."""
+    executor: str = "process"
+    """``"process"``: each worker its own process; ``"thread"``: threads of the agent."""
     key: bytes = field(factory=new_key, repr=False)
     """The pool's key: every connection to the agent proves it holds it
     (:mod:`skyward.handshake`). Travels only on the agent's standard input."""
@@ -175,6 +182,7 @@ class AgentConfig:
             f"--node={self.node}",
             f"--total-nodes={self.total_nodes}",
             f"--concurrency={self.concurrency}",
+            f"--executor={self.executor}",
             f"--job-id={self.job_id}",
             f"--head-addr={self.head_addr}",
             f"--head-port={self.head_port}",
@@ -185,6 +193,8 @@ class AgentConfig:
             args.append(f"--accelerators={','.join(self.accelerators)}")
         if self.lifetime is not None:
             args.append(f"--lifetime={self.lifetime}")
+        if self.unix_socket is not None:
+            args.append(f"--unix-socket={self.unix_socket}")
         if self.metrics_interval is not None:
             args.append(f"--metrics-interval={self.metrics_interval}")
         return args
@@ -196,6 +206,8 @@ class AgentEndpoint:
 
     port: int
     pid: int | None = None
+    path: str | None = None
+    """The agent's unix socket, when it listens on one instead of a port (``Local``)."""
 
 
 @runtime_checkable
@@ -275,6 +287,34 @@ class SharedInfrastructure(Protocol):
 
     def teardown_shared(self) -> list[tuple[str, str]]:
         """Remove them; return those kept (in use, or holding the user's data)."""
+
+
+@frozen
+class Leftover:
+    """Something a dead client left behind that is not an instance: a key pair, a launch
+    template, a volume, a firewall, a node directory on a host, ..."""
+
+    kind: str
+    """What it is, e.g. ``"key-pair"`` or ``"node-dir"``."""
+    id: str
+    """The provider's id or name for it (a path for a directory)."""
+    where: str = ""
+    """Region, zone or host it is in (for messages and for removal)."""
+    pool: str = ""
+    """The pool that made it, when known."""
+
+
+@runtime_checkable
+class LeftoverSweeper(Protocol):
+    """Optional: providers that make more than instances implement this, so that
+    ``skyward down`` removes everything a dead client left, not just its machines."""
+
+    def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
+        """What pools (one, or any) left behind whose owner is gone. Makes no change."""
+
+    def remove_leftovers(self, leftovers: Sequence[Leftover]) -> list[tuple[Leftover, str]]:
+        """Remove them (after :meth:`Provider.terminate` of the instances); return each
+        one that could not be removed with the reason."""
 
 
 class ProviderConfig(Protocol):

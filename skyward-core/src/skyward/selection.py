@@ -6,6 +6,7 @@ order given. Within a provider, offers are tried best-first (see :func:`rank_off
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Literal, TypeAlias, cast
@@ -122,14 +123,44 @@ _BY_NAME: dict[str, ProviderSelector] = {
 }
 
 
+_SELECTION_FIX = 'Use "first", "cheapest", "available", or a function (providers, spec) -> provider'
+
+
 def check_selection(value: object) -> ProviderSelector:
-    """Validate ``selection=`` into a selector function."""
+    """Validate ``selection=`` into a selector function.
+
+    A custom function must take ``(providers, spec)``; what it returns is checked when the
+    pool opens (it must be one of the providers it was given).
+    """
     if isinstance(value, str) and value in _BY_NAME:
         return _BY_NAME[value]
-    if callable(value) and not isinstance(value, str):
-        return value
-    raise ConfigurationError(
-        "selection",
-        f"{value!r} is not a selection strategy",
-        'Use "first", "cheapest", "available", or a function (providers, spec) -> provider',
-    )
+    # A class is callable too (selection=int), but it would return a new object, never
+    # one of the providers.
+    if not callable(value) or isinstance(value, str | type):
+        raise ConfigurationError(
+            "selection", f"{value!r} is not a selection strategy", _SELECTION_FIX
+        )
+    try:
+        inspect.signature(value).bind(None, None)
+    except TypeError:
+        raise ConfigurationError(
+            "selection", f"{value!r} does not take (providers, spec)", _SELECTION_FIX
+        ) from None
+    except ValueError:
+        pass  # a builtin without a signature: its result is checked below
+    return _checked(value)
+
+
+def _checked(selector: Callable[..., object]) -> ProviderSelector:
+    def select(providers: tuple[Provider, ...], spec: ComputeSpec) -> Provider:
+        chosen = selector(providers, spec)
+        if not any(chosen is provider for provider in providers):
+            raise ConfigurationError(
+                "selection",
+                f"the selector returned {chosen!r}, not one of the providers it was given",
+                "Return one element of the providers tuple",
+            )
+        return cast("Provider", chosen)
+
+    select.__wrapped__ = selector  # type: ignore[attr-defined]
+    return select

@@ -22,11 +22,37 @@ from skyward.errors import ConfigurationError
 from skyward.image import Image
 from skyward.volumes import S3Volume, Volume, VolumeLike
 
-__all__ = ["DISPLAY_MODES", "ComputeSpec", "DisplayMode", "build_spec"]
+__all__ = [
+    "DISPLAY_MODES",
+    "MAX_CONCURRENCY",
+    "MAX_CPU",
+    "MAX_NODES",
+    "MAX_TIMEOUT",
+    "ComputeSpec",
+    "DisplayMode",
+    "Executor",
+    "build_spec",
+    "check_providers",
+]
 
 DisplayMode: TypeAlias = Literal["log", "spinner", "quiet"]
+Executor: TypeAlias = Literal["process", "thread"]
 DISPLAY_MODES: tuple[DisplayMode, ...] = ("log", "spinner", "quiet")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# Upper bounds: far above any real pool, low enough that a typo (an extra digit, ms for s)
+# is caught here rather than by a cloud quota, a bill, or a timer thread that overflows.
+MAX_NODES = 10_000
+MAX_CPU = 4_096
+MAX_CONCURRENCY = 10_000
+MAX_TIMEOUT = 30 * 24 * 3600
+"""30 days, in seconds; ``threading.Timer`` itself overflows near 292 years."""
+MAX_MEMORY_GB = 100_000.0  # the largest machines have 32 TB
+MAX_NAME = 256
+# Linux refuses a single NAME=value string over 128 KiB (MAX_ARG_STRLEN) when a function
+# starts a subprocess, and the whole environment counts against the argv limit.
+MAX_ENV_VALUE = 128 * 1024 - 1024
+MAX_ENV_TOTAL = 1024 * 1024
 
 
 @frozen
@@ -45,15 +71,19 @@ class ComputeSpec:
     env: Mapping[str, str] = field(default=MappingProxyType({}), repr=False)
     """May hold secrets (tokens, passwords), so it is never shown."""
     concurrency: int = 1
+    executor: Executor = "process"
+    """``"process"``: each worker is its own process; ``"thread"``: threads of the agent."""
     max_cost: float | None = None
     """Dollar budget of the whole pool: reaching it closes the pool."""
     max_hourly_cost: float | None = None
     """Cap on the pool's whole hourly price (every node), applied to offers before launch."""
 
 
-def _positive_int(field: str, value: object, example: str) -> int:
+def _positive_int(field: str, value: object, example: str, most: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(field, f"{value!r} is not a positive whole number", example)
+    if value > most:
+        raise ConfigurationError(field, f"{value} is more than the limit of {most}", example)
     return value
 
 
@@ -98,6 +128,18 @@ def _volumes(volume: object, volumes: object) -> tuple[VolumeLike, ...]:
     return tuple(given)
 
 
+def _executor(value: object) -> Executor:
+    if value == "process":
+        return "process"
+    if value == "thread":
+        return "thread"
+    raise ConfigurationError(
+        "executor",
+        f"{value!r} is not an executor",
+        'Use "process" (each worker its own process) or "thread"',
+    )
+
+
 def _dollars(field: str, value: object) -> float | None:
     if value is None:
         return None
@@ -129,6 +171,23 @@ def _env(value: object) -> Mapping[str, str]:
             raise ConfigurationError(
                 "env", f"the value of {key} is {type(item).__name__}, not str", "Pass str(value)"
             )
+        if "\x00" in item:
+            raise ConfigurationError(
+                "env",
+                f"the value of {key} contains a NUL character",
+                "Remove it: environment values cannot hold NUL",
+            )
+        if len(key) > MAX_NAME or len(item) > MAX_ENV_VALUE:
+            raise ConfigurationError(
+                "env",
+                f"{key[:40]!r} or its value is too long for an environment variable",
+                f"Keep names under {MAX_NAME} characters and values under 127 KiB; "
+                "send large data as a function argument",
+            )
+    if sum(len(k) + len(v) + 2 for k, v in value.items()) > MAX_ENV_TOTAL:
+        raise ConfigurationError(
+            "env", "the environment is larger than 1 MiB", "Send large data as function arguments"
+        )
     return MappingProxyType(dict(value))
 
 
@@ -159,6 +218,7 @@ def build_spec(
     concurrency: object = 1,
     max_cost: object = None,
     max_hourly_cost: object = None,
+    executor: object = "process",
 ) -> ComputeSpec:
     """Validate raw ``ComputePool`` arguments into a :class:`ComputeSpec`."""
     if image is None:
@@ -166,7 +226,12 @@ def build_spec(
     if not isinstance(image, Image):
         raise ConfigurationError("image", f"{image!r} is not an Image", "Use sky.Image(...)")
     _python_matches_client(image)
-    if machine is not None and (not isinstance(machine, str) or not machine.strip()):
+    if machine is not None and (
+        not isinstance(machine, str)
+        or not machine.strip()
+        or not machine.isprintable()
+        or len(machine) > MAX_NAME
+    ):
         raise ConfigurationError(
             "machine", f"{machine!r} is not an instance type name", 'Use e.g. "p5.48xlarge"'
         )
@@ -175,18 +240,27 @@ def build_spec(
         if not isinstance(memory, str | int | float) or isinstance(memory, bool):
             raise ConfigurationError("memory", f"{memory!r} is not a size", 'Use e.g. "32GB"')
         memory_gb = parse_memory_gb(memory)
+        if memory_gb > MAX_MEMORY_GB:
+            raise ConfigurationError(
+                "memory", f"{memory!r} is more than any machine has", 'Use a size like "32GB"'
+            )
     return ComputeSpec(
-        nodes=_positive_int("nodes", nodes, "Use e.g. nodes=4"),
+        nodes=_positive_int("nodes", nodes, "Use e.g. nodes=4", MAX_NODES),
         machine=machine,
         accelerator=_accelerator(accelerator),
-        cpu=None if cpu is None else _positive_int("cpu", cpu, "Use e.g. cpu=8"),
+        cpu=None if cpu is None else _positive_int("cpu", cpu, "Use e.g. cpu=8", MAX_CPU),
         memory_gb=memory_gb,
         image=image,
         allocation=parse_allocation(allocation),
         volumes=_volumes(volume, volumes),
-        timeout=_positive_int("timeout", timeout, "Use seconds, e.g. timeout=3600"),
+        timeout=_positive_int(
+            "timeout", timeout, "Use seconds, e.g. timeout=3600 (at most 30 days)", MAX_TIMEOUT
+        ),
         env=_env(env),
-        concurrency=_positive_int("concurrency", concurrency, "Use e.g. concurrency=4"),
+        concurrency=_positive_int(
+            "concurrency", concurrency, "Use e.g. concurrency=4", MAX_CONCURRENCY
+        ),
+        executor=_executor(executor),
         max_cost=_dollars("max_cost", max_cost),
         max_hourly_cost=_dollars("max_hourly_cost", max_hourly_cost),
     )
@@ -207,3 +281,28 @@ def check_callable(field: str, value: object) -> Callable[..., Any] | None:
     if value is not None and not callable(value):
         raise ConfigurationError(field, f"{value!r} is not callable", "Pass a function or None")
     return value
+
+
+def check_providers(value: object) -> tuple[Any, ...]:
+    """Validate ``provider=``: one provider configuration or a non-empty list of them.
+
+    A configuration is an *instance* (``sky.Local()``): the class itself has ``create``
+    and ``provider_name`` too, and would fail later with a confusing ``TypeError``.
+    """
+    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+    if not items:
+        raise ConfigurationError("provider", "the list is empty", "Give at least one provider")
+    for item in items:
+        if isinstance(item, type):
+            raise ConfigurationError(
+                "provider",
+                f"{item.__name__} is a provider class, not a provider",
+                f"Call it: provider=sky.{item.__name__}(...)",
+            )
+        if not (hasattr(item, "create") and hasattr(item, "provider_name")):
+            raise ConfigurationError(
+                "provider",
+                f"{item!r} is not a provider",
+                "Use e.g. sky.Local(), sky.AWS() or a list of them",
+            )
+    return tuple(items)

@@ -17,23 +17,24 @@ from pathlib import Path
 from typing import ClassVar
 
 import psutil
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 
 from skyward.agent_process import (
     INSTANCE_ID_ENV,
     POOL_ID_ENV,
     AgentProcess,
-    connect_loopback,
-    describe_exit,
+    connect_endpoint,
     start_agent_process,
     stop_orphan_group,
     stop_process_group,
 )
 from skyward.errors import ConfigurationError
+from skyward.exit_status import describe_exit, oom_kills
 from skyward.hookspecs import hookimpl
 from skyward.image import Image
 from skyward.offers import Offer
 from skyward.provider import (
+    POOL_TAG,
     AgentConfig,
     AgentEndpoint,
     BootstrapReporter,
@@ -41,15 +42,40 @@ from skyward.provider import (
     Instance,
     InstanceState,
     LaunchRequest,
+    Leftover,
     Provider,
     ProviderConfig,
     Stream,
     running_unless,
 )
 from skyward.providers.local_env import default_cache_dir, ensure_environment
+from skyward.providers.local_leftovers import TEMP_PREFIX, dead_pool_dirs, write_pool_marker
 from skyward.spec import ComputeSpec
 
 __all__ = ["Local"]
+
+_UNIX_PATH_MAX = 100  # sun_path holds 108 bytes; a deeper root falls back to 127.0.0.1
+
+
+def _path_or_none(name: str, value: object) -> str | None:
+    """A directory given as ``str`` or ``os.PathLike`` (kept as ``str``), or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise ConfigurationError(
+            name, f"{value!r} is not a directory path", f'Use e.g. {name}="/tmp/skyward"'
+        )
+    return value
+
+
+def _root(value: object) -> str | None:
+    return _path_or_none("root", value)
+
+
+def _cache_dir(value: object) -> str | None:
+    return _path_or_none("cache_dir", value)
 
 
 @frozen
@@ -62,8 +88,8 @@ class Local:
         (default ``~/.cache/skyward/local``).
     """
 
-    root: str | None = None
-    cache_dir: str | None = None
+    root: str | None = field(default=None, converter=_root)
+    cache_dir: str | None = field(default=None, converter=_cache_dir)
     provider_name: ClassVar[str] = "local"
 
     def validate(self, spec: ComputeSpec) -> None:
@@ -119,9 +145,12 @@ class LocalProvider:
         ]
 
     def prepare(self, spec: ComputeSpec, pool_id: str) -> Infrastructure:
+        # Housekeeping first (cheap: one directory listing): what SIGKILLed clients left.
+        self.remove_leftovers(self.list_leftovers())
         if self.config.root is None:
-            root, owns = Path(tempfile.mkdtemp(prefix=f"skyward-{pool_id}-")), True
-        else:
+            root, owns = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{pool_id}-")), True
+            write_pool_marker(root, pool_id)
+        else:  # the user's directory: kept after the pool, never swept
             root, owns = Path(self.config.root) / pool_id, False
             root.mkdir(parents=True, exist_ok=True)
         return LocalInfrastructure(
@@ -190,6 +219,37 @@ class LocalProvider:
             )
         return found
 
+    def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
+        """Temporary pool directories whose client is dead and whose agents are gone
+        (directories under a ``root`` the user chose are theirs to keep)."""
+        dead = [
+            (path, pool)
+            for path, pool in dead_pool_dirs([Path(tempfile.gettempdir())])
+            if pool_id is None or pool == pool_id
+        ]
+        if not dead:
+            return []  # the common case, and all a pool's open pays for
+        live_pools = {i.tags.get(POOL_TAG, "") for i in self.list_by_tag()}
+        return [
+            Leftover(kind="node-dir", id=str(path), where="local", pool=pool)
+            for path, pool in dead
+            if pool not in live_pools
+        ]
+
+    def remove_leftovers(self, leftovers: Sequence[Leftover]) -> list[tuple[Leftover, str]]:
+        failed: list[tuple[Leftover, str]] = []
+        for leftover in leftovers:
+            if leftover.kind != "node-dir":
+                failed.append((leftover, "not something the Local provider made"))
+                continue
+            try:
+                shutil.rmtree(leftover.id)
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                failed.append((leftover, str(error)))
+        return failed
+
     def connect(self, infra: Infrastructure, instance: Instance) -> LocalTransport:
         assert isinstance(infra, LocalInfrastructure)
         node_dir = infra.root / instance.id.rsplit("-", 1)[-1]
@@ -218,11 +278,18 @@ class LocalTransport:
     on_start: Callable[[AgentProcess], None]
     python: str = ""
     agent: AgentProcess | None = None
+    oom_at_start: int | None = None
 
     def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
         self.python = ensure_environment(image, self.cache_dir, reporter)
 
     def start_agent(self, config: AgentConfig) -> AgentEndpoint:
+        self.oom_at_start = oom_kills()
+        # This machine is the client's own: a socket only this user can open, and the
+        # key on top (another session of the same user still has to prove it).
+        socket_path = self.node_dir / "agent" / "sock"
+        if len(str(socket_path)) < _UNIX_PATH_MAX:
+            config = evolve(config, unix_socket=str(socket_path))
         self.agent = start_agent_process(
             self.python,
             config,
@@ -234,13 +301,13 @@ class LocalTransport:
         return self.agent.endpoint
 
     def open_stream(self, endpoint: AgentEndpoint) -> Stream:
-        return connect_loopback(endpoint.port)
+        return connect_endpoint(endpoint)
 
     def agent_exit_cause(self) -> str | None:
         """Why the agent process ended (``None`` while it runs)."""
         if self.agent is None:
             return None
-        return describe_exit(self.agent.process.poll(), self.node_dir)
+        return describe_exit(self.agent.process.poll(), self.node_dir, self.oom_at_start)
 
     def close(self) -> None:
         if self.agent is not None:

@@ -8,6 +8,7 @@ pool starts fast.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ from skyward.provider import (
     Instance,
     InstanceState,
     LaunchRequest,
+    Leftover,
     Provider,
     ProviderConfig,
     running_unless,
@@ -33,6 +35,7 @@ from skyward.ssh.hosts import SSHHost, parse_host
 
 if TYPE_CHECKING:
     from skyward.ssh.connection import SSHConnection
+    from skyward.ssh.leftovers import HostScan
     from skyward.ssh.transport import SSHTransport
 
 __all__ = ["SSH"]
@@ -48,17 +51,46 @@ def _hosts(value: object) -> tuple[SSHHost, ...]:
     return tuple(parse_host(v) for v in value)
 
 
-def _paths(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    if value is None or isinstance(value, str):
-        return None if value is None else (value,)
-    return tuple(value) or None
+def _path(name: str, value: object) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise ConfigurationError(
+            name, f"{value!r} is not a file path", f'Use e.g. {name}="~/.ssh/{name}"'
+        )
+    return value
 
 
-def _positive(field_name: str) -> Callable[[object, object, float], None]:
+def _paths(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str | os.PathLike):
+        return (_path("known_hosts", value),)
+    if not isinstance(value, Sequence) or isinstance(value, bytes):
+        raise ConfigurationError(
+            "known_hosts",
+            f"{value!r} is not a path or a list of paths",
+            'Use e.g. known_hosts="~/.ssh/known_hosts"',
+        )
+    return tuple(_path("known_hosts", item) for item in value) or None
+
+
+def _optional_path(value: object) -> str | None:
+    return None if value is None else _path("ssh_config", value)
+
+
+# A day: longer than any boot, short enough that a typo (ms for s) is caught.
+MAX_CONNECT_TIMEOUT = 86_400.0
+
+
+def _seconds(field_name: str, most: float) -> Callable[[object, object, float], None]:
     def check(_: object, __: object, value: float) -> None:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        # NaN passes every comparison: "not 0 < nan <= most" is what catches it.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= most:
             raise ConfigurationError(
-                field_name, f"{value!r} is not positive", "Use seconds, e.g. 60"
+                field_name,
+                f"{value!r} is not a number of seconds in (0, {most:g}]",
+                "Use seconds, e.g. 60",
             )
 
     return check
@@ -78,8 +110,10 @@ class SSH:
 
     hosts: tuple[SSHHost, ...] = field(converter=_hosts)
     known_hosts: tuple[str, ...] | None = field(default=None, converter=_paths)
-    connect_timeout: float = field(default=60.0, validator=_positive("connect_timeout"))
-    ssh_config: str | None = None
+    connect_timeout: float = field(
+        default=60.0, validator=_seconds("connect_timeout", MAX_CONNECT_TIMEOUT)
+    )
+    ssh_config: str | None = field(default=None, converter=_optional_path)
     provider_name: ClassVar[str] = "ssh"
 
     def validate(self, spec: ComputeSpec) -> None:
@@ -108,6 +142,7 @@ class SSHProvider:
     _spec: ComputeSpec | None = None
     _terminated: set[str] = field(factory=set)
     _lock: threading.Lock = field(factory=threading.Lock)
+    _unreachable: dict[str, str] = field(factory=dict)
 
     def offers(self, spec: ComputeSpec) -> Sequence[Offer]:
         accelerator = spec.accelerator
@@ -160,40 +195,115 @@ class SSHProvider:
         # Never power off a user's machine: the transports already stopped the agents.
         for instance in instances:
             if "pid" in instance.tags and instance.id in self._hosts:
-                self._connection(self._hosts[instance.id]).run(
-                    f"kill -TERM -- -{instance.tags['pid']} 2>/dev/null; true"
-                )
+                from skyward.ssh.transport import stop_group_command
+
+                connection = self._connection(self._hosts[instance.id])
+                try:
+                    connection.run(stop_group_command(int(instance.tags["pid"])), timeout=30)
+                finally:
+                    connection.close()
             with self._lock:
                 self._terminated.add(instance.id)
 
     def list_by_tag(self, pool_id: str | None = None) -> Sequence[Instance]:
-        """Agents left on the hosts (of one pool, or any), found by their ``--job-id``."""
+        """Agents left on the hosts (of one pool, or any), found by their ``--job-id``.
+
+        A host that cannot be reached is remembered and reported by
+        :meth:`list_leftovers` (as a leftover that cannot be removed)."""
         found = []
-        for host in self.config.hosts:
-            resolved = host.resolved()
-            try:
-                output = self._connection(resolved).run("ps -eo pid=,args=").output
-            except Exception:
+        for host, scan in self._scan_hosts(self._sweep_hosts()):
+            if scan is None:
                 continue
-            for line in output.splitlines():
-                pid, _, args = line.strip().partition(" ")
-                if "skyward.agent" not in args or "--job-id=" not in args:
-                    continue
-                job = args.split("--job-id=", 1)[1].split()[0]
+            for pid, job in sorted(scan.agents.items()):
                 if pool_id is not None and job != pool_id:
                     continue
-                instance_id = f"{job}-{resolved.target}-{pid}"
-                self._hosts[instance_id] = resolved
+                instance_id = f"{job}-{host.target}-{pid}"
+                self._hosts[instance_id] = host
                 found.append(
                     Instance(
                         id=instance_id,
                         provider=self.name,
                         state=InstanceState.RUNNING,
-                        ip=resolved.host,
-                        tags={POOL_TAG: job, "pid": pid},
+                        ip=host.host,
+                        tags={POOL_TAG: job, "pid": str(pid)},
                     )
                 )
         return found
+
+    def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
+        """Node directories (``~/.skyward/pools/<pool>``) of pools with no live agent on
+        their host, and the hosts that could not be looked at."""
+        from skyward.ssh.leftovers import POOLS_DIR
+
+        found = [
+            Leftover(kind="unreachable-host", id=target, where=target)
+            for target in sorted(self._unreachable)
+        ]
+        reachable = [h for h in self._sweep_hosts() if h.target not in self._unreachable]
+        for host, scan in self._scan_hosts(reachable):
+            if scan is None:
+                found.append(Leftover(kind="unreachable-host", id=host.target, where=host.target))
+                continue
+            for name in scan.dead_pool_dirs(pool_id=pool_id):
+                found.append(
+                    Leftover(
+                        kind="node-dir", id=f"~/{POOLS_DIR}/{name}", where=host.target, pool=name
+                    )
+                )
+        return found
+
+    def remove_leftovers(self, leftovers: Sequence[Leftover]) -> list[tuple[Leftover, str]]:
+        from skyward.ssh.leftovers import remove_pool_dirs
+
+        failed: list[tuple[Leftover, str]] = []
+        hosts = {host.target: host for host in self._sweep_hosts()}
+        by_host: dict[str, list[Leftover]] = {}
+        for leftover in leftovers:
+            if leftover.kind == "unreachable-host":
+                reason = self._unreachable.get(leftover.id, "unreachable")
+                failed.append((leftover, f"could not look at the host: {reason}"))
+            elif leftover.kind == "node-dir" and leftover.where in hosts:
+                by_host.setdefault(leftover.where, []).append(leftover)
+            else:
+                failed.append((leftover, "not something the SSH provider made"))
+        for target, items in by_host.items():
+            connection = self._connection(hosts[target])
+            try:
+                problem = remove_pool_dirs(connection, [item.pool for item in items])
+            except Exception as error:
+                problem = str(error)
+            finally:
+                connection.close()
+            if problem:
+                failed.extend((item, problem) for item in items)
+        return failed
+
+    def _scan_hosts(self, hosts: list[SSHHost]) -> list[tuple[SSHHost, HostScan | None]]:
+        """Scan every host at once (a sweep of many machines waits for the slowest, not
+        the sum); an unreachable host scans as ``None`` and is remembered with why."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from skyward.ssh.leftovers import scan_host
+
+        def scan(host: SSHHost) -> HostScan | None:
+            connection = self._connection(host)
+            try:
+                return scan_host(connection)
+            except Exception as error:
+                with self._lock:
+                    self._unreachable[host.target] = str(error)
+                return None
+            finally:
+                connection.close()
+
+        if not hosts:
+            return []
+        with ThreadPoolExecutor(max_workers=min(16, len(hosts))) as executor:
+            return list(zip(hosts, executor.map(scan, hosts), strict=True))
+
+    def _sweep_hosts(self) -> list[SSHHost]:
+        ssh_config = Path(self.config.ssh_config) if self.config.ssh_config else None
+        return [host.resolved(ssh_config) for host in self.config.hosts]
 
     def _connection(self, host: SSHHost) -> SSHConnection:
         from skyward.ssh.connection import SSHConnection

@@ -2,10 +2,18 @@
 
 The connection re-establishes itself on demand (:meth:`SSHConnection.ensure`), so a node
 whose SSH link dropped can be reached again through the same object.
+
+Connecting keeps trying until one deadline (``connect_timeout`` after the first attempt):
+every attempt's socket, banner, handshake and authentication waits are cut to what is
+left of it, so a host that never answers fails at the deadline, not an attempt later.
+Failures that waiting cannot cure (a wrong host key, a refused login) are not retried.
+:meth:`SSHConnection.close` aborts a connect in progress from any thread.
 """
 
 from __future__ import annotations
 
+import math
+import shlex
 import socket
 import stat
 import threading
@@ -15,7 +23,6 @@ from pathlib import Path
 
 import paramiko
 from attrs import frozen
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from skyward.errors import ConnectError, HostKeyError
 from skyward.ssh.hosts import SSHHost
@@ -57,9 +64,15 @@ class ChannelStream:
         self._channel.close()
 
 
-def _retryable(error: BaseException) -> bool:
-    # A wrong host key, or an opener that already knows waiting will not help.
-    return not isinstance(error, HostKeyError | ConnectError)
+# How long one attempt may wait for a TCP connection at most; later attempts get more
+# chances within the deadline (a host still booting refuses a few times first).
+SOCKET_TIMEOUT = 10.0
+FIRST_RETRY_DELAY = 0.2
+MAX_RETRY_DELAY = 5.0
+
+
+class _Cancelled(Exception):
+    """:meth:`SSHConnection.close` was called while connecting."""
 
 
 class SSHConnection:
@@ -78,15 +91,22 @@ class SSHConnection:
         """:param opener: how to reach the host's SSH port when it is not a plain TCP
         connection (a cloud's session service, say); it may raise :class:`ConnectError`
         for failures that retrying cannot cure."""
+        if not isinstance(connect_timeout, int | float) or not math.isfinite(connect_timeout):
+            raise ValueError(f"connect_timeout must be a finite number, not {connect_timeout!r}")
         self.host = host
         self.verifier = verifier
         self.client_key = client_key
-        self.connect_timeout = connect_timeout
+        self.connect_timeout = max(0.0, float(connect_timeout))
         self.provider = provider
         self.opener = opener
         self._transport: paramiko.Transport | None = None
         self._jump: SSHConnection | None = None
         self._lock = threading.Lock()
+        # Set by close(): the connect in progress (if any) gives up. The pending socket or
+        # transport is closed under it so a blocked read returns at once.
+        self._cancel = threading.Event()
+        self._pending: socket.socket | paramiko.Channel | paramiko.Transport | None = None
+        self._sftp_missing = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -100,39 +120,65 @@ class SSHConnection:
 
     def ensure(self) -> paramiko.Transport:
         """The live transport, connecting (again) if needed."""
+        return self.ensure_by(time.monotonic() + self.connect_timeout)
+
+    def ensure_by(self, deadline: float) -> paramiko.Transport:
+        """:meth:`ensure`, giving up at ``deadline`` (a ``time.monotonic()`` value)."""
         with self._lock:
             if self._transport is None or not self._transport.is_active():
-                self._transport = self._connect_with_retry()
+                self._cancel.clear()
+                self._transport = self._connect_with_retry(deadline)
             return self._transport
 
-    def _connect_with_retry(self) -> paramiko.Transport:
+    def _connect_with_retry(self, deadline: float) -> paramiko.Transport:
         started = time.monotonic()
-        retrying = Retrying(
-            stop=stop_after_delay(self.connect_timeout),
-            wait=wait_exponential(multiplier=0.2, max=5),
-            retry=retry_if_exception(_retryable),
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return self._connect_once()
-        except (HostKeyError, ConnectError):
-            raise
-        except Exception as error:
-            elapsed = time.monotonic() - started
-            raise ConnectError(
-                self.provider,
-                f"cannot connect to {self.host.target}: {_what_failed(error)} "
-                f"(kept trying for {elapsed:.0f}s)",
-            ) from error
-        raise AssertionError("unreachable")  # pragma: no cover
+        delay = FIRST_RETRY_DELAY
+        while True:
+            try:
+                return self._connect_once(deadline)
+            except HostKeyError:
+                raise
+            except ConnectError:
+                if self._cancel.is_set():
+                    raise self._cancelled() from None
+                raise  # an opener (or a jump host) that already knows waiting will not help
+            except paramiko.AuthenticationException as error:
+                # The host answered and refused us: the same keys will be refused again.
+                raise ConnectError(
+                    self.provider, f"cannot log in to {self.host.target}: {_what_failed(error)}"
+                ) from error
+            except Exception as error:
+                if self._cancel.is_set():
+                    raise self._cancelled() from error
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise ConnectError(
+                        self.provider,
+                        f"cannot connect to {self.host.target}: {_what_failed(error)} "
+                        f"(kept trying for {time.monotonic() - started:.0f}s)",
+                    ) from error
+            if self._cancel.wait(min(delay, remaining)):
+                raise self._cancelled()
+            delay = min(delay * 2, MAX_RETRY_DELAY)
 
-    def _socket(self) -> socket.socket | paramiko.Channel:
+    def _cancelled(self) -> ConnectError:
+        return ConnectError(
+            self.provider, f"{self.host.target}: connection closed while connecting"
+        )
+
+    def _track(self, pending: socket.socket | paramiko.Channel | paramiko.Transport) -> None:
+        """Remember what is being connected so close() can interrupt it."""
+        self._pending = pending
+        if self._cancel.is_set():
+            pending.close()
+            raise _Cancelled
+
+    def _socket(self, deadline: float) -> socket.socket | paramiko.Channel:
+        remaining = max(0.001, deadline - time.monotonic())
         if self.opener is not None:
             return self.opener()
         if self.host.jump is None:
-            return socket.create_connection(self.address, timeout=min(10.0, self.connect_timeout))
+            return socket.create_connection(self.address, timeout=min(SOCKET_TIMEOUT, remaining))
         if self._jump is None:
             self._jump = SSHConnection(
                 self.host.jump,
@@ -141,14 +187,26 @@ class SSHConnection:
                 connect_timeout=self.connect_timeout,
                 provider=self.provider,
             )
-        jump = self._jump.ensure()
-        return jump.open_channel("direct-tcpip", self.address, ("127.0.0.1", 0))
+        jump = self._jump.ensure_by(deadline)
+        return jump.open_channel("direct-tcpip", self.address, ("127.0.0.1", 0), timeout=remaining)
 
-    def _connect_once(self) -> paramiko.Transport:
-        transport = paramiko.Transport(
-            self._socket(), default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET
-        )
+    def _connect_once(self, deadline: float) -> paramiko.Transport:
         try:
+            sock = self._socket(deadline)
+            self._track(sock)
+            transport = paramiko.Transport(
+                sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET
+            )
+            self._track(transport)
+        except _Cancelled:
+            raise self._cancelled() from None
+        try:
+            # paramiko's own waits (banner 15 s, handshake 15 s, auth 30 s) would each
+            # outlast a short deadline: no wait may end after it.
+            remaining = max(0.001, deadline - time.monotonic())
+            transport.banner_timeout = remaining
+            transport.handshake_timeout = remaining
+            transport.auth_timeout = remaining
             options = transport.get_security_options()
             # AEAD ciphers skip the separate MAC pass: measurably faster bulk transfers
             # (docs/performance.md, benchmark 3); the others stay as fallbacks.
@@ -157,13 +215,15 @@ class SSHConnection:
             wanted = [t for t in self.verifier.key_types(*self.address) if t in options.key_types]
             if wanted:
                 options.key_types = wanted
-            transport.start_client(timeout=min(30.0, self.connect_timeout))
+            transport.start_client(timeout=remaining)
             self.verifier.verify(*self.address, transport.get_remote_server_key())
             self._authenticate(transport)
             transport.set_keepalive(15)
         except BaseException:
             transport.close()
             raise
+        finally:
+            self._pending = None
         return transport
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
@@ -194,12 +254,17 @@ class SSHConnection:
         )
 
     def close(self) -> None:
+        """Close the connection; a connect in progress (in another thread) gives up now."""
+        self._cancel.set()
+        pending = self._pending
+        if pending is not None:
+            pending.close()
+        if self._jump is not None:
+            self._jump.close()
         with self._lock:
             if self._transport is not None:
                 self._transport.close()
                 self._transport = None
-        if self._jump is not None:
-            self._jump.close()
 
     # -- using it ---------------------------------------------------------------------
 
@@ -242,14 +307,73 @@ class SSHConnection:
         return CommandResult(code, b"".join(chunks).decode(errors="replace"))
 
     def upload(self, files: list[Path], remote_dir: str) -> None:
-        """Copy files into ``remote_dir`` (created if missing) with SFTP."""
-        sftp = paramiko.SFTPClient.from_transport(self.ensure())
+        """Copy files into ``remote_dir`` (created if missing; relative to the login
+        directory unless absolute).
+
+        SFTP when the host offers it; otherwise (minimal and hardened sshd configurations
+        drop the ``Subsystem sftp`` line) each file streams through ``cat`` on an exec
+        channel.
+        """
+        sftp = self._open_sftp()
         if sftp is None:
-            raise ConnectError(self.provider, f"{self.host.target}: SFTP is not available")
+            for path in files:
+                self._upload_exec(path, remote_dir)
+            return
         with sftp:
             _makedirs(sftp, remote_dir)
             for path in files:
                 sftp.put(str(path), f"{remote_dir}/{path.name}")
+
+    def _open_sftp(self) -> paramiko.SFTPClient | None:
+        """An SFTP session, or ``None`` when the host has no SFTP subsystem (remembered)."""
+        if self._sftp_missing:
+            return None
+        channel = self.ensure().open_session(timeout=30)
+        try:
+            channel.invoke_subsystem("sftp")
+            return paramiko.SFTPClient(channel)
+        except paramiko.SSHException:
+            # sshd refused the subsystem request ("Channel closed." in paramiko's words).
+            channel.close()
+            self._sftp_missing = True
+            return None
+
+    def _upload_exec(self, path: Path, remote_dir: str) -> None:
+        target = f"{remote_dir}/{path.name}"
+        partial = f"{remote_dir}/.{path.name}.partial"
+        q = shlex.quote
+        # Written next to the target and renamed: a reader never sees half a file.
+        command = (
+            f"mkdir -p {q(remote_dir)} && cat > {q(partial)} && mv -f {q(partial)} {q(target)}"
+        )
+        channel = self.ensure().open_session(timeout=30)
+        try:
+            channel.set_combine_stderr(True)
+            channel.exec_command(command)
+            with path.open("rb") as source:
+                while chunk := source.read(1 << 20):
+                    channel.sendall(chunk)
+            channel.shutdown_write()
+            output = b""
+            while data := channel.recv(65536):
+                output += data[: 4000 - len(output)]
+            code = channel.recv_exit_status()
+        except (OSError, paramiko.SSHException) as error:
+            raise self._upload_failed(path, target, str(error)) from error
+        finally:
+            channel.close()
+        if code != 0:
+            detail = output.decode(errors="replace").strip() or f"exit {code}"
+            raise self._upload_failed(path, target, detail)
+
+    def _upload_failed(self, path: Path, target: str, detail: str) -> ConnectError:
+        return ConnectError(
+            self.provider,
+            f"{self.host.target}: cannot upload {path.name} to {target}: the host has no "
+            f"SFTP subsystem (no 'Subsystem sftp' in its sshd_config), and copying through "
+            f"'cat' on an exec channel failed too ({detail}). Enable SFTP on the host, or "
+            f"make sure its login shell can run mkdir, cat and mv there",
+        )
 
     def open_tunnel(self, port: int) -> ChannelStream:
         """A channel to ``127.0.0.1:port`` on the host (the agent's loopback port)."""

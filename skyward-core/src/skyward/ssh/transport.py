@@ -29,16 +29,39 @@ from skyward.errors import ProvisioningError
 from skyward.messages import EXIT_REASON_FILE, READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint, BootstrapReporter, Stream
 from skyward.ssh.connection import SSHConnection
+from skyward.ssh.leftovers import sweep_dead_pool_dirs
 from skyward.wheels import build_node_wheels
 
 if TYPE_CHECKING:
     from skyward.image import Image
     from skyward.spec import ComputeSpec
 
-__all__ = ["SSHTransport"]
+__all__ = ["SSHTransport", "stop_group_command"]
 
 HOME = ".skyward"  # relative to the login directory, for SFTP and the shell alike
 _TAIL = 25
+# How long an agent's group gets to exit on SIGTERM before SIGKILL, seconds.
+STOP_GRACE = 2.0
+
+
+def stop_group_command(pid: int, grace: float = STOP_GRACE) -> str:
+    """A command that stops process group ``pid`` (an agent and everything it started):
+    SIGTERM, up to ``grace`` seconds for it to exit, then SIGKILL.
+
+    ``kill -TERM -- -PGID`` is what most write, but dash (Debian's ``/bin/sh``, the
+    login shell of many service users) reads ``--`` as a pid and kills nothing;
+    ``kill -TERM -PGID`` means the same to dash, bash, zsh and busybox. It runs under
+    ``sh -c`` so a login shell that is not POSIX (fish, csh) still parses it.
+    """
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
+        raise ValueError(f"not a process group id: {pid!r}")
+    rounds = max(1, round(grace / 0.1))
+    script = (
+        f"kill -TERM -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; i=0; "
+        f"while [ $i -lt {rounds} ] && kill -0 -{pid} 2>/dev/null; do sleep 0.1; i=$((i+1)); done; "
+        f"kill -KILL -{pid} 2>/dev/null; kill -KILL {pid} 2>/dev/null; true"
+    )
+    return f"sh -c {shlex.quote(script)}"
 
 
 class SSHTransport:
@@ -77,6 +100,10 @@ class SSHTransport:
     # -- bootstrap --------------------------------------------------------------------
 
     def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
+        # What SIGKILLed clients left here (pool directories without an agent, untouched
+        # for 10 minutes): one command, and never a reason to fail.
+        for name in sweep_dead_pool_dirs(self.connection):
+            reporter.log(f"removed {HOME}/pools/{name}, left by a pool whose agents are gone")
         same_platform = self._upload_uv(reporter)
         wheels = build_node_wheels(include_binary=same_platform)
         remote_wheels = f"{HOME}/wheels/{wheels.fingerprint}"
@@ -172,10 +199,7 @@ class SSHTransport:
         """Stop the agent (if still running) and remove this pool's directory; keep caches."""
         stop = ""
         if self.endpoint is not None and self.endpoint.pid:
-            pid = self.endpoint.pid
-            stop = (
-                f"kill -TERM {pid} 2>/dev/null; sleep 0.2; kill -KILL -- -{pid} {pid} 2>/dev/null; "
-            )
+            stop = f"{stop_group_command(self.endpoint.pid)}; "
         pool_dir = f"{HOME}/pools/{self.pool_id}"
         try:
             self.connection.run(

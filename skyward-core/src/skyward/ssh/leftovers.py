@@ -1,0 +1,110 @@
+"""What pools leave on an SSH host, found in one round trip: agents and node directories.
+
+An agent is a process of the login user whose command line holds ``skyward.agent`` and
+``--job-id=<pool>``; a node directory is ``~/.skyward/pools/<pool>``. A directory whose
+pool has no live agent on the host belongs to a client that died (SIGKILL, power loss):
+the agent's watchdog stopped it, and nothing else will ever remove the directory.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from attrs import frozen
+
+from skyward.ssh.connection import SSHConnection
+
+__all__ = ["HostScan", "remove_pool_dirs", "scan_host", "sweep_dead_pool_dirs"]
+
+POOLS_DIR = ".skyward/pools"  # relative to the login directory, as the transport uses it
+# A pool id as a directory name: anything else found there is not ours to remove.
+_POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_DIRS_MARK = "::skyward:dirs"
+_NOW_MARK = "::skyward:now"
+# busybox ps has no -U: fall back to every process (only our own can be signalled anyway).
+_SCAN = f"""\
+ps -U "$(id -u)" -o pid=,args= 2>/dev/null || ps -o pid,args
+echo {_DIRS_MARK}
+for d in {POOLS_DIR}/*/; do
+  [ -d "$d" ] || continue
+  n=${{d%/}}; n=${{n##*/}}
+  printf '%s %s\\n' "$(stat -c %Y "$d" 2>/dev/null || echo 0)" "$n"
+done
+echo "{_NOW_MARK} $(date +%s)"
+"""
+
+
+@frozen
+class HostScan:
+    """One host's agents (pid → pool id) and pool directories (name → mtime, epoch s)."""
+
+    agents: dict[int, str]
+    dirs: dict[str, int]
+    now: int
+
+    def dead_pool_dirs(self, older_than: float = 0.0, pool_id: str | None = None) -> list[str]:
+        """Pool directories with no live agent, last changed ``older_than`` seconds ago
+        or earlier (a grace for a pool whose agent is starting right now)."""
+        live = set(self.agents.values())
+        return sorted(
+            name
+            for name, mtime in self.dirs.items()
+            if name not in live
+            and (pool_id is None or name == pool_id)
+            and self.now - mtime >= older_than
+        )
+
+
+def _sh(script: str) -> str:
+    # The login shell runs the command line; sh -c makes it POSIX even under fish or csh.
+    return f"sh -c {shlex.quote(script)}"
+
+
+def scan_host(connection: SSHConnection) -> HostScan:
+    """List the host's agents and pool directories (one command; raises if unreachable)."""
+    output = connection.run(_sh(_SCAN), timeout=30).output
+    agents: dict[int, str] = {}
+    dirs: dict[str, int] = {}
+    now = 0
+    section = "ps"
+    for line in output.splitlines():
+        if line.startswith(_DIRS_MARK):
+            section = "dirs"
+            continue
+        if line.startswith(_NOW_MARK):
+            now = int(line.split()[1]) if line.split()[1:] and line.split()[1].isdigit() else 0
+            continue
+        if section == "ps":
+            pid, _, args = line.strip().partition(" ")
+            if not pid.isdigit() or "skyward.agent" not in args or "--job-id=" not in args:
+                continue
+            agents[int(pid)] = args.split("--job-id=", 1)[1].split()[0]
+        else:
+            mtime, _, name = line.partition(" ")
+            if mtime.isdigit() and _POOL_NAME.fullmatch(name):
+                dirs[name] = int(mtime)
+    return HostScan(agents=agents, dirs=dirs, now=now)
+
+
+def remove_pool_dirs(connection: SSHConnection, names: list[str]) -> str:
+    """``rm -rf`` the named pool directories; returns what went wrong ('' when nothing)."""
+    names = [n for n in names if _POOL_NAME.fullmatch(n)]
+    if not names:
+        return ""
+    paths = " ".join(shlex.quote(f"{POOLS_DIR}/{name}") for name in names)
+    result = connection.run(_sh(f"rm -rf {paths}"), timeout=60)
+    return "" if result.code == 0 else result.output.strip() or f"rm exited {result.code}"
+
+
+def sweep_dead_pool_dirs(connection: SSHConnection, older_than: float = 600.0) -> list[str]:
+    """Remove pool directories whose agents are gone and that have not changed for
+    ``older_than`` seconds (what a pool opening on the host does, cheaply). Returns
+    the names removed; never raises."""
+    try:
+        dead = scan_host(connection).dead_pool_dirs(older_than)
+        if dead and not remove_pool_dirs(connection, dead):
+            return dead
+    except Exception:
+        pass  # housekeeping: never the reason a pool fails to open
+    return []
