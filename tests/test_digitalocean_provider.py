@@ -90,6 +90,8 @@ def _creates(fake: FakeDigitalOcean) -> list[Any]:
         ({"ssh_cidr": "300.0.0.0/8"}, "ssh_cidr"),
         ({"username": "Root!"}, "username"),
         ({"instance_timeout": 0}, "instance_timeout"),
+        ({"instance_timeout": 10**9}, "instance_timeout"),
+        ({"region": None}, "region"),
         ({"token": ""}, "token"),
     ],
 )
@@ -602,3 +604,31 @@ def test_a_read_only_token_is_a_clear_error_and_leaves_nothing(do_fake: FakeDigi
         provider.prepare(build_spec(cpu=2), POOL)
     assert refused.value.field == "token"
     assert do_fake.tags == set()
+
+
+DO_PARAMETERS = [
+    "region",
+    "token",
+    "image",
+    "vpc_uuid",
+    "ssh_cidr",
+    "username",
+    "instance_timeout",
+]
+
+
+@pytest.mark.parametrize("name", DO_PARAMETERS)
+def test_any_value_for_any_parameter_builds_or_is_named(
+    name: str, do_fake: FakeDigitalOcean
+) -> None:
+    from hypothesis import given
+
+    from tests.test_constructors_property import ANYTHING, PROPERTY, builds_or_names
+
+    @PROPERTY
+    @given(value=ANYTHING)
+    def check(value: Any) -> None:
+        builds_or_names(name, lambda: sky.DigitalOcean(**{name: value}))  # type: ignore[attr-defined]
+
+    check()
+    assert do_fake.calls == [], "constructing DigitalOcean(...) called DigitalOcean"

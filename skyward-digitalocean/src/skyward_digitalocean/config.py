@@ -44,6 +44,7 @@ KNOWN_REGIONS = (
 """Region slugs as of 2026; a new one that looks like a slug is accepted offline and
 checked against ``/v2/regions`` once the provider is online."""
 
+MAX_TIMEOUT = 24 * 3600
 _REGION = re.compile(r"[a-z]{3}[0-9]")
 _IMAGE = re.compile(r"[a-z0-9][a-z0-9.-]*[a-z0-9]|[0-9]+")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -97,9 +98,11 @@ def _cidr(_: object, __: object, value: str | None) -> None:
 
 
 def _positive(_: object, __: object, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_TIMEOUT:
         raise ConfigurationError(
-            "instance_timeout", f"{value!r} is not a positive number of seconds", "Use e.g. 300"
+            "instance_timeout",
+            f"{value!r} is not a number of seconds from 1 to {MAX_TIMEOUT} (a day)",
+            "Use e.g. 300",
         )
 
 
