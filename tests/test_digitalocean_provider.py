@@ -435,21 +435,29 @@ def test_a_lost_key_create_answer_is_found_by_fingerprint(do_fake: FakeDigitalOc
     assert do_fake.firewalls == {}
 
 
-def test_shared_leftovers_of_dead_clients_are_listed_and_removed(
-    do_fake: FakeDigitalOcean,
-) -> None:
+def test_leftovers_of_dead_clients_are_listed_and_removed(do_fake: FakeDigitalOcean) -> None:
     provider = _provider()
-    dead = provider.prepare(build_spec(cpu=2), "sky-dead00000000")
+    provider.prepare(build_spec(cpu=2), "sky-dead00000000")
     live, instances = _launch(provider, build_spec(cpu=2), "sky-live00000000")
-    kinds = sorted(kind for kind, _ in provider.list_shared())
-    assert kinds == ["firewall", "firewall", "ssh-key", "ssh-key", "tag", "tag"]
-    kept = provider.teardown_shared()
-    assert sorted(kind for kind, _ in kept) == ["firewall", "ssh-key", "tag"]
+    every = provider.list_leftovers()
+    assert sorted(i.kind for i in every) == [
+        "firewall",
+        "firewall",
+        "ssh-key",
+        "ssh-key",
+        "tag",
+        "tag",
+    ]
+    assert {i.pool for i in every} == {"sky-dead00000000", "sky-live00000000"}
+    dead = provider.list_leftovers("sky-dead00000000")
+    assert sorted(i.kind for i in dead) == ["firewall", "ssh-key", "tag"]
+    failed = provider.remove_leftovers(every)
+    assert sorted(i.kind for i, _ in failed) == ["firewall", "ssh-key", "tag"]
+    assert {reason for _, reason in failed} == {"its pool still has droplets"}
     assert [k["name"] for k in do_fake.keys.values()] == ["skyward-sky-live00000000"]
     assert "skyward:pool:sky-dead00000000" not in do_fake.tags
-    del dead
     _shutdown(provider, live, instances)
-    assert provider.list_shared() == []
+    assert provider.list_leftovers() == []
 
 
 def test_volumes_are_refused_before_any_call() -> None:
@@ -535,7 +543,8 @@ def test_the_hourly_limit_used_up_is_a_clear_error_not_an_hour_of_waiting(
     assert limited
     assert limited[0].operation == "tags_create"
     do_fake.hourly_limit = 5000
-    _provider().teardown_shared()  # a new hour (this client remembers none was left)
+    fresh = _provider()  # a new hour (this client remembers none was left)
+    fresh.remove_leftovers(fresh.list_leftovers())
     assert do_fake.keys == {}
     assert do_fake.tags == set()
 

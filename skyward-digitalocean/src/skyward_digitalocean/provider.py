@@ -22,6 +22,7 @@ from skyward.provider import (
     Instance,
     InstanceState,
     LaunchRequest,
+    Leftover,
 )
 from skyward.spec import ComputeSpec
 from skyward.ssh.connection import SSHConnection
@@ -417,7 +418,7 @@ class DigitalOceanProvider:
             if d.get("status") in ("new", "active", "off")
         ]
 
-    # -- what dead clients leave (``skyward down --shared``) ----------------------------
+    # -- what dead clients leave (``skyward down``) -------------------------------------
 
     def _leftovers(self) -> list[tuple[str, str, str]]:
         """(kind, id, pool id) of every per-pool key, firewall and tag Skyward made, found by
@@ -443,15 +444,17 @@ class DigitalOceanProvider:
         ]
         return found
 
-    def list_shared(self) -> list[tuple[str, str]]:
-        """Per-pool keys, firewalls and tags left behind (free, but clutter)."""
-        return [(kind, ident) for kind, ident, _ in self._leftovers()]
+    def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
+        """Per-pool keys, firewalls and tags left behind (of one pool, or of any)."""
+        return [
+            Leftover(kind, ident, "", pool)
+            for kind, ident, pool in self._leftovers()
+            if pool_id is None or pool == pool_id
+        ]
 
-    def teardown_shared(self) -> list[tuple[str, str]]:
-        """Remove them, but keep whatever belongs to a pool that still has droplets.
-
-        A pool between ``prepare`` and its first create has a key and a firewall and no
-        droplet yet: run this when no client is launching a pool."""
+    def remove_leftovers(self, leftovers: Sequence[Leftover]) -> list[tuple[Leftover, str]]:
+        """Remove them (firewalls first, tags last: a firewall names its tag), except what
+        belongs to a pool that still has droplets this sweep did not destroy."""
         with self._lock:
             destroyed = set(self._destroyed)  # by ``skyward down`` just before: going
         live = {
@@ -460,22 +463,25 @@ class DigitalOceanProvider:
             if i.tags.get(MANAGED_TAG) and i.id not in destroyed
         }
         client = self._client
-        kept: list[tuple[str, str]] = []
-        for kind, ident, pool in self._leftovers():
-            if pool in live:
-                kept.append((kind, ident))
+        order = {"firewall": 0, "ssh-key": 1, "tag": 2}
+        failed: list[tuple[Leftover, str]] = []
+        for item in sorted(leftovers, key=lambda i: order.get(i.kind, 9)):
+            if item.pool in live:
+                failed.append((item, "its pool still has droplets"))
                 continue
             try:
-                if kind == "ssh-key":
-                    key = cast(Any, int(ident))
+                if item.kind == "ssh-key":
+                    key = cast(Any, int(item.id))
                     gone(self.api.call("ssh_keys.delete", client.ssh_keys.delete, key))
-                elif kind == "firewall":
-                    gone(self.api.call("firewalls.delete", client.firewalls.delete, ident))
+                elif item.kind == "firewall":
+                    gone(self.api.call("firewalls.delete", client.firewalls.delete, item.id))
+                elif item.kind == "tag":
+                    gone(self.api.call("tags.delete", client.tags.delete, item.id))
                 else:
-                    gone(self.api.call("tags.delete", client.tags.delete, ident))
-            except ProvisioningError:
-                kept.append((kind, ident))
-        return kept
+                    failed.append((item, "not something Skyward makes on DigitalOcean"))
+            except ProvisioningError as error:
+                failed.append((item, str(error)))
+        return failed
 
     def connect(self, infra_: Infrastructure, instance: Instance) -> SSHTransport:
         assert isinstance(infra_, DigitalOceanInfrastructure)
