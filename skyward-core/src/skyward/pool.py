@@ -19,7 +19,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import attrs
 
@@ -127,7 +127,7 @@ class ComputePool:
         allocation: AllocationLike = "spot-if-available",
         timeout: int = 3600,
         env: dict[str, str] | None = None,
-        concurrency: int = 1,
+        concurrency: int | Literal["auto"] = "auto",
         display: DisplayMode = "log",
         on_event: callbacks.Callback | None = None,
         collect_metrics: bool = True,
@@ -213,7 +213,7 @@ class ComputePool:
         except BaseException:
             self._finish()
             raise
-        self._scheduler = _Scheduler(self._cluster.clients, self.spec.concurrency)
+        self._scheduler = _Scheduler(self._cluster.clients, self.spec.expected_workers_per_node)
         _open_pools.add(self)
         self._start_timer(self._cluster, settings)
 

@@ -206,7 +206,7 @@ def _bring_up_node(
     config = AgentConfig(
         node=node,
         total_nodes=spec.nodes,
-        concurrency=spec.concurrency,
+        concurrency=spec.expected_workers_per_node,
         job_id=pool_id,
         head_addr=head.private_ip or head.ip or "127.0.0.1",
         head_port=cluster.infra.head_port,
