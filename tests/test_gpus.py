@@ -15,7 +15,9 @@ from skyward.gpus import (
     WorkerSlot,
     detect_gpus,
     gpu_name_to_accelerator,
+    node_accelerators,
     per_gpu_metrics,
+    plan_node,
     plan_workers,
     visible_gpus,
 )
@@ -269,6 +271,21 @@ def test_metrics_per_gpu() -> None:
 def test_metrics_follow_cuda_visible_devices() -> None:
     samples = per_gpu_metrics(env={**H200, "CUDA_VISIBLE_DEVICES": "2"})
     assert [s["index"] for s in samples] == [2.0]
+
+
+def test_metrics_of_a_process_pinned_to_a_mig_instance() -> None:
+    device = detect_gpus(env=A100_MIG)[3].mig_devices[1]
+    samples = per_gpu_metrics(env={**A100_MIG, "CUDA_VISIBLE_DEVICES": device.uuid})
+    assert [s["index"] for s in samples] == [3.0]
+
+
+def test_plan_node_is_detection_then_planning() -> None:
+    gpus, slots = plan_node("auto", "3g.40gb", env=A100_MIG)
+    assert gpus == detect_gpus(env=A100_MIG)
+    assert slots == plan_workers(gpus, "auto", "3g.40gb")
+    assert node_accelerators(gpus, "3g.40gb") == ("A100",) * 12
+    assert node_accelerators(detect_gpus(env=H200)) == ("H200",) * 8
+    assert plan_node("auto", env=smi_env("no-driver")) == ((), (WorkerSlot(0, None, ()),))
 
 
 def test_metrics_leave_out_what_the_driver_does_not_give() -> None:

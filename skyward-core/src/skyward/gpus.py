@@ -44,7 +44,9 @@ __all__ = [
     "WorkerSlot",
     "detect_gpus",
     "gpu_name_to_accelerator",
+    "node_accelerators",
     "per_gpu_metrics",
+    "plan_node",
     "plan_workers",
     "visible_gpus",
 ]
@@ -342,7 +344,14 @@ def per_gpu_metrics(
         index = _number(row["index"])
         if index is not None:
             by_index[int(index)] = row
-    visible = visible_gpus(_all_gpus_from_rows(rows), environ.get("CUDA_VISIBLE_DEVICES"))
+    visible_devices = environ.get("CUDA_VISIBLE_DEVICES")
+    # Metrics run every few seconds: `-L` (for MIG UUIDs) only when the variable names one.
+    gpus = (
+        _all_gpus(path, environ)
+        if visible_devices is not None and "mig-" in visible_devices.lower()
+        else _all_gpus_from_rows(rows)
+    )
+    visible = [gpu for gpu in visible_gpus(gpus, visible_devices) if gpu.index in by_index]
     samples = []
     for gpu in visible:
         row = by_index[gpu.index]
@@ -361,8 +370,6 @@ def per_gpu_metrics(
 
 
 def _all_gpus_from_rows(rows: Sequence[Mapping[str, str]]) -> tuple[GPU, ...]:
-    # Metrics run every few seconds: no `-L` call; MIG UUIDs in CUDA_VISIBLE_DEVICES then
-    # match no device and such a process reports no GPU figures (whole GPUs are sampled).
     gpus = []
     for row in rows:
         index = _number(row["index"])
@@ -452,6 +459,32 @@ def _units(gpus: Sequence[GPU], mig_profile: str | None) -> list[tuple[str, str]
             "Let the bootstrap's mig step partition the GPUs, or ask for the profile they have",
         )
     return units
+
+
+def plan_node(
+    concurrency: Concurrency,
+    mig_profile: str | None = None,
+    smi: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[tuple[GPU, ...], tuple[WorkerSlot, ...]]:
+    """What a node agent does at start: :func:`detect_gpus`, then :func:`plan_workers`.
+
+    :returns: the GPUs the node sees and one slot per worker; ``len(slots)`` is the node's
+        ``workers_per_node`` and :func:`node_accelerators` of the GPUs its
+        ``InstanceInfo.accelerators``.
+    """
+    gpus = detect_gpus(smi, env)
+    return gpus, plan_workers(gpus, concurrency, mig_profile)
+
+
+def node_accelerators(gpus: Sequence[GPU], mig_profile: str | None = None) -> tuple[str, ...]:
+    """Catalog names of a node's accelerators, one per GPU (``("H200",) * 8``); on a MIG
+    pool one per MIG instance of the profile, as each is a device a worker owns."""
+    if mig_profile is None:
+        return tuple(gpu.accelerator for gpu in gpus)
+    return tuple(
+        gpu.accelerator for gpu in gpus for d in gpu.mig_devices if d.profile == mig_profile
+    )
 
 
 def plan_workers(
