@@ -94,6 +94,16 @@ def test_what_local_cannot_have(machine: Callable[..., None], accelerator: objec
             _offers(accelerator=accelerator)
 
 
+def test_whole_gpus_are_those_not_split_by_mig(machine: Callable[..., None]) -> None:
+    machine("a100-80gb-x8-mig")
+    assert _offers(accelerator="A100")[0].accelerator_count == 1  # GPU 7
+    assert node_device_shares(build_spec(accelerator="A100"), 1) == ["7"]
+    with pytest.raises(NoAvailableProviderError, match="has 1 of them"):
+        _offers(accelerator="2xA100")
+    with pytest.raises(NoAvailableProviderError, match="has 0 of them"):
+        _offers(accelerator="A100-40GB")
+
+
 def test_nodes_split_the_gpus(machine: Callable[..., None]) -> None:
     machine("h200-x8")
     assert node_device_shares(build_spec(accelerator="4xH200", nodes=2), 2) == [

@@ -3,7 +3,7 @@
 A Local pool that asks for an accelerator (``accelerator="H200"``, ``"2xH200"``,
 ``AcceleratorSpec.NVIDIA.A100(mig="3g.40gb")``) gets an offer when the machine has enough
 of them: ``nodes x count`` GPUs whose driver name is that catalog name (and memory variant,
-when one is asked). Node ``i`` gets GPUs ``i*count .. (i+1)*count-1`` of them, in
+when one is asked), not split by MIG. Node ``i`` gets GPUs ``i*count .. (i+1)*count-1`` of them, in
 ``nvidia-smi`` order, and its agent starts with ``CUDA_VISIBLE_DEVICES`` naming them, so
 it (and every worker it plans) sees only its share. With a MIG profile only GPUs already
 partitioned into that profile count (Local never repartitions this machine's GPUs), and a
@@ -62,7 +62,7 @@ def _matches(gpu: GPU, wanted: AcceleratorSpec) -> bool:
         return False
     if wanted.mig is not None:
         return any(device.profile == wanted.mig for device in gpu.mig_devices)
-    return True
+    return not gpu.mig_devices  # a GPU in MIG mode is only usable through its instances
 
 
 def _one(wanted: AcceleratorSpec) -> str:
