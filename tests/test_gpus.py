@@ -299,3 +299,23 @@ def test_recordings_exist_for_every_machine_the_tests_use() -> None:
     for name in ("h200-x8", "a100-80gb-x8-mig", "no-driver"):
         assert (MACHINES / name).is_dir()
     assert os.access(FAKE_SMI, os.X_OK)
+
+
+def test_reads_the_mig_uuids_of_drivers_before_r470(tmp_path: Path) -> None:
+    # Older drivers name a MIG device by its GPU's UUID and its GPU/compute instance IDs.
+    (tmp_path / "query-gpu.csv").write_text(
+        "0, GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2, A100-SXM4-40GB, 40536, 0, [N/A], 30\n"
+    )
+    (tmp_path / "list-gpus.txt").write_text(
+        "GPU 0: A100-SXM4-40GB (UUID: GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2)\n"
+        "  MIG 3g.20gb Device 0: (UUID: MIG-GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2/1/0)\n"
+        "  MIG 3g.20gb Device 1: (UUID: MIG-GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2/2/0)\n"
+    )
+    (gpu,) = detect_gpus(env=smi_env(tmp_path))
+    assert gpu.accelerator == "A100"
+    assert [d.uuid for d in gpu.mig_devices] == [
+        "MIG-GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2/1/0",
+        "MIG-GPU-e91edf3b-b297-37c1-a2a7-7601c3238fa2/2/0",
+    ]
+    slots = plan_workers([gpu], "auto", "3g.20gb")
+    assert [s.visible_devices for s in slots] == [d.uuid for d in gpu.mig_devices]
