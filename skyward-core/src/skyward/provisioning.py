@@ -208,6 +208,7 @@ def _bring_up_node(
         total_nodes=spec.nodes,
         concurrency=spec.concurrency,
         executor=spec.executor,
+        mig_profile=spec.accelerator.mig if spec.accelerator is not None else None,
         job_id=pool_id,
         head_addr=head.private_ip or head.ip or "127.0.0.1",
         head_port=cluster.infra.head_port,
