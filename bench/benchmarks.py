@@ -140,7 +140,8 @@ def _stop(drivers: dict[str, Driver], keep: set[str]) -> None:
 
 
 LATENCY_LOCAL = {
-    "skyward-local": "Skyward `Local` (`fn() >> pool`)",
+    "skyward-local": "Skyward `Local` (`fn() >> pool`), process workers (default)",
+    "skyward-local-thread": 'Skyward `Local`, `executor="thread"`',
     "floor": "floor: loopback TCP, cloudpickled call",
     "floor-byref": "what-if: the floor with the function pickled by reference",
     "mp": "`multiprocessing.Pool.apply`",
@@ -157,6 +158,7 @@ LATENCY_SSH = {
 def latency(settings: Settings, hosts: list[HostInfo], logs: Path) -> dict[str, Any]:
     specs: list[Spec] = [
         ("skyward-local", "skyward-local", {}),
+        ("skyward-local-thread", "skyward-local", {"executor": "thread"}),
         ("floor", "floor", {"via": "local"}),
         ("floor-byref", "floor", {"via": "local", "by_value": False}),
         ("mp", "mp", {"workers": 1}),
@@ -205,7 +207,11 @@ def latency(settings: Settings, hosts: list[HostInfo], logs: Path) -> dict[str, 
 
 
 THROUGHPUT = {
-    "skyward-local": "Skyward `Local`, 2 nodes: `gather(*calls) >> pool`",
+    "skyward-local": "Skyward `Local`, 2 nodes: `gather(*calls) >> pool`, process workers",
+    "skyward-local-thread": 'Skyward `Local`, 2 nodes, `executor="thread"`',
+    "skyward-cpu-2": "CPU-bound pure Python (`cpu_spin`), 1 node x 2 process workers",
+    "skyward-cpu-2-thread": 'the same with `executor="thread"` (one GIL)',
+    "skyward-cpu-1": "the same on 1 worker",
     "floor": "floor, pipelined over 2 server processes",
     "ray": "Ray, `num_cpus=2`: `ray.get([f.remote(i) ...])`",
     "dask": "Dask, 2 workers: `client.gather(client.map(f, ...))`",
@@ -218,6 +224,14 @@ THROUGHPUT = {
 def throughput(settings: Settings, hosts: list[HostInfo], logs: Path) -> dict[str, Any]:
     specs: list[Spec] = [
         ("skyward-local", "skyward-local", {"nodes": 2}),
+        ("skyward-local-thread", "skyward-local", {"nodes": 2, "executor": "thread"}),
+        ("skyward-cpu-2", "skyward-local", {"concurrency": 2, "cpu_bound": True}),
+        (
+            "skyward-cpu-2-thread",
+            "skyward-local",
+            {"concurrency": 2, "cpu_bound": True, "executor": "thread"},
+        ),
+        ("skyward-cpu-1", "skyward-local", {"cpu_bound": True}),
         ("floor", "floor", {"via": "local", "workers": 2}),
         ("ray", "ray", {"cpus": 2}),
         ("dask", "dask", {"workers": 2}),

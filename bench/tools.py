@@ -99,7 +99,14 @@ class _Timeline:
 class SkywardBase(Tool):
     pool: Any = None
 
-    def _open(self, provider: Any, nodes: int, concurrency: int = 1, image: Any = None) -> None:
+    def _open(
+        self,
+        provider: Any,
+        nodes: int,
+        concurrency: int = 1,
+        image: Any = None,
+        executor: str = "process",
+    ) -> None:
         import skyward as sky
 
         self.fn = sky.compute(workloads.noop)
@@ -110,6 +117,7 @@ class SkywardBase(Tool):
             nodes=nodes,
             concurrency=concurrency,
             image=image,
+            executor=executor,
             display="quiet",
             collect_metrics=False,
         )
@@ -125,15 +133,23 @@ class SkywardBase(Tool):
             out.append(now() - t)
         return out
 
+    cpu_bound = False
+    """Run ``cpu_spin`` instead of a no-op: a tenth of the calls, time scaled by ten, so
+    the rate stays comparable with the no-op rows without a ten-fold wait."""
+
     def batch(self, n: int) -> int:
         import skyward as sky
 
         fn, pool = self.fn_i, self.pool
+        scale = 1
+        if self.cpu_bound:
+            fn, scale = sky.compute(workloads.cpu_spin), 10
+            n = max(1, n // scale)
         t = now()
         results = sky.gather(*[fn(i) for i in range(n)]) >> pool
         elapsed = now() - t
         assert len(results) == n
-        return elapsed
+        return elapsed * scale
 
     def bulk(self, nbytes: int, repeat: int = 1) -> int:
         """``repeat`` transfers back to back; the time of the last."""
@@ -204,10 +220,18 @@ def _agents_of(processes: list[Any]) -> list[int]:
 
 
 class SkywardLocal(SkywardBase):
-    def setup(self, nodes: int = 1, concurrency: int = 1, **_: Any) -> None:
+    def setup(
+        self,
+        nodes: int = 1,
+        concurrency: int = 1,
+        executor: str = "process",
+        cpu_bound: bool = False,
+        **_: Any,
+    ) -> None:
         import skyward as sky
 
-        self._open(sky.Local(), nodes, concurrency)
+        self.cpu_bound = cpu_bound
+        self._open(sky.Local(), nodes, concurrency, executor=executor)
 
     def agent_pids(self) -> list[int]:
         import psutil

@@ -18,6 +18,14 @@ def noop_i(i: int) -> None:
     """A no-op taking an argument, for the ``map``-style APIs."""
 
 
+def cpu_spin(i: int) -> int:
+    """About a millisecond of pure-Python work that holds the GIL throughout."""
+    total = 0
+    for k in range(20_000):
+        total += k * k % 7
+    return total + i
+
+
 def consume(array: Any) -> int:
     """Bulk transfer: receive a large array, send back something small."""
     return int(array.nbytes)

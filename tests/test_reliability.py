@@ -18,20 +18,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import psutil
 import pytest
 from skyward_example_provider.plugin import HOURLY_PRICE, Example
 
 import skyward as sky
-from skyward import handshake
-from skyward.agent_process import connect_loopback
+from skyward import handshake, messages, wire
+from skyward.agent_process import connect_loopback, start_agent_process, stop_process_group
 from skyward.errors import AgentAuthenticationError
 from skyward.events import CostFinal, LogLine
 from skyward.node import NodeClient
+from skyward.provider import AgentConfig
 from skyward.providers.local import Local, LocalProvider
 from tests.conftest import agent_processes, wait_until
 
 Factory = Callable[..., sky.ComputePool]
+
+# Raw tasks bypass @sky.compute, which would register this module by value itself.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 # What another unix user sends: one frame whose pickle runs a command when unpickled.
 _ATTACK = r"""
@@ -42,7 +47,12 @@ class Run:
         return (os.system, ("touch " + sys.argv[2],))
 
 payload = pickle.dumps(Run(), protocol=5)
-sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=5)
+target = sys.argv[1]
+if target.isdigit():
+    sock = socket.create_connection(("127.0.0.1", int(target)), timeout=5)
+else:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(target)
 try:
     sock.sendall(struct.pack("!IH", len(payload), 0) + payload)
     time.sleep(1)
@@ -67,55 +77,105 @@ def _sleep_then(value: int, seconds: float) -> int:
     return value
 
 
-def test_another_unix_user_cannot_run_code_through_the_agent(local_pool_factory: Factory) -> None:
-    scratch = Path(tempfile.mkdtemp(prefix="skyward-attack-"))
-    scratch.chmod(0o777)
-    script = scratch / "attack.py"
+def _attack(port_or_path: str, marker: Path) -> subprocess.CompletedProcess[str]:
+    script = marker.parent / "attack.py"
     script.write_text(_ATTACK)
     script.chmod(0o644)
+    return subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "nobody",
+            "--",
+            "/usr/bin/python3",
+            str(script),
+            port_or_path,
+            str(marker),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.fixture
+def scratch() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="skyward-attack-"))
+    path.chmod(0o777)
+    return path
+
+
+@pytest.fixture
+def tcp_agent(tmp_path: Path) -> Any:
+    """An agent on 127.0.0.1 (as on every remote machine), and its config."""
+    config = AgentConfig(
+        node=0,
+        total_nodes=1,
+        concurrency=1,
+        job_id="attack",
+        head_addr="127.0.0.1",
+        head_port=0,
+        metrics_interval=None,
+    )
+    agent = start_agent_process(
+        sys.executable, config, cwd=tmp_path / "agent", pool_id="attack", instance_id="i-0"
+    )
+    yield agent, config
+    stop_process_group(agent.process)
+
+
+def _session(port: int, config: AgentConfig) -> tuple[wire.FrameReader, wire.FrameWriter]:
+    sock = connect_loopback(port)
+    handshake.prove(sock, config.key)
+    reader, writer = wire.FrameReader(sock), wire.FrameWriter(sock)
+    assert isinstance(reader.read(), messages.Hello)
+    return reader, writer
+
+
+def test_another_unix_user_cannot_run_code_through_a_tcp_agent(
+    tcp_agent: Any, scratch: Path
+) -> None:
+    agent, config = tcp_agent
     marker = scratch / "pwned"
-    with local_pool_factory() as pool:
-        port = _client(pool).endpoint.port
-        attacker = subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "nobody",
-                "--",
-                "/usr/bin/python3",
-                str(script),
-                str(port),
-                str(marker),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        assert attacker.returncode == 0, attacker.stderr
-        assert not marker.exists(), "the agent ran a stranger's pickle"
-        # and the pool still works for its owner
-        assert sky.compute(_pid)() >> pool == _client(pool).endpoint.pid
+    attacker = _attack(str(agent.endpoint.port), marker)
+    assert attacker.returncode == 0, attacker.stderr
+    assert not marker.exists(), "the agent ran a stranger's pickle"
+    reader, writer = _session(agent.endpoint.port, config)  # and its owner still gets in
+    writer.send(messages.Task(1, messages.Payload.of((_pid, (), {}))))
+    result = reader.read()
+    assert isinstance(result, messages.Result)
+    assert result.failure is None
 
 
-def test_a_stray_connection_changes_nothing_for_the_call_in_flight(
-    local_pool_factory: Factory,
+def test_another_unix_user_cannot_even_reach_a_local_agent(
+    local_pool_factory: Factory, scratch: Path
 ) -> None:
     with local_pool_factory() as pool:
-        port = _client(pool).endpoint.port
-        results: list[int] = []
-        call = threading.Thread(
-            target=lambda: results.append(sky.compute(_sleep_then)(7, 1.5) >> pool)
-        )
-        started = time.monotonic()
-        call.start()
-        time.sleep(0.3)
-        for _ in range(5):  # a port scan: connect, maybe read, close
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as stray:
-                stray.recv(64)
-        call.join(timeout=30)
-        assert results == [7]
-        assert time.monotonic() - started < 10
+        path = _client(pool).endpoint.path
+        assert path is not None, "Local agents listen on a unix socket"
+        assert stat.S_IMODE(os.stat(Path(path).parent).st_mode) == 0o700
+        marker = scratch / "pwned"
+        attacker = _attack(path, marker)
+        assert "PermissionError" in attacker.stderr
+        assert not marker.exists()
+        assert sky.compute(_pid)() >> pool > 0
+
+
+def test_a_stray_connection_changes_nothing_for_the_call_in_flight(tcp_agent: Any) -> None:
+    agent, config = tcp_agent
+    reader, writer = _session(agent.endpoint.port, config)
+    writer.send(messages.Task(1, messages.Payload.of((_sleep_then, (7, 1.5), {}))))
+    time.sleep(0.3)
+    for _ in range(5):  # a port scan: connect, read the challenge, close
+        with socket.create_connection(("127.0.0.1", agent.endpoint.port), timeout=5) as stray:
+            stray.recv(64)
+    reader_socket_deadline = time.monotonic() + 10
+    result = reader.read()
+    assert time.monotonic() < reader_socket_deadline
+    assert isinstance(result, messages.Result)
+    assert result.value is not None
+    assert result.value.open() == 7
 
 
 def test_the_agent_must_prove_the_key_too() -> None:
@@ -262,7 +322,7 @@ def _sleepers() -> list[int]:
 
 
 def test_a_crashed_agent_is_named_and_its_children_stopped(local_pool_factory: Factory) -> None:
-    with local_pool_factory() as pool:
+    with local_pool_factory(executor="thread") as pool:  # the task runs in the agent itself
         with pytest.raises(sky.WorkerLostError) as caught:
             sky.compute(_start_child_then_die)() >> pool
         assert caught.value.cause == "killed by SIGKILL"
@@ -402,7 +462,7 @@ def test_a_batch_with_an_unpicklable_call_runs_none_of_it(
 
 
 def test_the_key_never_reaches_the_agent_command_line_or_disk(
-    local_pool_factory: Factory,
+    local_pool_factory: Factory, tcp_agent: Any
 ) -> None:
     with local_pool_factory() as pool:
         key = _client(pool).config.key.hex()
@@ -411,15 +471,16 @@ def test_the_key_never_reaches_the_agent_command_line_or_disk(
         assert key not in str(agent.environ())
         workdir = Path(agent.cwd())
         for path in workdir.rglob("*"):
-            if path.is_file() and not stat.S_ISFIFO(path.stat().st_mode):
+            if path.is_file():
                 assert key not in path.read_text(errors="replace")
-        # a raw connection gets a challenge, never a greeting it could read a pid from
-        with connect_loopback(_client(pool).endpoint.port) as raw:
-            assert raw.recv(8) == handshake.MAGIC
+    # a raw connection gets a challenge, never a greeting it could read a pid from
+    tcp, _config = tcp_agent
+    with connect_loopback(tcp.endpoint.port) as raw:
+        assert raw.recv(8) == handshake.MAGIC
 
 
 def test_exit_causes_in_words(tmp_path: Path) -> None:
-    from skyward.agent_process import describe_exit
+    from skyward.exit_status import describe_exit
     from skyward.messages import EXIT_NO_HEARTBEAT, EXIT_REASON_FILE
 
     assert describe_exit(None, tmp_path) is None

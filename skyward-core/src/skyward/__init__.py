@@ -49,6 +49,7 @@ from skyward.errors import (
     RemoteError,
     SerializationError,
     SkywardError,
+    TaskTimeoutError,
     WorkerLostError,
 )
 from skyward.events import (
@@ -149,6 +150,7 @@ __all__ = [
     "SelectionLike",
     "SerializationError",
     "SkywardError",
+    "TaskTimeoutError",
     "SkywardEvent",
     "Volume",
     "WorkerLostError",

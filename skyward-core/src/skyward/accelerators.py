@@ -1003,12 +1003,21 @@ def _builtin_catalog() -> AcceleratorCatalog:
     return AcceleratorCatalog.with_builtins()
 
 
+_live_source: Callable[[], AcceleratorCatalog] | None = None
+
+
+def use_live_catalog(source: Callable[[], AcceleratorCatalog]) -> None:
+    """Where the plugin-filled catalog comes from (:mod:`skyward.plugins` says, when it is
+    imported, which ``import skyward`` does), so this module never imports the plugins."""
+    global _live_source
+    _live_source = source
+
+
 def _live_catalog() -> AcceleratorCatalog:
     """The catalog with builtins plus every plugin's entries; loads plugins on first use."""
-    from skyward.plugins import accelerator_catalog
-
-    catalog: AcceleratorCatalog = accelerator_catalog()
-    return catalog
+    if _live_source is None:
+        return _builtin_catalog()
+    return _live_source()
 
 
 def _catalog_knowing(name: str) -> AcceleratorCatalog:

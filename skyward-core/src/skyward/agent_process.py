@@ -19,13 +19,13 @@ from pathlib import Path
 from attrs import frozen
 
 from skyward.errors import ProvisioningError
-from skyward.messages import EXIT_REASON_FILE, READY_PREFIX
+from skyward.messages import READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint
 
 __all__ = [
     "AgentProcess",
+    "connect_endpoint",
     "connect_loopback",
-    "describe_exit",
     "start_agent_process",
     "stop_orphan_group",
     "stop_process_group",
@@ -81,22 +81,25 @@ def start_agent_process(
         with contextlib.suppress(BrokenPipeError):  # an agent that died early says why below
             process.stdin.write(config.stdin_line())
         process.stdin.close()
-        port, pid = _read_ready(process, timeout)
+        ready = _read_ready(process, timeout)
     except BaseException:
         stop_process_group(process)
         raise
     finally:
         assert process.stdout is not None
         process.stdout.close()
-    if port == 0:
+    if ready is None:
         tail = _tail(cwd / "agent.stderr")
         raise ProvisioningError(
             provider, f"the node agent exited with {process.returncode} before starting:\n{tail}"
         )
-    return AgentProcess(process, AgentEndpoint(port=port, pid=pid))
+    port, pid = ready
+    return AgentProcess(process, AgentEndpoint(port=port, pid=pid, path=config.unix_socket))
 
 
-def _read_ready(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, int]:
+def _read_ready(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, int] | None:
+    """``(port, pid)`` from the agent's ready line (port 0 on a unix socket); ``None``
+    when it exited first."""
     assert process.stdout is not None
     deadline = time.monotonic() + timeout
     buffer = b""
@@ -108,7 +111,7 @@ def _read_ready(process: subprocess.Popen[bytes], timeout: float) -> tuple[int, 
             chunk = os.read(process.stdout.fileno(), 4096)
             if not chunk:
                 process.wait(timeout=10)
-                return 0, 0
+                return None
             buffer += chunk
             for line in buffer.decode(errors="replace").splitlines():
                 if line.startswith(READY_PREFIX):
@@ -129,6 +132,24 @@ def connect_loopback(port: int, timeout: float = 10.0) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def connect_endpoint(endpoint: AgentEndpoint, timeout: float = 10.0) -> socket.socket:
+    """A connection to a local agent: its unix socket when it has one, else its port."""
+    if endpoint.path is None:
+        return connect_loopback(endpoint.port, timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(endpoint.path)
+    except FileNotFoundError as error:  # the agent is gone (it removes nothing, but a
+        sock.close()  # restarted node's directory may be fresh)
+        raise ConnectionRefusedError(str(error)) from error
+    except BaseException:
+        sock.close()
+        raise
+    sock.settimeout(None)
     return sock
 
 
@@ -160,40 +181,3 @@ def stop_orphan_group(pid: int, grace: float = 3.0) -> None:
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-
-
-def describe_exit(returncode: int | None, workdir: Path) -> str | None:
-    """Why an agent process ended, in words: its own reason when it stopped on purpose
-    (the ``exit-reason`` file it writes), else its exit code or signal, and whether the
-    kernel's out-of-memory killer is the likely cause."""
-    if returncode is None:
-        return None
-    with contextlib.suppress(OSError):
-        code, _, reason = (workdir / EXIT_REASON_FILE).read_text().strip().partition(" ")
-        if code == str(returncode) and reason:
-            return reason
-    if returncode < 0:
-        sig = -returncode
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = f"signal {sig}"
-        text = f"killed by {name}"
-        if sig == signal.SIGKILL and _oom_killed_recently():
-            text += "; the out-of-memory killer was active: it most likely ran out of memory"
-        return text
-    return f"exited with code {returncode}"
-
-
-def _oom_killed_recently() -> bool:
-    """Whether this cgroup's memory controller recorded an OOM kill (cgroup v2)."""
-    try:
-        line = Path("/proc/self/cgroup").read_text().strip().splitlines()[0]
-        events = Path("/sys/fs/cgroup") / line.split("::", 1)[1].lstrip("/") / "memory.events"
-        for entry in events.read_text().splitlines():
-            name, _, value = entry.partition(" ")
-            if name == "oom_kill" and int(value) > 0:
-                return True
-    except (OSError, IndexError, ValueError):
-        return False
-    return False

@@ -13,16 +13,34 @@ import sys
 import sysconfig
 import types
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, TypeVarTuple, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    Literal,
+    ParamSpec,
+    TypeVar,
+    TypeVarTuple,
+    overload,
+)
 
 import cloudpickle
 
+from skyward.call_options import CallOptions
+from skyward.context import Runner, current_pool
 from skyward.errors import PoolClosedError
 
 if TYPE_CHECKING:
     from skyward.pool import ComputePool
 
-__all__ = ["ComputeFunction", "PendingBatch", "PendingCompute", "compute", "gather"]
+__all__ = [
+    "ComputeFunction",
+    "PendingBatch",
+    "PendingCompute",
+    "PendingGather",
+    "compute",
+    "gather",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,9 +75,11 @@ def _ship_module_by_value(module_name: str) -> None:
 class ComputeFunction(Generic[P, R]):
     """A function made lazy by ``@sky.compute``: calling it returns a ``PendingCompute``."""
 
-    def __init__(self, fn: Callable[P, R]) -> None:
+    def __init__(self, fn: Callable[P, R], options: CallOptions | None = None) -> None:
         functools.update_wrapper(self, fn)
         self._fn = fn
+        self.options = options or CallOptions()
+        """The per-call limits every call of this function carries."""
 
     @property
     def local(self) -> Callable[P, R]:
@@ -68,26 +88,51 @@ class ComputeFunction(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> PendingCompute[R]:
         _ship_module_by_value(self._fn.__module__)
-        return PendingCompute(self._fn, args, kwargs)
+        return PendingCompute(self._fn, args, kwargs, self.options)
 
     def __repr__(self) -> str:
         return f"<compute function {self._fn.__qualname__}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ComputeFunction, (self._fn,))
+        return (ComputeFunction, (self._fn, self.options))
 
 
-def compute(fn: Callable[P, R]) -> ComputeFunction[P, R]:
-    """Make ``fn`` lazy: ``fn(...)`` returns a :class:`PendingCompute` to send to a pool."""
-    return ComputeFunction(fn)
+@overload
+def compute(fn: Callable[P, R], /) -> ComputeFunction[P, R]: ...
+@overload
+def compute(
+    *,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> Callable[[Callable[P, R]], ComputeFunction[P, R]]: ...
+def compute(
+    fn: Callable[P, R] | None = None,
+    /,
+    *,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> ComputeFunction[P, R] | Callable[[Callable[P, R]], ComputeFunction[P, R]]:
+    """Make ``fn`` lazy: ``fn(...)`` returns a :class:`PendingCompute` to send to a pool.
+
+    Used bare (``@sky.compute``) or with per-call limits
+    (``@sky.compute(timeout=600, retries=2, retry_on=(ConnectionError,))``): a call past
+    ``timeout`` seconds raises :class:`~skyward.errors.TaskTimeoutError`; ``retries`` runs
+    a call again when its worker was lost or it raised one of ``retry_on``.
+    """
+    options = CallOptions(timeout=timeout, retries=retries, retry_on=retry_on)
+    if fn is None:
+        return lambda function: ComputeFunction(function, options)
+    if not callable(fn):
+        raise TypeError(f"@sky.compute needs a function, not {fn!r}")
+    return ComputeFunction(fn, options)
 
 
 def _implicit_pool(target: object) -> ComputePool:
     """Resolve the right-hand side of ``>>``/``@``: a pool, or ``sky`` for the current one."""
-    from skyward.pool import ComputePool, current_pool
-
-    if isinstance(target, ComputePool):
-        return target
+    if isinstance(target, Runner):
+        return target  # type: ignore[return-value]
     if isinstance(target, types.ModuleType) and target.__name__ == "skyward":
         pool = current_pool()
         if pool is None:
@@ -95,26 +140,33 @@ def _implicit_pool(target: object) -> ComputePool:
                 "`>> sky` / `@ sky` need an active pool: use them inside a function decorated "
                 "with @sky.pool(...) or a `with sky.ComputePool(...)` block, or send to a pool"
             )
-        return pool
+        return pool  # type: ignore[return-value]
     raise TypeError(f"cannot send a computation to {target!r}: expected a ComputePool or `sky`")
 
 
 class PendingCompute(Generic[R]):
     """A deferred call: a function with its arguments, not yet run."""
 
-    __slots__ = ("args", "fn", "kwargs")
+    __slots__ = ("args", "fn", "kwargs", "options")
 
-    def __init__(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., R],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: CallOptions | None = None,
+    ) -> None:
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
+        self.options = options or CallOptions()
 
     def __rshift__(self, target: ComputePool | types.ModuleType) -> R:
         """Run on one worker (the least loaded) and return the result."""
         return _implicit_pool(target).run(self)
 
     def __matmul__(self, target: ComputePool | types.ModuleType) -> tuple[R, ...]:
-        """Run on every node; return the results in node order."""
+        """Run on every worker of every node; results ordered by node, then worker."""
         return _implicit_pool(target).broadcast(self)
 
     @overload
@@ -167,6 +219,50 @@ class PendingBatch(Generic[*Ts]):
         return f"<PendingBatch of {len(self.computations)}>"
 
 
-def gather(*computations: PendingCompute[Any]) -> PendingBatch[*tuple[Any, ...]]:
-    """Group any number of computations to run in parallel: ``gather(*calls) >> pool``."""
-    return PendingBatch(*computations)
+class PendingGather:
+    """``gather(..., ordered=False)`` or ``return_exceptions=True``: ``>> pool`` returns
+    an iterator of results in the order they complete (or, ordered, a tuple), with
+    exceptions in place of results when ``return_exceptions``."""
+
+    __slots__ = ("batch", "ordered", "return_exceptions")
+
+    def __init__(self, batch: PendingBatch[Any], *, ordered: bool, return_exceptions: bool) -> None:
+        self.batch = batch
+        self.ordered = ordered
+        self.return_exceptions = return_exceptions
+
+    def __rshift__(self, target: ComputePool | types.ModuleType) -> Any:
+        pool = _implicit_pool(target)
+        return pool.run_gather(self)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def __repr__(self) -> str:
+        return f"<PendingGather of {len(self.batch)}, ordered={self.ordered}>"
+
+
+@overload
+def gather(
+    *computations: PendingCompute[Any],
+    ordered: Literal[True] = True,
+    return_exceptions: Literal[False] = False,
+) -> PendingBatch[*tuple[Any, ...]]: ...
+@overload
+def gather(
+    *computations: PendingCompute[Any], ordered: bool = True, return_exceptions: bool = False
+) -> PendingGather: ...
+def gather(
+    *computations: PendingCompute[Any], ordered: bool = True, return_exceptions: bool = False
+) -> PendingBatch[*tuple[Any, ...]] | PendingGather:
+    """Group any number of computations to run in parallel: ``gather(*calls) >> pool``.
+
+    By default ``>> pool`` returns the results as a tuple in call order and raises the
+    first failure. ``ordered=False`` returns an iterator that yields each result as it
+    completes; ``return_exceptions=True`` puts a failed call's exception where its result
+    would be instead of raising it.
+    """
+    batch: PendingBatch[*tuple[Any, ...]] = PendingBatch(*computations)
+    if ordered and not return_exceptions:
+        return batch
+    return PendingGather(batch, ordered=ordered, return_exceptions=return_exceptions)

@@ -6,6 +6,8 @@ One base, :class:`SkywardError`. Mistakes in what the user asked for also subcla
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AgentAuthenticationError",
     "AllProvidersFailedError",
@@ -24,6 +26,7 @@ __all__ = [
     "RemoteTraceback",
     "SerializationError",
     "SkywardError",
+    "TaskTimeoutError",
     "WorkerLostError",
 ]
 
@@ -128,11 +131,33 @@ class WorkerLostError(SkywardError):
     the agent's watchdog or lifetime, or the connection.
     """
 
-    def __init__(self, node: int, message: str, cause: str | None = None) -> None:
+    def __init__(
+        self, node: int, message: str, cause: str | None = None, worker: int | None = None
+    ) -> None:
         self.node = node
+        self.message = message
         self.cause = cause
+        self.worker = worker
+        where = f"node {node}" if worker is None else f"node {node}, worker {worker}"
         detail = f" ({cause})" if cause else ""
-        super().__init__(f"node {node}: {message}{detail}")
+        super().__init__(f"{where}: {message}{detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Built on the node, raised on the client: keep every field across the pickle.
+        return (type(self), (self.node, self.message, self.cause, self.worker))
+
+
+class TaskTimeoutError(SkywardError, TimeoutError):
+    """A call ran past its ``timeout``. With process workers its worker was killed and
+    replaced; a thread worker cannot be stopped and runs on in the background."""
+
+    def __init__(self, timeout: float, where: str) -> None:
+        self.timeout = timeout
+        self.where = where
+        super().__init__(f"{where}: the call ran past its timeout of {timeout:g}s")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.timeout, self.where))
 
 
 class RemoteTraceback(Exception):

@@ -32,6 +32,7 @@ __all__ = [
     "Sample",
     "Shutdown",
     "Task",
+    "WorkerInit",
 ]
 
 READY_PREFIX = "SKYWARD-AGENT-READY"
@@ -82,6 +83,10 @@ class Hello:
     """Tasks queued or running."""
     completed: tuple[int, ...] = ()
     """Tasks finished whose results the client has not acknowledged (re-sent next)."""
+    workers: int = 1
+    """Workers on this node (``instance_info().workers_per_node``)."""
+    executor: str = "thread"
+    """``"process"`` or ``"thread"``."""
 
 
 @frozen
@@ -90,6 +95,18 @@ class Task:
 
     id: int
     payload: Payload
+    worker: int | None = None
+    """Run on this worker of the node (``@ pool`` reaches every worker); any when ``None``."""
+    timeout: float | None = None
+    """Seconds the call may run; past it the call fails with ``TaskTimeoutError``."""
+
+
+@frozen
+class WorkerInit:
+    """Agent → a new worker process: who it is (its ``instance_info()``)."""
+
+    info: Any
+    """The worker's :class:`~skyward.cluster.InstanceInfo`."""
 
 
 @frozen

@@ -91,6 +91,8 @@ class NodeClient:
         self._stream: Any = None
         self._agent_pid: int | None = None
         self._generation = 0
+        self.workers = 1
+        """Workers on the node, as its agent said in its greeting."""
         self._reading_done = threading.Event()
         self._restart_cause: str | None = None
         # A restarted agent gets what is left of this one's lifetime, not a fresh one.
@@ -122,6 +124,7 @@ class NodeClient:
                 f"node {self.node} runs Python {hello.python}, the client {client_python}"
             )
         writer = wire.FrameWriter(stream)
+        self.workers = hello.workers
         with self._lock:
             restarted = not first and hello.pid != self._agent_pid
             self._agent_pid = hello.pid
@@ -194,10 +197,13 @@ class NodeClient:
         """Send one task. Pickling errors raise here, before anything is sent."""
         return self.submit_payload(messages.Payload.of((fn, args, kwargs)))
 
-    def submit_payload(self, payload: messages.Payload) -> Future[Any]:
-        """Send one task already pickled as ``(fn, args, kwargs)``."""
+    def submit_payload(
+        self, payload: messages.Payload, *, worker: int | None = None, timeout: float | None = None
+    ) -> Future[Any]:
+        """Send one task already pickled as ``(fn, args, kwargs)``: to ``worker`` of this
+        node, or whichever is free first; ``timeout`` bounds how long it may run."""
         task_id = next(self._ids)
-        parts = wire.encode(messages.Task(task_id, payload))
+        parts = wire.encode(messages.Task(task_id, payload, worker=worker, timeout=timeout))
         future: Future[Any] = Future()
         with self._lock:
             if self._dead is not None:

@@ -25,7 +25,7 @@ import pluggy
 from attrs import define, field
 from pluggy import HookImpl
 
-from skyward import hookspecs
+from skyward import accelerators, hookspecs
 from skyward.errors import PluginError, PluginNotInstalledError
 
 if TYPE_CHECKING:
@@ -290,3 +290,6 @@ def resolve_ssh_host(instance: Instance, host: SSHHost) -> SSHHost:
     """Where to SSH for ``instance``: a plugin's answer, else ``host``."""
     answer = get_plugin_manager().hook.resolve_ssh_host(instance=instance, host=host)
     return answer if answer is not None else host
+
+
+accelerators.use_live_catalog(accelerator_catalog)

@@ -8,6 +8,8 @@ Ctrl-C, or SIGTERM — and at its ``timeout`` at the latest.
 from __future__ import annotations
 
 import atexit
+import collections
+import concurrent.futures
 import contextvars
 import functools
 import logging
@@ -17,13 +19,15 @@ import time
 import types
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import attrs
 
-from skyward import callbacks, messages
+from skyward import callbacks, context, messages
+from skyward.call_options import CallOptions
+from skyward.compute import ComputeFunction, compute
 from skyward.cost import CostTracker
 from skyward.errors import (
     BudgetExceededError,
@@ -35,12 +39,19 @@ from skyward.errors import (
 from skyward.events import CostFinal, Error, PoolStopping, SkywardEvent
 from skyward.provisioning import AgentSettings, Cluster, provision
 from skyward.selection import SelectionLike, check_selection
-from skyward.spec import ComputeSpec, DisplayMode, build_spec, check_callable, check_display
+from skyward.spec import (
+    ComputeSpec,
+    DisplayMode,
+    Executor,
+    build_spec,
+    check_callable,
+    check_display,
+)
 
 if TYPE_CHECKING:
     from skyward.accelerators import AcceleratorSpec
     from skyward.allocation import AllocationLike
-    from skyward.compute import PendingBatch, PendingCompute
+    from skyward.compute import PendingBatch, PendingCompute, PendingGather
     from skyward.image import Image
     from skyward.node import NodeClient
     from skyward.provider import ProviderConfig
@@ -52,15 +63,13 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _log = logging.getLogger("skyward.pool")
-_current: contextvars.ContextVar[ComputePool | None] = contextvars.ContextVar(
-    "skyward_pool", default=None
-)
 _open_pools: weakref.WeakSet[ComputePool] = weakref.WeakSet()
 
 
 def current_pool() -> ComputePool | None:
     """The innermost pool active in this context (what ``>> sky`` sends to)."""
-    return _current.get()
+    pool = context.current_pool()
+    return pool if isinstance(pool, ComputePool) else None
 
 
 def _providers(value: object) -> tuple[ProviderConfig, ...]:
@@ -78,11 +87,11 @@ def _providers(value: object) -> tuple[ProviderConfig, ...]:
 
 
 class _Scheduler:
-    """Least-loaded dispatch with a bounded window per node, so batches pipeline."""
+    """Least-loaded dispatch with a bounded window per node (four calls per worker), so
+    batches pipeline."""
 
-    def __init__(self, clients: list[NodeClient], concurrency: int) -> None:
+    def __init__(self, clients: list[NodeClient]) -> None:
         self._clients = clients
-        self._window = concurrency * 4
         self._load = [0] * len(clients)
         self._cond = threading.Condition()
 
@@ -92,8 +101,8 @@ class _Scheduler:
                 live = [i for i, c in enumerate(self._clients) if c.alive]
                 if not live:
                     raise WorkerLostError(-1, "no node of the pool is reachable")
-                best = min(live, key=lambda i: self._load[i])
-                if self._load[best] < self._window:
+                best = min(live, key=lambda i: self._load[i] / self._clients[i].workers)
+                if self._load[best] < 4 * self._clients[best].workers:
                     self._load[best] += 1
                     return best
                 self._cond.wait(0.5)
@@ -133,6 +142,7 @@ class ComputePool:
         collect_metrics: bool = True,
         max_cost: float | None = None,
         max_hourly_cost: float | None = None,
+        executor: Executor = "process",
     ) -> None:
         self.providers = _providers(provider)
         self.selector = check_selection(selection)
@@ -151,6 +161,7 @@ class ComputePool:
             concurrency=concurrency,
             max_cost=max_cost,
             max_hourly_cost=max_hourly_cost,
+            executor=executor,
         )
         self.display: DisplayMode = check_display(display)
         self.on_event = check_callable("on_event", on_event)
@@ -167,7 +178,7 @@ class ComputePool:
         self._emit: Callable[[SkywardEvent], None] = lambda _: None
         self._display: Any = None
         self._cost: CostTracker | None = None
-        self._token: contextvars.Token[ComputePool | None] | None = None
+        self._token: contextvars.Token[context.Runner | None] | None = None
         self._timer: threading.Timer | None = None
         self._ended: PoolTimeoutError | BudgetExceededError | None = None
         self._lock = threading.Lock()
@@ -180,12 +191,12 @@ class ComputePool:
 
     def __enter__(self) -> ComputePool:
         self.open()
-        self._token = _current.set(self)
+        self._token = context.enter(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._token is not None:
-            _current.reset(self._token)
+            context.leave(self._token)
             self._token = None
         self.close()
 
@@ -213,7 +224,7 @@ class ComputePool:
         except BaseException:
             self._finish()
             raise
-        self._scheduler = _Scheduler(self._cluster.clients, self.spec.expected_workers_per_node)
+        self._scheduler = _Scheduler(self._cluster.clients)
         _open_pools.add(self)
         self._start_timer(self._cluster, settings)
 
@@ -306,16 +317,115 @@ class ComputePool:
 
     # -- work -------------------------------------------------------------------------
 
-    def _submit(self, payload: messages.Payload) -> Future[Any]:
+    def _send(
+        self, payload: messages.Payload, options: CallOptions, target: tuple[int, int] | None
+    ) -> Future[Any]:
+        """One attempt: to ``target`` (node, worker), or the least-loaded node."""
         cluster, scheduler = self._active()
+        if target is not None:
+            node, worker = target
+            return cluster.clients[node].submit_payload(
+                payload, worker=worker, timeout=options.timeout
+            )
         index = scheduler.acquire()
         try:
-            future = cluster.clients[index].submit_payload(payload)
+            future = cluster.clients[index].submit_payload(payload, timeout=options.timeout)
         except BaseException:
             scheduler.release(index)
             raise
         future.add_done_callback(lambda _: scheduler.release(index))
         return future
+
+    def _dispatch(
+        self,
+        payload: messages.Payload,
+        options: CallOptions,
+        target: tuple[int, int] | None = None,
+    ) -> Future[Any]:
+        """Send a call, with its retries: the future holds the last attempt's outcome."""
+        outcome: Future[Any] = Future()
+
+        def attempt(number: int) -> None:
+            try:
+                future = self._send(payload, options, target)
+            except BaseException as error:
+                outcome.set_exception(self._explain(error, number))
+                return
+            future.add_done_callback(lambda done: settle(done, number))
+
+        def settle(done: Future[Any], number: int) -> None:
+            error = done.exception()
+            if error is None:
+                outcome.set_result(done.result())
+            elif options.should_retry(error, number) and self.is_active:
+                # Never on the connection's reader thread: the next send may wait.
+                timer = threading.Timer(options.backoff(number), attempt, (number + 1,))
+                timer.daemon = True
+                timer.start()
+            else:
+                outcome.set_exception(self._explain(error, number))
+
+        attempt(1)
+        return outcome
+
+    def _explain(self, error: BaseException, attempts: int) -> BaseException:
+        if isinstance(error, WorkerLostError | PoolClosedError) and self._ended is not None:
+            return self._ended
+        if attempts > 1:
+            error.add_note(f"skyward: the call failed on each of its {attempts} attempts")
+        return error
+
+    def submit(
+        self,
+        pending: PendingCompute[R],
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+    ) -> Future[R]:
+        """Send one computation to the least-loaded worker; its result arrives in the future.
+
+        ``timeout``, ``retries`` and ``retry_on`` override what ``@sky.compute`` set for
+        this call. The computation is pickled here: an unpicklable argument raises
+        :class:`~skyward.errors.SerializationError` at once.
+        """
+        options = pending.options.merged(timeout, retries, retry_on)
+        return self._dispatch(_payload(pending), options)
+
+    def map(
+        self, fn: Callable[..., R], *iterables: Iterable[Any], ordered: bool = True
+    ) -> Iterator[R]:
+        """Run ``fn`` over the items of ``iterables`` (as the built-in ``map`` pairs them),
+        lazily: calls are sent a few per worker ahead of what has been consumed.
+
+        ``ordered=False`` yields results in the order they complete. ``fn`` is a
+        ``@sky.compute`` function or a plain one.
+        """
+        function = fn if isinstance(fn, ComputeFunction) else compute(fn)
+        return self._map(function, zip(*iterables, strict=False), ordered)
+
+    def _map(
+        self, fn: ComputeFunction[..., R], items: Iterator[tuple[Any, ...]], ordered: bool
+    ) -> Iterator[R]:
+        cluster, _ = self._active()
+        ahead = 4 * sum(c.workers for c in cluster.clients)
+        waiting: collections.deque[Future[R]] = collections.deque()
+        for args in items:
+            waiting.append(self.submit(fn(*args)))
+            while len(waiting) >= ahead:
+                yield self._next(waiting, ordered)
+        while waiting:
+            yield self._next(waiting, ordered)
+
+    def _next(self, waiting: collections.deque[Future[R]], ordered: bool) -> R:
+        if ordered:
+            first = waiting.popleft()
+        else:
+            done, _ = concurrent.futures.wait(waiting, return_when=FIRST_COMPLETED)
+            first = next(iter(done))
+            waiting.remove(first)
+        value: R = self._result(first)
+        return value
 
     def _result(self, future: Future[Any]) -> Any:
         try:
@@ -327,7 +437,7 @@ class ComputePool:
 
     def run(self, pending: PendingCompute[R]) -> R:
         """Run one computation on the least-loaded worker and return its result."""
-        result: R = self._result(self._submit(_payload(pending)))
+        result: R = self._result(self._dispatch(_payload(pending), pending.options))
         return result
 
     def run_batch(self, batch: PendingBatch[*tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -336,15 +446,40 @@ class ComputePool:
         Every computation is pickled before the first is sent: one that cannot be sent
         fails the batch before any of it runs.
         """
-        payloads = [_payload(p) for p in batch.computations]
-        futures = [self._submit(p) for p in payloads]
+        payloads = [(_payload(p), p.options) for p in batch.computations]
+        futures = [self._dispatch(payload, options) for payload, options in payloads]
         return tuple(self._result(f) for f in futures)
 
+    def run_gather(self, gathered: PendingGather) -> tuple[Any, ...] | Iterator[Any]:
+        """``gather(..., ordered=False / return_exceptions=True) >> pool``."""
+        payloads = [(_payload(p), p.options) for p in gathered.batch.computations]
+        futures = [self._dispatch(payload, options) for payload, options in payloads]
+        if gathered.ordered:
+            return tuple(self._outcome(f, gathered.return_exceptions) for f in futures)
+        return self._as_completed(futures, gathered.return_exceptions)
+
+    def _as_completed(self, futures: list[Future[Any]], keep: bool) -> Iterator[Any]:
+        for future in concurrent.futures.as_completed(futures):
+            yield self._outcome(future, keep)
+
+    def _outcome(self, future: Future[Any], keep_exceptions: bool) -> Any:
+        try:
+            return self._result(future)
+        except Exception as error:
+            if keep_exceptions:
+                return error
+            raise
+
     def broadcast(self, pending: PendingCompute[R]) -> tuple[R, ...]:
-        """Run the computation on every node at once; results in node order."""
+        """Run the computation once on every worker of every node; results ordered by
+        node, then worker (with one worker per node: once per node)."""
         payload = _payload(pending)
         cluster, _ = self._active()
-        futures = [c.submit_payload(payload) for c in cluster.clients]
+        futures = [
+            self._dispatch(payload, pending.options, (node, worker))
+            for node, client in enumerate(cluster.clients)
+            for worker in range(client.workers)
+        ]
         return tuple(self._result(f) for f in futures)
 
     def __repr__(self) -> str:

@@ -143,7 +143,8 @@ class AgentConfig:
 
     node: int
     total_nodes: int
-    concurrency: int
+    concurrency: int | str
+    """Workers on the node: a number, or ``"auto"`` (one per GPU or MIG instance, else 1)."""
     job_id: str
     head_addr: str
     head_port: int
@@ -160,6 +161,10 @@ class AgentConfig:
     so it is never shown."""
     on_expire: str = "exit"
     """What the agent does when its watchdog or lifetime fires: ``"exit"`` or ``"poweroff"``."""
+    unix_socket: str | None = None
+    """Listen on this unix socket instead of 127.0.0.1 (machines that are the client's own)."""
+    executor: str = "process"
+    """``"process"``: each worker its own process; ``"thread"``: threads of the agent."""
     key: bytes = field(factory=new_key, repr=False)
     """The pool's key: every connection to the agent proves it holds it
     (:mod:`skyward.handshake`). Travels only on the agent's standard input."""
@@ -175,6 +180,7 @@ class AgentConfig:
             f"--node={self.node}",
             f"--total-nodes={self.total_nodes}",
             f"--concurrency={self.concurrency}",
+            f"--executor={self.executor}",
             f"--job-id={self.job_id}",
             f"--head-addr={self.head_addr}",
             f"--head-port={self.head_port}",
@@ -185,6 +191,8 @@ class AgentConfig:
             args.append(f"--accelerators={','.join(self.accelerators)}")
         if self.lifetime is not None:
             args.append(f"--lifetime={self.lifetime}")
+        if self.unix_socket is not None:
+            args.append(f"--unix-socket={self.unix_socket}")
         if self.metrics_interval is not None:
             args.append(f"--metrics-interval={self.metrics_interval}")
         return args
@@ -196,6 +204,8 @@ class AgentEndpoint:
 
     port: int
     pid: int | None = None
+    path: str | None = None
+    """The agent's unix socket, when it listens on one instead of a port (``Local``)."""
 
 
 @runtime_checkable

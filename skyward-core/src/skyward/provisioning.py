@@ -206,7 +206,8 @@ def _bring_up_node(
     config = AgentConfig(
         node=node,
         total_nodes=spec.nodes,
-        concurrency=spec.expected_workers_per_node,
+        concurrency=spec.concurrency,
+        executor=spec.executor,
         job_id=pool_id,
         head_addr=head.private_ip or head.ip or "127.0.0.1",
         head_port=cluster.infra.head_port,

@@ -22,9 +22,10 @@ from skyward.errors import ConfigurationError
 from skyward.image import Image
 from skyward.volumes import S3Volume, Volume, VolumeLike
 
-__all__ = ["DISPLAY_MODES", "ComputeSpec", "DisplayMode", "build_spec"]
+__all__ = ["DISPLAY_MODES", "ComputeSpec", "DisplayMode", "Executor", "build_spec"]
 
 DisplayMode: TypeAlias = Literal["log", "spinner", "quiet"]
+Executor: TypeAlias = Literal["process", "thread"]
 DISPLAY_MODES: tuple[DisplayMode, ...] = ("log", "spinner", "quiet")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -49,6 +50,8 @@ class ComputeSpec:
     has, one per MIG instance on MIG pools, and one without GPU; the node decides when it
     starts (:func:`skyward.gpus.plan_workers`) and ``instance_info().workers_per_node``
     says what it chose. An int is that many workers, whatever the GPUs."""
+    executor: Executor = "process"
+    """``"process"``: each worker is its own process; ``"thread"``: threads of the agent."""
     max_cost: float | None = None
     """Dollar budget of the whole pool: reaching it closes the pool."""
     max_hourly_cost: float | None = None
@@ -123,6 +126,18 @@ def _volumes(volume: object, volumes: object) -> tuple[VolumeLike, ...]:
     return tuple(given)
 
 
+def _executor(value: object) -> Executor:
+    if value == "process":
+        return "process"
+    if value == "thread":
+        return "thread"
+    raise ConfigurationError(
+        "executor",
+        f"{value!r} is not an executor",
+        'Use "process" (each worker its own process) or "thread"',
+    )
+
+
 def _dollars(field: str, value: object) -> float | None:
     if value is None:
         return None
@@ -184,6 +199,7 @@ def build_spec(
     concurrency: object = "auto",
     max_cost: object = None,
     max_hourly_cost: object = None,
+    executor: object = "process",
 ) -> ComputeSpec:
     """Validate raw ``ComputePool`` arguments into a :class:`ComputeSpec`."""
     if image is None:
@@ -212,6 +228,7 @@ def build_spec(
         timeout=_positive_int("timeout", timeout, "Use seconds, e.g. timeout=3600"),
         env=_env(env),
         concurrency=_concurrency(concurrency),
+        executor=_executor(executor),
         max_cost=_dollars("max_cost", max_cost),
         max_hourly_cost=_dollars("max_hourly_cost", max_hourly_cost),
     )

@@ -17,19 +17,19 @@ from pathlib import Path
 from typing import ClassVar
 
 import psutil
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 
 from skyward.agent_process import (
     INSTANCE_ID_ENV,
     POOL_ID_ENV,
     AgentProcess,
-    connect_loopback,
-    describe_exit,
+    connect_endpoint,
     start_agent_process,
     stop_orphan_group,
     stop_process_group,
 )
 from skyward.errors import ConfigurationError
+from skyward.exit_status import describe_exit, oom_kills
 from skyward.hookspecs import hookimpl
 from skyward.image import Image
 from skyward.offers import Offer
@@ -51,6 +51,8 @@ from skyward.providers.local_gpus import gpu_offer, node_device_shares
 from skyward.spec import ComputeSpec
 
 __all__ = ["Local"]
+
+_UNIX_PATH_MAX = 100  # sun_path holds 108 bytes; a deeper root falls back to 127.0.0.1
 
 
 @frozen
@@ -232,6 +234,7 @@ class LocalTransport:
     ``None`` leaves the client's environment as it is."""
     python: str = ""
     agent: AgentProcess | None = None
+    oom_at_start: int | None = None
 
     def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
         self.python = ensure_environment(image, self.cache_dir, reporter)
@@ -246,6 +249,12 @@ class LocalTransport:
                 "CUDA_VISIBLE_DEVICES": self.visible_devices,
                 "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             }
+        self.oom_at_start = oom_kills()
+        # This machine is the client's own: a socket only this user can open, and the
+        # key on top (another session of the same user still has to prove it).
+        socket_path = self.node_dir / "agent" / "sock"
+        if len(str(socket_path)) < _UNIX_PATH_MAX:
+            config = evolve(config, unix_socket=str(socket_path))
         self.agent = start_agent_process(
             self.python,
             config,
@@ -258,13 +267,13 @@ class LocalTransport:
         return self.agent.endpoint
 
     def open_stream(self, endpoint: AgentEndpoint) -> Stream:
-        return connect_loopback(endpoint.port)
+        return connect_endpoint(endpoint)
 
     def agent_exit_cause(self) -> str | None:
         """Why the agent process ended (``None`` while it runs)."""
         if self.agent is None:
             return None
-        return describe_exit(self.agent.process.poll(), self.node_dir)
+        return describe_exit(self.agent.process.poll(), self.node_dir, self.oom_at_start)
 
     def close(self) -> None:
         if self.agent is not None:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["OutputCapture"]
+__all__ = ["OutputCapture", "line_buffered"]
 
 _MARK = b"\x1eskyward-drain:"
 _CHUNK = 65536
@@ -110,7 +110,9 @@ class _Pump:
                 self._lock.notify_all()
 
 
-def _line_buffered(fd: int) -> io.TextIOWrapper:
+def line_buffered(fd: int) -> io.TextIOWrapper:
+    """A text stream on ``fd`` that writes whole lines: with several processes on one pipe
+    (worker processes, ``PYTHONUNBUFFERED``), a line is one ``write`` and stays whole."""
     raw = open(fd, "wb", buffering=0, closefd=False)  # noqa: SIM115 - lives as long as the process
     return io.TextIOWrapper(raw, line_buffering=True)
 
@@ -127,8 +129,8 @@ class OutputCapture:
             os.dup2(write_end, fd)
             os.close(write_end)
             self._pumps.append(_Pump(read_end, fd, stream, emit))
-        sys.stdout = _line_buffered(1)
-        sys.stderr = _line_buffered(2)
+        sys.stdout = line_buffered(1)
+        sys.stderr = line_buffered(2)
 
     def drain(self, *, final: bool = False) -> None:
         """Return once every byte written to fds 1 and 2 before the call has been emitted.

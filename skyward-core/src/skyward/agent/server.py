@@ -19,8 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import queue
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,20 +26,25 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from skyward import cluster, handshake, messages, wire
-from skyward.agent_output import OutputCapture
+from skyward.agent.children import (
+    NODE_MARKER_ENV,
+    become_subreaper,
+    kill_descendants,
+    stop_predecessors,
+)
+from skyward.agent.metrics import sample
+from skyward.agent.output import OutputCapture
+from skyward.agent.workers import EXECUTORS, TaskBoard, make_slots
 from skyward.cluster import InstanceInfo
-from skyward.errors import AgentAuthenticationError, SerializationError
+from skyward.errors import AgentAuthenticationError
 from skyward.messages import EXIT_LIFETIME, EXIT_NO_HEARTBEAT, EXIT_REASON_FILE
 
 POWEROFF_ENV = "SKYWARD_POWEROFF_CMD"
 """Overrides the command ``--on-expire=poweroff`` runs (tests point it at something harmless)."""
-NODE_MARKER_ENV = "SKYWARD_NODE"
-"""``<pool>/<node>`` in the environment of everything an agent starts."""
 HANDSHAKE_TIMEOUT = 10.0
-_PR_SET_CHILD_SUBREAPER = 36
+WORKER_START_TIMEOUT = 60.0
 
 _log = logging.getLogger("skyward.agent")
 _LOG_BACKLOG = 10_000
@@ -53,6 +56,7 @@ class Agent:
         self.key = key
         self.output: OutputCapture | None = None
         self._stopping = threading.Lock()
+        envs = worker_environments(options.concurrency)
         self.info = InstanceInfo(
             node=options.node,
             total_nodes=options.total_nodes,
@@ -61,11 +65,12 @@ class Agent:
             head_port=options.head_port,
             job_id=options.job_id,
             worker=0,
-            workers_per_node=options.concurrency,
+            workers_per_node=len(envs),
         )
+        self.slots = make_slots(self.info, options.executor, envs)
+        self.board = TaskBoard(len(self.slots))
         self.started = time.monotonic()
         self.last_seen = time.monotonic()
-        self.tasks: queue.Queue[messages.Task] = queue.Queue()
         self._lock = threading.Lock()
         self._current: wire.FrameWriter | None = None
         # Log lines written while no client is connected wait here.
@@ -94,6 +99,8 @@ class Agent:
             # the pool as soon as it has the result still sees all of them.
             self.output.drain()
         with self._lock:
+            if result.id not in self._inflight:
+                return  # answered already (a thread that ran on past its timeout)
             self._inflight.discard(result.id)
             self._retained[result.id] = result
             writer = self._current
@@ -107,7 +114,8 @@ class Agent:
     def serve(self, listener: socket.socket) -> None:
         while True:
             conn, _ = listener.accept()
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if conn.family == socket.AF_INET:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
 
     def _greet(self, writer: wire.FrameWriter) -> None:
@@ -123,6 +131,8 @@ class Agent:
                     skyward_version=_version(),
                     inflight=tuple(sorted(self._inflight)),
                     completed=tuple(r.id for r in retained),
+                    workers=len(self.slots),
+                    executor=self.options.executor,
                 )
             )
             backlog, self._backlog = list(self._backlog), collections.deque(maxlen=_LOG_BACKLOG)
@@ -148,11 +158,7 @@ class Agent:
                 message = reader.read()
                 self.last_seen = time.monotonic()
                 if isinstance(message, messages.Task):
-                    with self._lock:
-                        duplicate = message.id in self._inflight or message.id in self._retained
-                        self._inflight.add(message.id)
-                    if not duplicate:
-                        self.tasks.put(message)
+                    self._accept(message)
                 elif isinstance(message, messages.Ack):
                     with self._lock:
                         for task_id in message.ids:
@@ -169,32 +175,27 @@ class Agent:
 
     # -- work -------------------------------------------------------------------------
 
-    def worker(self, index: int) -> None:
-        cluster.set_worker(index)
-        while True:
-            self._complete(self._run(self.tasks.get()))
+    def start_workers(self) -> None:
+        for slot in self.slots:
+            slot.start(self.board, self._complete)
 
-    def _run(self, task: messages.Task) -> messages.Result:
-        try:
-            fn, args, kwargs = task.payload.open()
-        except BaseException as error:
-            return messages.Result(task.id, failure=messages.Failure.of(error))
-        try:
-            value = fn(*args, **kwargs)
-        except BaseException as error:
-            # Drop this frame from the traceback: the user's code starts one level down.
-            return messages.Result(task.id, failure=messages.Failure.of(error, skip_frames=1))
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        try:
-            return messages.Result(task.id, value=messages.Payload.of(value))
-        except SerializationError as error:
-            name = getattr(fn, "__qualname__", fn)
-            message = f"the result of {name!r} cannot be sent back: {error}"
-            return messages.Result(
-                task.id, failure=messages.Failure.of(SerializationError(message))
-            )
+    def wait_workers_ready(self, timeout: float) -> None:
+        """Workers start in parallel; the node is ready when they all are."""
+        deadline = time.monotonic() + timeout
+        for slot in self.slots:
+            slot.ready.wait(max(0.0, deadline - time.monotonic()))
+
+    def _accept(self, task: messages.Task) -> None:
+        with self._lock:
+            duplicate = task.id in self._inflight or task.id in self._retained
+            self._inflight.add(task.id)
+        if duplicate:
+            return
+        if task.worker is not None and not 0 <= task.worker < len(self.slots):
+            error = ValueError(f"this node has workers 0..{len(self.slots) - 1}, not {task.worker}")
+            self._complete(messages.Result(task.id, failure=messages.Failure.of(error)))
+            return
+        self.board.put(task)
 
     # -- watchdog and metrics ---------------------------------------------------------
 
@@ -224,7 +225,7 @@ class Agent:
             return  # another thread is already shutting down; it will exit the process
         with contextlib.suppress(OSError):
             Path(EXIT_REASON_FILE).write_text(f"{code} {reason}\n")
-        _kill_descendants()
+        kill_descendants()
         sys.stdout.flush()
         sys.stderr.flush()
         if self.output is not None:
@@ -241,111 +242,12 @@ class Agent:
         psutil.cpu_percent(interval=None)
         while True:
             time.sleep(interval)
-            self._send_current(_sample(psutil))
+            self._send_current(sample(psutil))
 
 
 def _default_poweroff() -> str:
     prefix = "" if os.geteuid() == 0 else "sudo -n "
     return f"{prefix}shutdown -h now || {prefix}poweroff"
-
-
-def _become_subreaper() -> None:
-    """Orphans of our descendants (daemons, double forks) become our children instead of
-    init's, so :func:`_kill_descendants` still finds them. Linux only; a no-op elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
-def _kill_descendants() -> None:
-    """Kill every process a task started, in whatever session or group it put itself,
-    and whatever a previous agent of the same node left behind."""
-    import psutil
-
-    me = os.getpid()
-    marker = os.environ.get(NODE_MARKER_ENV)
-    victims: dict[int, psutil.Process] = {}
-    with contextlib.suppress(psutil.Error):
-        victims.update((c.pid, c) for c in psutil.Process(me).children(recursive=True))
-    if marker:
-        victims.update((p.pid, p) for p in _marked_processes(marker) if p.pid != me)
-    for victim in victims.values():
-        with contextlib.suppress(psutil.Error):
-            victim.kill()
-    psutil.wait_procs(list(victims.values()), timeout=3)
-
-
-def _marked_processes(marker: str) -> list[Any]:
-    """This user's processes whose environment carries ``marker`` (inherited from an
-    agent of this node, unless a process scrubbed its environment)."""
-    import psutil
-
-    uid = os.getuid()
-    found = []
-    for process in psutil.process_iter(["uids"]):
-        try:
-            if process.info["uids"] is None or process.info["uids"].real != uid:
-                continue
-            if process.environ().get(NODE_MARKER_ENV) == marker:
-                found.append(process)
-        except psutil.Error:
-            continue
-    return found
-
-
-def _stop_predecessors(marker: str) -> None:
-    """A restarted agent first stops what the dead one of the same node left running."""
-    import psutil
-
-    me = os.getpid()
-    ancestors = {me}
-    with contextlib.suppress(psutil.Error):
-        ancestors.update(p.pid for p in psutil.Process(me).parents())
-    leftovers = [p for p in _marked_processes(marker) if p.pid not in ancestors]
-    for process in leftovers:
-        with contextlib.suppress(psutil.Error):
-            process.kill()
-    psutil.wait_procs(leftovers, timeout=3)
-
-
-def _sample(psutil: Any) -> messages.Sample:
-    memory = psutil.virtual_memory()
-    gpu = _gpu_sample()
-    return messages.Sample(
-        cpu_percent=float(psutil.cpu_percent(interval=None)),
-        memory_percent=float(memory.percent),
-        memory_used_mb=(memory.total - memory.available) / 2**20,
-        memory_total_mb=memory.total / 2**20,
-        **gpu,
-    )
-
-
-def _gpu_sample() -> dict[str, float | None]:
-    """First GPU's figures from ``nvidia-smi``; empty where there is no NVIDIA GPU."""
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return {}
-    query = "utilization.gpu,memory.used,memory.total,temperature.gpu"
-    try:
-        out = subprocess.run(
-            [smi, f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout
-        util, used, total, temp = (float(v) for v in out.splitlines()[0].split(","))
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return {}
-    return {
-        "gpu_utilization": util,
-        "gpu_memory_used_mb": used,
-        "gpu_memory_total_mb": total,
-        "gpu_temperature": temp,
-    }
 
 
 def _version() -> str:
@@ -357,16 +259,32 @@ def _version() -> str:
         return "unknown"
 
 
+def _concurrency(value: str) -> int | str:
+    return value if value == "auto" else int(value)
+
+
+def worker_environments(concurrency: int | str) -> list[dict[str, str]]:
+    """The environment each worker gets on top of the agent's, one per worker."""
+    count = 1 if concurrency == "auto" else int(concurrency)
+    return [{"SKYWARD_WORKER": str(index)} for index in range(count)]
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m skyward.agent")
     parser.add_argument("--node", type=int, required=True)
     parser.add_argument("--total-nodes", type=int, required=True)
-    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--concurrency", type=_concurrency, default=1)
+    parser.add_argument("--executor", choices=EXECUTORS, default="thread")
     parser.add_argument("--job-id", default="local")
     parser.add_argument("--head-addr", default="127.0.0.1")
     parser.add_argument("--head-port", type=int, default=0)
     parser.add_argument("--accelerators", default="")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--unix-socket",
+        default=None,
+        help="listen on this unix socket (only its owner can reach it) instead of TCP",
+    )
     parser.add_argument("--heartbeat-timeout", type=float, default=30.0)
     parser.add_argument("--lifetime", type=float, default=None)
     parser.add_argument("--metrics-interval", type=float, default=None)
@@ -377,6 +295,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="accepted for compatibility: the key and environment always come on stdin",
     )
     return parser.parse_args(argv)
+
+
+def _listen(options: argparse.Namespace) -> tuple[socket.socket, int]:
+    """127.0.0.1 only; or a unix socket that only this user can open (0600, in a 0700
+    directory), where the machine is the client's own. Returns the port (0 for unix)."""
+    if options.unix_socket:
+        path = Path(options.unix_socket)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        path.unlink(missing_ok=True)  # a dead predecessor's
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        listener.listen(16)
+        return listener, 0
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", options.port))
+    listener.listen(16)
+    port: int = listener.getsockname()[1]
+    return listener, port
 
 
 def _read_stdin() -> tuple[dict[str, str], bytes]:
@@ -406,11 +348,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.update(env)
     Path(EXIT_REASON_FILE).unlink(missing_ok=True)  # a predecessor's, in the same directory
     marker = f"{options.job_id}/{options.node}"
-    _stop_predecessors(marker)
+    stop_predecessors(marker)
     # Everything the tasks start inherits this, so a later agent of the same node (after a
     # crash) and ``shutdown`` find it even when it left our session.
     os.environ[NODE_MARKER_ENV] = marker
-    _become_subreaper()
+    become_subreaper()
     # A Ctrl-C meant for the client must not reach the agent; the client stops it itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     agent = Agent(options, key)
@@ -423,27 +365,19 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", options.port))
-    listener.listen(16)
-    port = listener.getsockname()[1]
+    listener, port = _listen(options)
 
-    agent.output = OutputCapture(agent.log_line)
+    agent.output = OutputCapture(agent.log_line)  # before the workers: they inherit it
+    agent.start_workers()
+    agent.wait_workers_ready(WORKER_START_TIMEOUT)
     original_stdout = agent.output.original_stdout
     os.write(original_stdout, f"{messages.READY_PREFIX} {port} {os.getpid()}\n".encode())
     os.close(original_stdout)
     _log.info("node %d listening on 127.0.0.1:%d", options.node, port)
 
     threading.Thread(target=agent.watchdog, daemon=True, name="watchdog").start()
-    for index in range(options.concurrency):
-        threading.Thread(target=agent.worker, args=(index,), daemon=True, name=f"w{index}").start()
     if options.metrics_interval:
         threading.Thread(
             target=agent.sampler, args=(options.metrics_interval,), daemon=True, name="metrics"
         ).start()
     agent.serve(listener)
-
-
-if __name__ == "__main__":
-    main()
