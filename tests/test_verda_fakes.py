@@ -5,6 +5,7 @@ fills absent fields with ``None`` and warns)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 import requests
@@ -266,3 +267,51 @@ def test_sdk_default_create_waits_past_ordered(sdk: VerdaClient, fake: VerdaFake
     )
     assert instance.status in ("provisioning", "running")
     assert instance.location == "FIN-03"
+
+
+def test_the_warning_guard_catches_a_missing_field(
+    sdk: VerdaClient, fake: VerdaFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proof that the module's filter works: an instance without ``gpu_memory`` fails."""
+    ident = _create(sdk, "skyward-p6-0")
+    render = fake._render
+
+    def without_gpu_memory(item: Any) -> dict[str, Any]:
+        data = render(item)
+        data.pop("gpu_memory")
+        return data
+
+    monkeypatch.setattr(fake, "_render", without_gpu_memory)
+    with pytest.raises(RuntimeWarning):
+        sdk.instances.get_by_id(ident)
+
+
+def test_both_key_paths_share_one_store_and_volumes_delete_in_bulk(
+    sdk: VerdaClient, fake: VerdaFake
+) -> None:
+    key_id = sdk.ssh_keys.create("k", "ssh-ed25519 AAAAC3Nza k").id
+    bearer = {"Authorization": f"Bearer {sdk._http_client._auth_service._access_token}"}
+    listed = requests.get(fake.url + "/ssh-keys", headers=bearer, timeout=5).json()
+    assert [k["id"] for k in listed] == [key_id]
+    one = requests.get(fake.url + f"/ssh-keys/{key_id}", headers=bearer, timeout=5).json()
+    assert [k["name"] for k in one] == ["k"], "by id: a one-element array"
+    ident = _create(sdk, "skyward-p7-0")
+    _wait(lambda: sdk.instances.get_by_id(ident).status == "running")
+    sdk.instances.action(ident, "delete", volume_ids=[])  # volume detached, still billed
+    _wait(lambda: sdk.instances.get_by_id(ident).status == "discontinued")
+    (volume,) = sdk.volumes.get()
+    assert volume.status == "detached"
+    assert fake.billing() == [volume.id]
+    sdk.volumes.delete([volume.id], is_permanent=True)
+    assert sdk.volumes.get() == []
+    assert fake.billing() == []
+
+
+def test_injected_faults_carry_retry_after(sdk: VerdaClient, fake: VerdaFake) -> None:
+    fake.inject("GET", "/locations", 429, "Too many requests", retry_after=1)
+    bearer = {"Authorization": f"Bearer {sdk._http_client._auth_service._access_token}"}
+    answer = requests.get(fake.url + "/locations", headers=bearer, timeout=5)
+    assert answer.status_code == 429
+    assert answer.headers["Retry-After"] == "1"
+    assert answer.json()["message"] == "Too many requests"
+    assert sdk.locations.get(), "once only"

@@ -372,3 +372,40 @@ def test_script_quota_error_is_clear_and_cleans_the_key(verda_env: VerdaFake) ->
     with pytest.raises(ProvisioningError, match="limit"):
         _provider().prepare(build_spec(cpu=2), "sky-quota001")
     _nothing_left(verda_env)
+
+
+def test_throttling_and_server_errors_are_retried(verda_env: VerdaFake) -> None:
+    slept: list[float] = []
+    provider = _provider(region="FIN-01")
+    provider.api._sleep = slept.append  # no real waiting in the test
+    verda_env.inject("GET", "/instance-types", 429, "Too many requests", retry_after=3)
+    verda_env.inject("GET", "/instance-availability", 502, "Bad gateway", times=2)
+    assert provider.offers(build_spec(cpu=2))
+    assert 3.0 in slept, "Retry-After is honoured"
+    spec = build_spec(cpu=4, allocation="on-demand")
+    verda_env.inject("POST", "/instances", 429, "Too many requests")  # not processed: resent
+    infra, instances = _launch(provider, spec)
+    assert len(_creates(verda_env)) == 2
+    provider.terminate(instances)
+    provider.teardown(infra)
+    _nothing_left(verda_env)
+
+
+def test_list_by_tag_needs_both_hostname_and_description(verda_env: VerdaFake) -> None:
+    provider = _provider(region="FIN-01")
+    _, instances = _launch(provider, build_spec(cpu=4), pool_id="sky-mine0001")
+    key = next(iter(verda_env.keys))
+    with verda_env.lock:  # someone else's machine that merely looks like ours
+        verda_env._create(
+            {
+                "instance_type": "CPU.4V.16G",
+                "image": "ubuntu-24.04",
+                "location_code": "FIN-01",
+                "hostname": "skyward-sky-mine0001-7",
+                "description": "my own box",
+                "ssh_key_ids": [key],
+            }
+        )
+    assert [i.id for i in provider.list_by_tag()] == [i.id for i in instances]
+    provider.terminate(instances)
+    assert [i["description"] for i in verda_env.live_instances()] == ["my own box"]

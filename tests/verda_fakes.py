@@ -188,6 +188,7 @@ class Fault:
     message: str
     times: int = 1
     after: bool = False
+    retry_after: int | None = None
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -302,6 +303,7 @@ class VerdaFake:
         code: str | None = None,
         times: int = 1,
         after: bool = False,
+        retry_after: int | None = None,
     ) -> Fault:
         """Arm a fault (see :class:`Fault`); returns it so a test can read ``hits``."""
         codes = {
@@ -320,6 +322,7 @@ class VerdaFake:
             message,
             times=times,
             after=after,
+            retry_after=retry_after,
         )
         with self.lock:
             self.faults.append(fault)
@@ -444,8 +447,8 @@ class VerdaFake:
 
     def handle(
         self, method: str, path: str, query: dict[str, list[str]], body: Any, auth: str
-    ) -> tuple[int, Any]:
-        """(status, payload): payload is JSON-able, or a ``str`` sent as text/plain."""
+    ) -> tuple[int, Any, dict[str, str]]:
+        """(status, payload, headers): payload is JSON-able, or a ``str`` sent as text."""
         call = Call(method, path, query, body)
         with self.lock:
             self.calls.append(call)
@@ -465,7 +468,10 @@ class VerdaFake:
         except ApiError as error:
             status, payload = error.status, {"code": error.code, "message": error.message}
         call.status = status
-        return status, payload
+        headers = {}
+        if fault is not None and fault.retry_after is not None:
+            headers["Retry-After"] = str(fault.retry_after)
+        return status, payload, headers
 
     def _check_bearer(self, auth: str) -> None:
         token = self.tokens.get(auth.removeprefix("Bearer ").strip())
@@ -879,10 +885,11 @@ class _Handler(BaseHTTPRequestHandler):
                     body = json.loads(raw)
                 except ValueError:
                     body = None
+        headers: dict[str, str] = {}
         if not split.path.startswith("/v1/"):
             status, payload = 404, {"code": "not_found", "message": "No such path"}
         else:
-            status, payload = self.api.handle(
+            status, payload, headers = self.api.handle(
                 self.command,
                 split.path[3:],
                 parse_qs(split.query),
@@ -896,6 +903,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 

@@ -190,12 +190,15 @@ class VerdaAPI:
                     return response
                 if response.status_code not in RETRY_STATUSES or attempt == RETRIES - 1:
                     raise _error(response, method, path)
-                delay = response.headers.get("Retry-After")
-                if delay and delay.isdigit():
-                    self._sleep(min(30.0, float(delay)))
-                    continue
+                self._wait_after(response, attempt)
+                continue
             self._sleep(min(8.0, 0.5 * 2**attempt))
         raise AssertionError("unreachable")
+
+    def _wait_after(self, response: httpx.Response, attempt: int) -> None:
+        """Back off before a retry, as long as ``Retry-After`` asks when it says."""
+        delay = response.headers.get("Retry-After") or ""
+        self._sleep(min(30.0, float(delay)) if delay.isdigit() else min(8.0, 0.5 * 2**attempt))
 
     def get(self, path: str, **params: str) -> Any:
         return self.request("GET", path, params=params or None).json()
@@ -207,10 +210,14 @@ class VerdaAPI:
         :class:`AmbiguousCreateError` when the resource may exist anyway (5xx, a broken
         connection or a timeout): the caller must look for it before creating again.
         """
-        try:
-            response = self._send("POST", path, json=dict(body))
-        except httpx.TransportError as error:
-            raise AmbiguousCreateError(f"POST {path}: {error!r}") from error
+        for attempt in range(RETRIES):
+            try:
+                response = self._send("POST", path, json=dict(body))
+            except httpx.TransportError as error:
+                raise AmbiguousCreateError(f"POST {path}: {error!r}") from error
+            if response.status_code != 429 or attempt == RETRIES - 1:
+                break
+            self._wait_after(response, attempt)  # throttled: not processed, safe to resend
         if response.is_success:
             text = response.text.strip().strip('"')
             if not text:
