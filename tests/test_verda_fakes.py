@@ -17,6 +17,8 @@ from tests.verda_fakes import CLIENT_ID, CLIENT_SECRET, VerdaFake, verda_env, ve
 
 __all__ = ["verda_env", "verda_fake"]
 
+GPU_IMAGE = "ubuntu-24.04-cuda-12.8-open-docker"
+
 # Only this module: the SDK warns (RuntimeWarning) when a response lacks a field it knows.
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")
 
@@ -104,7 +106,9 @@ def test_catalog_types_availability_locations_images(sdk: VerdaClient, fake: Ver
     )
     assert "1H100.80S.30V" not in flag.json()[0]["availabilities"]
     assert [loc["code"] for loc in sdk.locations.get()] == ["FIN-01", "FIN-02", "FIN-03"]
-    assert {i.image_type for i in sdk.images.get()} >= {"ubuntu-24.04"}
+    assert {i.image_type for i in sdk.images.get()} == {"ubuntu-24.04", GPU_IMAGE}
+    assert [i.image_type for i in sdk.images.get(instance_type="CPU.4V.16G")] == ["ubuntu-24.04"]
+    assert [i.image_type for i in sdk.images.get(instance_type="1V100.6V")] == [GPU_IMAGE]
 
 
 def test_keys_and_scripts_under_both_paths(sdk: VerdaClient, fake: VerdaFake) -> None:
@@ -129,7 +133,7 @@ def _create(sdk: VerdaClient, hostname: str, *, spot: bool = False) -> str:
     key = sdk.ssh_keys.create(hostname, "ssh-ed25519 AAAAC3Nza x").id
     instance = sdk.instances.create(
         instance_type="1H100.80S.30V",
-        image="ubuntu-24.04",
+        image=GPU_IMAGE,
         hostname=hostname,
         description=f"skyward pool={hostname}",
         ssh_key_ids=[key],
@@ -209,7 +213,7 @@ def test_spot_preemption_follows_on_spot_discontinue(sdk: VerdaClient, fake: Ver
     with pytest.raises(APIException, match="only valid for spot"):
         sdk.instances.create(
             instance_type="1H100.80S.30V",
-            image="ubuntu-24.04",
+            image=GPU_IMAGE,
             hostname="x1",
             description="x",
             location="FIN-01",
@@ -234,7 +238,7 @@ def test_capacity_injected_faults_and_errors_are_json(sdk: VerdaClient, fake: Ve
     with pytest.raises(APIException) as missing:
         sdk.instances.create(
             instance_type="1H100.80S.30V",
-            image="ubuntu-24.04",
+            image=GPU_IMAGE,
             hostname="y",
             description="y",
             location=None,
@@ -315,3 +319,15 @@ def test_injected_faults_carry_retry_after(sdk: VerdaClient, fake: VerdaFake) ->
     assert answer.headers["Retry-After"] == "1"
     assert answer.json()["message"] == "Too many requests"
     assert sdk.locations.get(), "once only"
+
+
+def test_an_image_the_type_cannot_run_is_refused(sdk: VerdaClient) -> None:
+    with pytest.raises(APIException, match="Operating system is not valid"):
+        sdk.instances.create(
+            instance_type="1H100.80S.30V",
+            image="ubuntu-24.04",
+            hostname="wrong-image",
+            description="x",
+            location="FIN-01",
+            wait_for_status=None,
+        )

@@ -227,6 +227,7 @@ def test_launch_describe_terminate_leaves_nothing(verda_env: VerdaFake) -> None:
     assert {b["pricing"] for b in bodies} == {"FIXED_PRICE"}
     assert all(not b["is_spot"] and "on_spot_discontinue" not in b["os_volume"] for b in bodies)
     assert {b["startup_script_id"] for b in bodies} == {infra.script_id}
+    assert {b["image"] for b in bodies} == {"ubuntu-24.04"}, "the image the API lists for CPUs"
     assert {"key": "skyward-pool", "value": "sky-test0001"} in bodies[0]["tags"]
     assert all(i.price_on_demand == 0.07 and not i.spot for i in instances)
     instances = _wait_running(provider, instances)
@@ -256,6 +257,7 @@ def test_spot_sets_on_spot_discontinue_and_falls_back_on_503(verda_env: VerdaFak
     assert bodies[0]["os_volume"]["on_spot_discontinue"] == "delete_permanently"
     assert bodies[0]["contract"] == "SPOT"
     assert bodies[2]["pricing"] == "FIXED_PRICE"
+    assert {b["image"] for b in bodies} == {"ubuntu-24.04-cuda-12.8-open-docker"}
     assert [c.status for c in verda_env.calls if c.path == "/instances" and c.method == "POST"] == [
         201,
         503,
@@ -409,3 +411,17 @@ def test_list_by_tag_needs_both_hostname_and_description(verda_env: VerdaFake) -
     assert [i.id for i in provider.list_by_tag()] == [i.id for i in instances]
     provider.terminate(instances)
     assert [i["description"] for i in verda_env.live_instances()] == ["my own box"]
+
+
+def test_availability_follows_the_allocation(verda_env: VerdaFake) -> None:
+    verda_env.set_available("1H100.80S.30V", location="FIN-01", spot=False, available=False)
+    provider = _provider(region="FIN-01")
+
+    def available(allocation: str) -> bool:
+        spec = build_spec(machine="1H100.80S.30V", allocation=allocation)
+        (offer,) = provider.offers(spec)
+        return offer.available
+
+    assert not available("on-demand")
+    assert available("always-spot")
+    assert available("spot-if-available")

@@ -493,7 +493,7 @@ class VerdaFake:
         if route == ("GET", "locations"):
             return 200, self.locations
         if route == ("GET", "images"):
-            return 200, IMAGES
+            return 200, self._images((query.get("instance_type") or [None])[0])
         if route == ("GET", "balance"):
             return 200, {"amount": 100.0, "currency": "usd"}
         if route == ("GET", "volume-types"):
@@ -560,6 +560,16 @@ class VerdaFake:
         if one is not None:
             return any(one in e["availabilities"] for e in entries)
         return entries
+
+    def _images(self, instance_type: str | None) -> list[dict[str, Any]]:
+        """All images, or those valid for a type: CUDA images only for GPU types."""
+        if instance_type is None:
+            return IMAGES
+        kind = next((t for t in self.types if t["instance_type"] == instance_type), None)
+        if kind is None:
+            raise ApiError(400, "invalid_request", f"Invalid instance type {instance_type}")
+        gpu = kind["gpu"]["number_of_gpus"] > 0
+        return [i for i in IMAGES if ("cuda" in i["image_type"]) == gpu]
 
     # keys and scripts
 
@@ -652,9 +662,11 @@ class VerdaFake:
             raise ApiError(400, "invalid_request", f"Invalid instance type {body['instance_type']}")
         if not _HOSTNAME.match(str(body["hostname"])):
             raise ApiError(400, "invalid_request", "Invalid hostname")
-        images = {i["image_type"] for i in IMAGES} | {i["id"] for i in IMAGES}
-        if body["image"] not in images:
-            raise ApiError(400, "invalid_request", "Invalid image")
+        valid = self._images(kind["instance_type"])
+        if body["image"] not in {i["image_type"] for i in valid} | {i["id"] for i in valid}:
+            raise ApiError(
+                400, "invalid_request", "Operating system is not valid for this instance type"
+            )
         for key_id in body.get("ssh_key_ids") or []:
             if key_id not in self.keys:
                 raise ApiError(400, "invalid_request", f"Invalid ssh key id {key_id}")

@@ -16,6 +16,7 @@ from typing import Any
 from attrs import frozen
 
 from skyward.accelerators import default_catalog
+from skyward.allocation import AllocationStrategy, AlwaysSpot, OnDemandAllocation
 from skyward.offers import Offer
 from skyward.spec import ComputeSpec
 
@@ -143,17 +144,26 @@ def offers(
     locations: Iterable[str],
     on_demand: Mapping[str, set[str]],
     spot: Mapping[str, set[str]],
+    allocation: AllocationStrategy | None = None,
 ) -> list[Offer]:
     """One offer per (type, location); a spot price only where spot has capacity now.
 
-    Types without capacity in a location are still offered, marked unavailable, so
-    selection ranks them last and a capacity error names them.
+    An offer is available when the capacity the allocation would buy is there (spot for
+    ``always-spot``, on-demand for ``on-demand``, either otherwise). Types without it are
+    still offered, marked unavailable, so selection ranks them last and a capacity error
+    names them.
     """
     found = []
     for location in locations:
         for kind in types:
             has_on_demand = kind.name in on_demand.get(location, set())
             has_spot = kind.price_spot is not None and kind.name in spot.get(location, set())
+            if isinstance(allocation, OnDemandAllocation):
+                available = has_on_demand
+            elif isinstance(allocation, AlwaysSpot):
+                available = has_spot
+            else:
+                available = has_on_demand or has_spot
             found.append(
                 Offer(
                     provider=provider,
@@ -167,7 +177,7 @@ def offers(
                     architecture=kind.architecture,
                     price_on_demand=kind.price_on_demand,
                     price_spot=kind.price_spot if has_spot else None,
-                    available=has_on_demand or has_spot,
+                    available=available,
                     extra={"on_demand_available": str(has_on_demand).lower()},
                 )
             )

@@ -123,7 +123,7 @@ class VerdaProvider:
             self._types.update({t.name: t for t in candidates})
         on_demand = catalog.availability(self.api.get("/instance-availability", is_spot="false"))
         spot = catalog.availability(self.api.get("/instance-availability", is_spot="true"))
-        return catalog.offers(self.name, candidates, locations, on_demand, spot)
+        return catalog.offers(self.name, candidates, locations, on_demand, spot, spec.allocation)
 
     # -- infrastructure ---------------------------------------------------------------
 
@@ -172,6 +172,7 @@ class VerdaProvider:
     def _image(self, instance_type: str) -> str:
         if self.config.image:
             return self.config.image
+        # The API lists only the images valid for the type (older GPUs need older ones).
         images = self.api.get("/images", instance_type=instance_type)
         chosen = next((i for i in images if i.get("is_default")), images[0] if images else None)
         if chosen is None:
