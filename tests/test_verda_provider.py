@@ -118,6 +118,20 @@ def test_endpoint_override(monkeypatch: pytest.MonkeyPatch) -> None:
         endpoint()
 
 
+def test_a_token_is_refreshed_before_it_expires(verda_env: VerdaFake) -> None:
+    import time
+
+    verda_env.token_lifetime = 31  # the provider renews 30 s early: after 1 s here
+    provider = _provider()
+    spec = build_spec(cpu=2)
+    assert provider.offers(spec)
+    time.sleep(1.1)
+    assert provider.offers(spec)
+    grants = [c.body["grant_type"] for c in verda_env.calls if c.path == "/oauth2/token"]
+    assert grants == ["client_credentials", "refresh_token"]
+    assert 401 not in {c.status for c in verda_env.calls}, "renewed before, not after"
+
+
 def test_tokens_refresh_and_fall_back_to_a_fresh_grant(verda_env: VerdaFake) -> None:
     provider = _provider()
     spec = build_spec(cpu=2)
@@ -293,10 +307,23 @@ def test_capacity_refusal_is_a_capacity_error(verda_env: VerdaFake) -> None:
     _nothing_left(verda_env)
 
 
-def test_no_capacity_after_the_order_is_a_capacity_error(verda_env: VerdaFake) -> None:
-    verda_env.next_status += ["ordered", "no_capacity"]
-    with pytest.raises(CapacityError):
+@pytest.mark.parametrize(
+    ("status", "error"), [("no_capacity", CapacityError), ("error", ProvisioningError)]
+)
+def test_an_order_that_fails_after_creation_is_cleaned_up(
+    verda_env: VerdaFake, status: str, error: type[Exception]
+) -> None:
+    verda_env.next_status += ["ordered", status]
+    with pytest.raises(error) as raised:
         _launch(_provider(), build_spec(nodes=2, cpu=4, allocation="on-demand"), region="FIN-01")
+    assert type(raised.value) is error
+    _nothing_left(verda_env)
+
+
+def test_a_refused_second_create_removes_the_first_node(verda_env: VerdaFake) -> None:
+    verda_env.inject("POST", "/instances", 400, "Instance limit exceeded", skip=1)
+    with pytest.raises(ProvisioningError, match="Instance limit exceeded"):
+        _launch(_provider(), build_spec(nodes=2, cpu=4), region="FIN-01")
     _nothing_left(verda_env)
 
 

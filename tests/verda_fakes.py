@@ -179,7 +179,8 @@ class ApiError(Exception):
 class Fault:
     """Answer the next ``times`` requests matching ``method`` and ``path`` (a regex on the
     path after ``/v1``) with ``status`` and a JSON error; with ``after`` the request is
-    carried out first (a create that fails *after* creating)."""
+    carried out first (a create that fails *after* creating); ``skip`` lets that many
+    matching requests through first."""
 
     method: str
     path: str
@@ -189,12 +190,16 @@ class Fault:
     times: int = 1
     after: bool = False
     retry_after: int | None = None
+    skip: int = 0
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
-        return (
-            self.times > 0 and method == self.method and re.fullmatch(self.path, path) is not None
-        )
+        if self.times <= 0 or method != self.method or re.fullmatch(self.path, path) is None:
+            return False
+        if self.skip > 0:
+            self.skip -= 1
+            return False
+        return True
 
 
 @dataclass
@@ -304,6 +309,7 @@ class VerdaFake:
         times: int = 1,
         after: bool = False,
         retry_after: int | None = None,
+        skip: int = 0,
     ) -> Fault:
         """Arm a fault (see :class:`Fault`); returns it so a test can read ``hits``."""
         codes = {
@@ -323,6 +329,7 @@ class VerdaFake:
             times=times,
             after=after,
             retry_after=retry_after,
+            skip=skip,
         )
         with self.lock:
             self.faults.append(fault)
