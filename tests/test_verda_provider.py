@@ -452,3 +452,17 @@ def test_availability_follows_the_allocation(verda_env: VerdaFake) -> None:
     assert not available("on-demand")
     assert available("always-spot")
     assert available("spot-if-available")
+
+
+def test_a_spot_node_taken_back_during_launch_is_reported_gone(verda_env: VerdaFake) -> None:
+    import time
+
+    verda_env.next_status.append("preempted")
+    provider = _provider(region="FIN-01")
+    start = time.monotonic()
+    infra, instances = _launch(provider, build_spec(cpu=4, allocation="always-spot"))
+    assert time.monotonic() - start < 10, "no wait for an order that is already over"
+    assert [i.state for i in instances] == [InstanceState.TERMINATED]
+    provider.terminate(instances)
+    provider.teardown(infra)
+    _nothing_left(verda_env)

@@ -702,7 +702,10 @@ class VerdaFake:
         if left is not None:
             self.capacity[(location, name, spot)] = left - 1
         ident, volume_id = str(uuid.uuid4()), str(uuid.uuid4())
+        # next_status: what the next creates become ("error", "no_capacity", "preempted")
         status = self.next_status.pop(0) if self.next_status else "ordered"
+        preempted = status == "preempted"
+        status = "ordered" if preempted else status
         data: dict[str, Any] = {
             "id": ident,
             "status": status,
@@ -777,6 +780,8 @@ class VerdaFake:
                 "tags": [],
             }
         )
+        if preempted:
+            self.preempt(ident)
         return ident
 
     def _action(self, body: Any) -> tuple[int, Any]:

@@ -265,7 +265,8 @@ class VerdaProvider:
                 raise CapacityError(self.name, f"Verda has no capacity for {sorted(failed)}")
             if failed:
                 raise ProvisioningError(self.name, f"Verda failed to start {sorted(failed)}")
-            if all(statuses.get(i) not in ("new", "ordered", None) for i in ids):
+            # Not listed: discontinued already (describe says so), or not listed yet.
+            if all(statuses.get(i, "unlisted") not in ("new", "ordered") for i in ids):
                 return
             if time.monotonic() > deadline:
                 return  # still queued: core's ready timeout decides
