@@ -466,3 +466,14 @@ def test_a_spot_node_taken_back_during_launch_is_reported_gone(verda_env: VerdaF
     provider.terminate(instances)
     provider.teardown(infra)
     _nothing_left(verda_env)
+
+
+def test_an_api_that_refuses_tags_still_gets_the_nodes(verda_env: VerdaFake) -> None:
+    verda_env.accept_tags = False
+    provider = _provider(region="FIN-01")
+    infra, instances = _launch(provider, build_spec(nodes=2, cpu=4))
+    assert [("tags" in b) for b in _creates(verda_env)] == [True, False, True, False]
+    assert len(provider.list_by_tag("sky-test0001")) == 2, "found by hostname and description"
+    provider.terminate(instances)
+    provider.teardown(infra)
+    _nothing_left(verda_env)

@@ -260,6 +260,7 @@ class VerdaFake:
             self.token_lifetime = 3600
             self.ordered_seconds, self.provisioning_seconds, self.deleting_seconds = 0.2, 0.3, 0.2
             self.script_quota = 100
+            self.accept_tags = True  # False: an API from before tags (they are new)
             self.types = [dict(t) for t in DEFAULT_TYPES]
             self.locations = [dict(loc) for loc in LOCATIONS]
             names = {t["instance_type"] for t in self.types}
@@ -688,6 +689,8 @@ class VerdaFake:
         if policy not in (None, "keep_detached", "move_to_trash", "delete_permanently"):
             raise ApiError(400, "invalid_request", "Invalid on_spot_discontinue")
         tags = body.get("tags") or []
+        if "tags" in body and not self.accept_tags:
+            raise ApiError(400, "invalid_request", 'Unknown field "tags"')
         if len(tags) > 10:
             raise ApiError(400, "invalid_request", "At most 10 tags")
         name = kind["instance_type"]

@@ -59,6 +59,7 @@ def create_instance(
 ) -> str:
     """Create one instance; the id. 503 → :class:`CapacityError`; never a blind retry."""
     hostname = str(body["hostname"])
+    body = dict(body)
     last: Exception | None = None
     for _ in range(_CREATE_ATTEMPTS):
         try:
@@ -68,6 +69,11 @@ def create_instance(
                 raise CapacityError(
                     provider, f"{body['instance_type']}: {error.message}"
                 ) from error
+            if error.status == 400 and "tags" in body and "tag" in error.message.lower():
+                # Tags are recent; an API that refuses them refused the whole create
+                # (nothing was made). Hostname and description still mark the node.
+                del body["tags"]
+                continue
             raise ProvisioningError(provider, str(error)) from error
         except AmbiguousCreateError as error:
             last = error
