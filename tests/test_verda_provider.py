@@ -477,3 +477,32 @@ def test_an_api_that_refuses_tags_still_gets_the_nodes(verda_env: VerdaFake) -> 
     provider.terminate(instances)
     provider.teardown(infra)
     _nothing_left(verda_env)
+
+
+def test_ambiguous_key_and_script_creates_are_looked_up_by_name_and_content(
+    verda_env: VerdaFake,
+) -> None:
+    provider = _provider(region="FIN-01")
+    spec = build_spec(cpu=4)
+    stale = provider.prepare(spec, "sky-again001")  # an earlier attempt's leftovers...
+    assert isinstance(stale, VerdaInfrastructure)
+    verda_env.inject("POST", "/ssh-keys", 500, "Internal server error", after=True)
+    verda_env.inject("POST", "/scripts", 502, "Bad gateway", after=True)
+    infra = provider.prepare(spec, "sky-again001")  # ...are not taken for this one's
+    assert isinstance(infra, VerdaInfrastructure)
+    assert len(verda_env.keys) == len(verda_env.scripts) == 2, "made once each, found again"
+    assert infra.key_id not in (stale.key_id, "")
+    assert infra.script_id not in (stale.script_id, "")
+    assert infra.identity is not None
+    assert verda_env.keys[infra.key_id]["key"] == infra.identity.client.public_line
+    # a stale node under the same hostname (another script) is not adopted either
+    offer = provider.offers(spec)[0]
+    old = LaunchRequest(pool_id="sky-again001", offer=offer, count=1, spec=spec, tags={})
+    (leftover,) = provider.launch(stale, old)
+    verda_env.inject("POST", "/instances", 500, "Internal server error")  # nothing made
+    (fresh,) = provider.launch(infra, old)
+    assert fresh.id != leftover.id
+    provider.terminate([leftover, fresh])
+    provider.teardown(infra)
+    provider.teardown(stale)
+    _nothing_left(verda_env)

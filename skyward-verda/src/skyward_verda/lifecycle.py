@@ -31,21 +31,30 @@ __all__ = [
     "NOT_YET_DELETABLE",
     "create_instance",
     "delete_instances",
-    "find_by_hostname",
+    "find_created",
     "sweep_pool",
 ]
 
 NOT_YET_DELETABLE = {"new", "ordered", "provisioning", "validating", "pending", "deleting"}
 GONE = {"discontinued", "notfound"}
-# Transient states after which an instance may still appear under its hostname.
+# After an ambiguous create, the listing is read this many times (0.25 s, 0.5 s, 1 s, 2 s
+# apart): a just-made instance may take a moment to be listed.
 _LOOKUP_ATTEMPTS = 4
 _CREATE_ATTEMPTS = 3
 
 
-def find_by_hostname(api: VerdaAPI, hostname: str) -> dict[str, Any] | None:
-    """A live instance with this hostname (the pool's own node), if any."""
+def find_created(api: VerdaAPI, body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The live instance this create body made, if any: same hostname, type, location
+    and startup script (a leftover of an earlier attempt has another script)."""
     for item in api.get("/instances"):
-        if item.get("hostname") == hostname and item.get("status") not in (*GONE, "deleting"):
+        if item.get("status") in (*GONE, "deleting"):
+            continue
+        if (
+            item.get("hostname") == body["hostname"]
+            and item.get("instance_type") == body["instance_type"]
+            and item.get("location") == body["location_code"]
+            and item.get("startup_script_id") == body.get("startup_script_id")
+        ):
             return dict(item)
     return None
 
@@ -79,7 +88,7 @@ def create_instance(
             last = error
         # It may exist: look before asking again (it can take a moment to be listed).
         for attempt in range(_LOOKUP_ATTEMPTS):
-            found = find_by_hostname(api, hostname)
+            found = find_created(api, body)
             if found is not None:
                 return str(found["id"])
             sleep(0.25 * 2**attempt)

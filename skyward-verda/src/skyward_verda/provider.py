@@ -155,8 +155,11 @@ class VerdaProvider:
             try:
                 return self.api.create(f"/{kind}", {"name": name, **fields})
             except AmbiguousCreateError:
+                # Same name *and* content: an earlier attempt's leftover holds other keys.
                 for item in self.api.get(f"/{kind}"):
-                    if item.get("name") == name:
+                    if item.get("name") == name and all(
+                        item.get(k) == v for k, v in fields.items()
+                    ):
                         return str(item["id"])
             except VerdaError as error:
                 raise ProvisioningError(self.name, str(error)) from error
