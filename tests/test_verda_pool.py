@@ -270,12 +270,16 @@ def test_cheapest_of_aws_and_verda_and_fallback(
         assert where() >> pool
     assert {e.provider for e in events if isinstance(e, sky.InstanceProvisioned)} == {"verda"}
     _nothing_left(verda_env)
-    # Verda first, but sold out everywhere: the pool falls back to AWS
-    for kind in verda_env.types:
-        verda_env.set_available(kind["instance_type"], available=False)
+    # Verda is still the cheapest and lists capacity, but every create is refused (503):
+    # the pool falls back to AWS
+    for location in ("FIN-01", "FIN-02", "FIN-03"):
+        for kind in verda_env.types:
+            for spot in (False, True):
+                verda_env.capacity[(location, kind["instance_type"], spot)] = 0
     events.clear()
     with sky.ComputePool(
-        provider=[verda, aws],
+        provider=[aws, verda],
+        selection="cheapest",
         cpu=4,
         allocation="on-demand",
         env=POWEROFF_HARMLESS,
