@@ -61,14 +61,17 @@ def find_created(api: VerdaAPI, body: Mapping[str, Any]) -> dict[str, Any] | Non
 
 def create_instance(
     api: VerdaAPI,
-    body: Mapping[str, Any],
+    body: dict[str, Any],
     *,
     provider: str,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
-    """Create one instance; the id. 503 → :class:`CapacityError`; never a blind retry."""
+    """Create one instance; the id. 503 → :class:`CapacityError`; never a blind retry.
+
+    When the API refuses the body's tags, they are removed from ``body`` (the caller sees
+    it and stops sending them) and the create is sent again.
+    """
     hostname = str(body["hostname"])
-    body = dict(body)
     last: Exception | None = None
     for _ in range(_CREATE_ATTEMPTS):
         try:

@@ -97,6 +97,7 @@ class VerdaProvider:
         self._types: dict[str, catalog.InstanceType] = {}
         self._spec: ComputeSpec | None = None
         self._lock = threading.Lock()
+        self._send_tags = True  # until an API from before tags refuses them
 
     # -- offers -----------------------------------------------------------------------
 
@@ -200,8 +201,9 @@ class VerdaProvider:
             "startup_script_id": infra_.script_id,
             "os_volume": os_volume,
             "is_spot": spot,
-            "tags": _tags(pool),
         }
+        if self._send_tags:
+            body["tags"] = _tags(pool)
         if spot:
             body["contract"] = "SPOT"
             # A preempted spot node would otherwise leave its OS volume, detached and billed.
@@ -226,6 +228,8 @@ class VerdaProvider:
                     except CapacityError as error:
                         last = error
                         continue
+                    finally:
+                        self._send_tags = self._send_tags and "tags" in body
                     created.append((ident, spot))
                     break
                 else:
