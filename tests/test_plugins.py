@@ -128,9 +128,17 @@ def test_missing_provider_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_installed_but_silent_package_says_so() -> None:
-    # skyward-verda is installed in the test environment but registers no provider yet.
+    # skyward-verda is installed, but with autoload off its entry point never registers.
+    plugins.reset(plugins.new_plugin_manager(autoload=False))
     with pytest.raises(PluginNotInstalledError, match="installed but registered no provider"):
         sky.Verda  # noqa: B018
+
+
+def test_verda_resolves_through_its_entry_point() -> None:
+    from skyward_verda import Verda
+
+    assert sky.Verda is Verda  # type: ignore[attr-defined]
+    assert plugins.get_registry().provider_owner["verda"] == "verda"
 
 
 def test_aws_resolves_through_its_entry_point() -> None:

@@ -124,7 +124,7 @@ def test_good_parameters_make_the_documented_spec() -> None:
     assert spec.allocation == sky.Allocation.Percent(spot=0.8)
     assert spec.volumes[0].mount_path == "/data"
     assert pool.spec.timeout == 3600
-    assert pool.spec.concurrency == 1
+    assert pool.spec.concurrency == "auto"
     assert pool.display == "log"
     assert pool.collect_metrics is True
     assert not pool.is_active

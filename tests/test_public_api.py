@@ -91,7 +91,7 @@ def test_compute_pool_takes_every_documented_parameter() -> None:
     assert defaults["nodes"] == 1
     assert defaults["allocation"] == "spot-if-available"
     assert defaults["timeout"] == 3600
-    assert defaults["concurrency"] == 1
+    assert defaults["concurrency"] == "auto", 'DECISIONS.md: concurrency="auto" is the default'
     assert defaults["display"] == "log"
     assert defaults["collect_metrics"] is True
 

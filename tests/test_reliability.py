@@ -26,7 +26,7 @@ from skyward_example_provider.plugin import HOURLY_PRICE, Example
 import skyward as sky
 from skyward import handshake, messages, wire
 from skyward.agent_process import connect_loopback, start_agent_process, stop_process_group
-from skyward.errors import AgentAuthenticationError
+from skyward.errors import AgentAuthenticationError, ProvisioningError
 from skyward.events import CostFinal, LogLine
 from skyward.node import NodeClient
 from skyward.provider import AgentConfig
@@ -490,3 +490,48 @@ def test_exit_causes_in_words(tmp_path: Path) -> None:
     assert describe_exit(EXIT_NO_HEARTBEAT, tmp_path) == "no heartbeat for 30s"
     # a stale reason of another exit is not believed
     assert describe_exit(1, tmp_path) == "exited with code 1"
+
+
+class _Broken(Local):
+    """A provider whose offers always fail (an outage, a rejected credential)."""
+
+    def create(self) -> Any:
+        provider = super().create()
+
+        def offers(spec: Any) -> Any:
+            raise ProvisioningError("local", "the offers API is down")
+
+        provider.offers = offers  # type: ignore[method-assign]
+        return provider
+
+
+def test_a_provider_that_cannot_be_created_does_not_stop_the_others(
+    local_pool_factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VERDA_CLIENT_ID", raising=False)
+    monkeypatch.delenv("VERDA_CLIENT_SECRET", raising=False)
+    errors: list[str] = []
+    pool = local_pool_factory(
+        provider=[sky.Verda(), sky.Local()],
+        on_event=lambda e: errors.append(e.message) if isinstance(e, sky.Error) else None,
+    )
+    with pool:
+        assert sky.compute(_sleep_then)(3, 0.0) >> pool == 3
+    assert any("VERDA_CLIENT_ID" in message for message in errors)
+
+
+@pytest.mark.parametrize("selection", ["cheapest", "available"])
+def test_selection_survives_a_provider_whose_offers_fail(
+    local_pool_factory: Factory, selection: str
+) -> None:
+    with local_pool_factory(provider=[_Broken(), sky.Local()], selection=selection) as pool:
+        assert sky.compute(_sleep_then)(4, 0.0) >> pool == 4
+
+
+def test_all_providers_failed_names_each_once() -> None:
+    error = sky.AllProvidersFailedError(
+        [("verda", sky.CapacityError("verda", "no capacity")), ("aws", ValueError("x"))]
+    )
+    assert "verda: no capacity" in str(error)
+    assert "verda: verda" not in str(error)
+    assert "aws: x" in str(error)

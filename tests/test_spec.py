@@ -44,7 +44,8 @@ def test_defaults() -> None:
     assert spec.volumes == ()
     assert spec.timeout == 3600
     assert dict(spec.env) == {}
-    assert spec.concurrency == 1
+    assert spec.concurrency == "auto"
+    assert spec.expected_workers_per_node == 1
 
 
 # -- bad values ---------------------------------------------------------------------------

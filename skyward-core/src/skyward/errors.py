@@ -87,7 +87,10 @@ class AllProvidersFailedError(SkywardError):
 
     def __init__(self, failures: list[tuple[str, BaseException]]) -> None:
         self.failures = failures
-        detail = "; ".join(f"{name}: {error}" for name, error in failures)
+        detail = "; ".join(
+            str(error) if str(error).startswith(f"{name}:") else f"{name}: {error}"
+            for name, error in failures
+        )
         super().__init__(f"all providers failed to provision the pool ({detail})")
 
 

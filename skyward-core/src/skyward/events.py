@@ -23,6 +23,7 @@ __all__ = [
     "InstanceProvisioned",
     "InstanceStopping",
     "LogLine",
+    "GpuMetrics",
     "Metrics",
     "PoolStopping",
     "ProviderName",
@@ -117,6 +118,20 @@ class Metrics:
     gpu_memory_used_mb: float | None = None
     gpu_memory_total_mb: float | None = None
     gpu_temperature: float | None = None
+    gpus: tuple[GpuMetrics, ...] = ()
+    """Per-GPU figures of every GPU the node sees (the flat ``gpu_*`` fields: the first)."""
+
+
+@frozen
+class GpuMetrics:
+    """One GPU's figures in a :class:`Metrics` event."""
+
+    index: int
+    """``nvidia-smi``'s index of the GPU on its node."""
+    utilization: float | None = None
+    memory_used_mb: float | None = None
+    memory_total_mb: float | None = None
+    temperature: float | None = None
 
 
 @frozen

@@ -24,6 +24,7 @@ __all__ = [
     "READY_PREFIX",
     "Ack",
     "Failure",
+    "GpuSample",
     "Heartbeat",
     "Hello",
     "Log",
@@ -183,6 +184,18 @@ class Log:
 
 
 @frozen
+class GpuSample:
+    """One GPU's figures in a :class:`Sample` (``None`` where the driver gives none)."""
+
+    index: int
+    """``nvidia-smi``'s index of the GPU."""
+    utilization: float | None = None
+    memory_used_mb: float | None = None
+    memory_total_mb: float | None = None
+    temperature: float | None = None
+
+
+@frozen
 class Sample:
     """Agent → client: one resource sample."""
 
@@ -194,3 +207,5 @@ class Sample:
     gpu_memory_used_mb: float | None = None
     gpu_memory_total_mb: float | None = None
     gpu_temperature: float | None = None
+    gpus: tuple[GpuSample, ...] = ()
+    """Every GPU the node sees."""

@@ -23,7 +23,7 @@ import attrs
 
 from skyward import handshake, messages, wire
 from skyward.errors import RemoteError, RemoteTraceback, SerializationError, WorkerLostError
-from skyward.events import Error, LogLine, Metrics, SkywardEvent
+from skyward.events import Error, GpuMetrics, LogLine, Metrics, SkywardEvent
 from skyward.provider import AgentConfig, AgentEndpoint, Instance, NodeTransport
 
 __all__ = ["NodeClient", "rebuild_exception"]
@@ -181,6 +181,11 @@ class NodeClient:
         self._fail_all(WorkerLostError(self.node, "the pool was shut down"))
 
     @property
+    def closing(self) -> bool:
+        """True once :meth:`close` was called (read fresh: another thread sets it)."""
+        return self._closing
+
+    @property
     def alive(self) -> bool:
         """False once the node is given up on (or closed); reconnecting counts as alive."""
         return self._dead is None and not self._closing
@@ -271,6 +276,16 @@ class NodeClient:
                     gpu_memory_used_mb=message.gpu_memory_used_mb,
                     gpu_memory_total_mb=message.gpu_memory_total_mb,
                     gpu_temperature=message.gpu_temperature,
+                    gpus=tuple(
+                        GpuMetrics(
+                            index=g.index,
+                            utilization=g.utilization,
+                            memory_used_mb=g.memory_used_mb,
+                            memory_total_mb=g.memory_total_mb,
+                            temperature=g.temperature,
+                        )
+                        for g in message.gpus
+                    ),
                 )
             )
 
@@ -317,7 +332,7 @@ class NodeClient:
                         left = max(1.0, self._lifetime_end - time.monotonic())
                         self.config = attrs.evolve(self.config, lifetime=left)
                     self.endpoint = self.transport.start_agent(self.config)
-                    if self._closing:  # the pool closed while the new agent started
+                    if self.closing:  # the pool closed while the new agent started
                         self.transport.close()
                         return
                     stream = self.transport.open_stream(self.endpoint)

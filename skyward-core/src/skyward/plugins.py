@@ -54,6 +54,7 @@ LOAD_PLUGINS_ENV = "SKYWARD_LOAD_PLUGINS"
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "skyward.builtin_accelerators",
+    "skyward.mig",
     "skyward.providers.local",
     "skyward.providers.ssh",
 )

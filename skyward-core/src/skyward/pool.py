@@ -21,7 +21,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import attrs
 
@@ -136,7 +136,7 @@ class ComputePool:
         allocation: AllocationLike = "spot-if-available",
         timeout: int = 3600,
         env: dict[str, str] | None = None,
-        concurrency: int = 1,
+        concurrency: int | Literal["auto"] = "auto",
         display: DisplayMode = "log",
         on_event: callbacks.Callback | None = None,
         collect_metrics: bool = True,

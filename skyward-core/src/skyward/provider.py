@@ -163,6 +163,8 @@ class AgentConfig:
     so it is never shown."""
     on_expire: str = "exit"
     """What the agent does when its watchdog or lifetime fires: ``"exit"`` or ``"poweroff"``."""
+    mig_profile: str | None = None
+    """The pool's MIG profile (``"3g.40gb"``): one worker per MIG instance of it."""
     unix_socket: str | None = None
     """Listen on this unix socket instead of 127.0.0.1 (machines that are the client's own)."""
     executor: str = "process"
@@ -195,6 +197,8 @@ class AgentConfig:
             args.append(f"--lifetime={self.lifetime}")
         if self.unix_socket is not None:
             args.append(f"--unix-socket={self.unix_socket}")
+        if self.mig_profile is not None:
+            args.append(f"--mig-profile={self.mig_profile}")
         if self.metrics_interval is not None:
             args.append(f"--metrics-interval={self.metrics_interval}")
         return args

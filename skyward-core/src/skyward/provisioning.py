@@ -208,6 +208,7 @@ def _bring_up_node(
         total_nodes=spec.nodes,
         concurrency=spec.concurrency,
         executor=spec.executor,
+        mig_profile=spec.accelerator.mig if spec.accelerator is not None else None,
         job_id=pool_id,
         head_addr=head.private_ip or head.ip or "127.0.0.1",
         head_port=cluster.infra.head_port,
@@ -310,11 +311,26 @@ def provision(
     settings: AgentSettings,
     emit: Emit,
 ) -> Cluster:
-    """Bring up a cluster on the first provider and offer that works."""
-    providers = tuple(config.create() for config in configs)
+    """Bring up a cluster on the first provider and offer that works.
+
+    A provider that cannot even be created (missing credentials) is a failure of that
+    provider only: the others are still tried.
+    """
+    failures: list[tuple[str, BaseException]] = []
+    created: list[Provider] = []
+    for config in configs:
+        try:
+            created.append(config.create())
+        except Exception as error:
+            if len(configs) == 1:
+                raise
+            emit(Error(f"{config.provider_name}: {error}"))
+            failures.append((config.provider_name, error))
+    if not created:
+        raise AllProvidersFailedError(failures)
+    providers = tuple(created)
     first = selector(providers, spec)
     order = [first, *(p for p in providers if p is not first)]
-    failures: list[tuple[str, BaseException]] = []
     tried_any = False
     for provider in order:
         try:

@@ -98,11 +98,20 @@ def select_first(providers: tuple[Provider, ...], spec: ComputeSpec) -> Provider
     return providers[0]
 
 
+def _offers_or_none(provider: Provider, spec: ComputeSpec) -> list[Offer]:
+    """A provider whose offers fail (rejected credentials, an outage) has none to rank;
+    provisioning then reports its error when it comes to it."""
+    try:
+        return offers_for(provider, spec)
+    except Exception:
+        return []
+
+
 def select_cheapest(providers: tuple[Provider, ...], spec: ComputeSpec) -> Provider:
     """The provider whose best offer is cheapest."""
 
     def best(provider: Provider) -> float:
-        ranked = rank_offers(offers_for(provider, spec), spec)
+        ranked = rank_offers(_offers_or_none(provider, spec), spec)
         return _price(ranked[0], spec.allocation) if ranked else math.inf
 
     return min(providers, key=best)
@@ -111,7 +120,7 @@ def select_cheapest(providers: tuple[Provider, ...], spec: ComputeSpec) -> Provi
 def select_available(providers: tuple[Provider, ...], spec: ComputeSpec) -> Provider:
     """The first provider with an available matching offer."""
     for provider in providers:
-        if any(o.available for o in offers_for(provider, spec)):
+        if any(o.available for o in _offers_or_none(provider, spec)):
             return provider
     return providers[0]
 

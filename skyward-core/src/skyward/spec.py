@@ -70,13 +70,30 @@ class ComputeSpec:
     timeout: int = 3600
     env: Mapping[str, str] = field(default=MappingProxyType({}), repr=False)
     """May hold secrets (tokens, passwords), so it is never shown."""
-    concurrency: int = 1
+    concurrency: int | Literal["auto"] = "auto"
+    """Workers per node. ``"auto"`` (the default): each node runs one worker per GPU it
+    has, one per MIG instance on MIG pools, and one without GPU; the node decides when it
+    starts (:func:`skyward.gpus.plan_workers`) and ``instance_info().workers_per_node``
+    says what it chose. An int is that many workers, whatever the GPUs."""
     executor: Executor = "process"
     """``"process"``: each worker is its own process; ``"thread"``: threads of the agent."""
     max_cost: float | None = None
     """Dollar budget of the whole pool: reaching it closes the pool."""
     max_hourly_cost: float | None = None
     """Cap on the pool's whole hourly price (every node), applied to offers before launch."""
+
+    @property
+    def expected_workers_per_node(self) -> int:
+        """Workers per node as the client can tell before any node starts: the number
+        given, or for ``"auto"`` the GPUs each node asks for (times the MIG instances per
+        GPU on MIG pools), 1 without accelerator. A node's own plan, from the GPUs it
+        finds, is the one that counts."""
+        if self.concurrency != "auto":
+            return self.concurrency
+        accelerator = self.accelerator
+        if accelerator is None or accelerator.vendor != "NVIDIA":
+            return 1
+        return max(1, math.ceil(accelerator.count)) * accelerator.mig_workers
 
 
 def _positive_int(field: str, value: object, example: str, most: int) -> int:
@@ -85,6 +102,17 @@ def _positive_int(field: str, value: object, example: str, most: int) -> int:
     if value > most:
         raise ConfigurationError(field, f"{value} is more than the limit of {most}", example)
     return value
+
+
+def _concurrency(value: object) -> int | Literal["auto"]:
+    if value == "auto":
+        return "auto"
+    return _positive_int(
+        "concurrency",
+        value,
+        'Use concurrency="auto" (one worker per GPU) or e.g. concurrency=4',
+        MAX_CONCURRENCY,
+    )
 
 
 def _accelerator(value: object) -> AcceleratorSpec | None:
@@ -215,7 +243,7 @@ def build_spec(
     volumes: object = None,
     timeout: object = 3600,
     env: object = None,
-    concurrency: object = 1,
+    concurrency: object = "auto",
     max_cost: object = None,
     max_hourly_cost: object = None,
     executor: object = "process",
@@ -257,9 +285,7 @@ def build_spec(
             "timeout", timeout, "Use seconds, e.g. timeout=3600 (at most 30 days)", MAX_TIMEOUT
         ),
         env=_env(env),
-        concurrency=_positive_int(
-            "concurrency", concurrency, "Use e.g. concurrency=4", MAX_CONCURRENCY
-        ),
+        concurrency=_concurrency(concurrency),
         executor=_executor(executor),
         max_cost=_dollars("max_cost", max_cost),
         max_hourly_cost=_dollars("max_hourly_cost", max_hourly_cost),

@@ -1,1 +1,5 @@
 """skyward-verda: the Verda provider (`sky.Verda`) for Skyward."""
+
+from skyward_verda.config import Verda
+
+__all__ = ["Verda"]

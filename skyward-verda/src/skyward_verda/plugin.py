@@ -1,5 +1,14 @@
-"""Entry point of skyward-verda (group ``skyward``, name ``verda``).
+"""Entry point of skyward-verda (group ``skyward``, name ``verda``): registers ``sky.Verda``."""
 
-This package will register the Verda provider (`sky.Verda`) through Skyward's hooks. Until it
-does, it registers nothing, and Skyward reports the name as provided by no installed plugin.
-"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from skyward.hookspecs import hookimpl
+from skyward.provider import ProviderConfig
+from skyward_verda.config import Verda
+
+
+@hookimpl
+def register_providers(register: Callable[[type[ProviderConfig]], None]) -> None:
+    register(Verda)

@@ -39,6 +39,7 @@ from skyward.agent.output import OutputCapture
 from skyward.agent.workers import EXECUTORS, TaskBoard, make_slots
 from skyward.cluster import InstanceInfo
 from skyward.errors import AgentAuthenticationError
+from skyward.gpus import node_accelerators, plan_node
 from skyward.messages import EXIT_LIFETIME, EXIT_NO_HEARTBEAT, EXIT_REASON_FILE
 
 POWEROFF_ENV = "SKYWARD_POWEROFF_CMD"
@@ -56,11 +57,14 @@ class Agent:
         self.key = key
         self.output: OutputCapture | None = None
         self._stopping = threading.Lock()
-        envs = worker_environments(options.concurrency)
+        gpus, slots = plan_node(options.concurrency, options.mig_profile)
+        envs = [{"SKYWARD_WORKER": str(slot.worker), **slot.env()} for slot in slots]
+        # What the node really has; the client's view (its offer) when it cannot tell.
+        seen = node_accelerators(gpus, options.mig_profile)
         self.info = InstanceInfo(
             node=options.node,
             total_nodes=options.total_nodes,
-            accelerators=[a for a in options.accelerators.split(",") if a],
+            accelerators=list(seen) or [a for a in options.accelerators.split(",") if a],
             head_addr=options.head_addr,
             head_port=options.head_port,
             job_id=options.job_id,
@@ -263,18 +267,13 @@ def _concurrency(value: str) -> int | str:
     return value if value == "auto" else int(value)
 
 
-def worker_environments(concurrency: int | str) -> list[dict[str, str]]:
-    """The environment each worker gets on top of the agent's, one per worker."""
-    count = 1 if concurrency == "auto" else int(concurrency)
-    return [{"SKYWARD_WORKER": str(index)} for index in range(count)]
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m skyward.agent")
     parser.add_argument("--node", type=int, required=True)
     parser.add_argument("--total-nodes", type=int, required=True)
     parser.add_argument("--concurrency", type=_concurrency, default=1)
     parser.add_argument("--executor", choices=EXECUTORS, default="thread")
+    parser.add_argument("--mig-profile", default=None)
     parser.add_argument("--job-id", default="local")
     parser.add_argument("--head-addr", default="127.0.0.1")
     parser.add_argument("--head-port", type=int, default=0)

@@ -108,8 +108,9 @@ class ThreadSlot(Slot):
     slot takes no new task until it returns."""
 
     def prepare(self) -> None:
+        # Only the worker index is per thread; the environment (and so the GPUs) is the
+        # agent's, shared by every thread.
         cluster.set_worker(self.info.worker)
-        os.environ.update(self.env)
 
     def run(self, task: messages.Task, complete: Complete) -> messages.Result | None:
         timer: threading.Timer | None = None

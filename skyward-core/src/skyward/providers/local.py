@@ -49,6 +49,7 @@ from skyward.provider import (
     running_unless,
 )
 from skyward.providers.local_env import default_cache_dir, ensure_environment
+from skyward.providers.local_gpus import gpu_offer, node_device_shares
 from skyward.providers.local_leftovers import TEMP_PREFIX, dead_pool_dirs, write_pool_marker
 from skyward.spec import ComputeSpec
 
@@ -125,13 +126,16 @@ class LocalProvider:
     name: str = "local"
     _processes: dict[str, AgentProcess] = field(factory=dict)
     _terminated: set[str] = field(factory=set)
+    _devices: dict[str, str | None] = field(factory=dict)
+    """Each node's CUDA_VISIBLE_DEVICES (its share of this machine's GPUs), by instance id."""
     _lock: threading.Lock = field(factory=threading.Lock)
 
     def offers(self, spec: ComputeSpec) -> Sequence[Offer]:
-        if spec.accelerator is not None:
-            return []  # this machine's accelerators are not managed by Skyward
         if spec.machine not in (None, "local"):
             return []
+        if spec.accelerator is not None:
+            # This machine's NVIDIA GPUs (local_gpus); any other accelerator: no offer.
+            return gpu_offer(spec, self.name)
         return [
             Offer(
                 provider=self.name,
@@ -159,10 +163,13 @@ class LocalProvider:
 
     def launch(self, infra: Infrastructure, request: LaunchRequest) -> Sequence[Instance]:
         assert isinstance(infra, LocalInfrastructure)
+        shares = node_device_shares(request.spec, request.count)
         instances = []
         for node in range(request.count):
             instance_id = f"{request.pool_id}-node{node}"
             (infra.root / f"node{node}").mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self._devices[instance_id] = shares[node]
             instances.append(
                 Instance(
                     id=instance_id,
@@ -259,7 +266,11 @@ class LocalProvider:
             with self._lock:
                 self._processes[instance.id] = agent
 
-        return LocalTransport(self.cache_dir, node_dir, pool_id, instance.id, register)
+        with self._lock:
+            devices = self._devices.get(instance.id)
+        return LocalTransport(
+            self.cache_dir, node_dir, pool_id, instance.id, register, visible_devices=devices
+        )
 
     def teardown(self, infra: Infrastructure) -> None:
         assert isinstance(infra, LocalInfrastructure)
@@ -276,6 +287,9 @@ class LocalTransport:
     pool_id: str
     instance_id: str
     on_start: Callable[[AgentProcess], None]
+    visible_devices: str | None = None
+    """CUDA_VISIBLE_DEVICES of the agent (and so of its workers): this node's GPUs;
+    ``None`` leaves the client's environment as it is."""
     python: str = ""
     agent: AgentProcess | None = None
     oom_at_start: int | None = None
@@ -290,12 +304,22 @@ class LocalTransport:
         socket_path = self.node_dir / "agent" / "sock"
         if len(str(socket_path)) < _UNIX_PATH_MAX:
             config = evolve(config, unix_socket=str(socket_path))
+        base_env = None
+        if self.visible_devices is not None:
+            # In the agent's own environment, not config.env (the functions' variables):
+            # the pool's env may still override it, as a user's choice.
+            base_env = {
+                **os.environ,
+                "CUDA_VISIBLE_DEVICES": self.visible_devices,
+                "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+            }
         self.agent = start_agent_process(
             self.python,
             config,
             cwd=self.node_dir,
             pool_id=self.pool_id,
             instance_id=self.instance_id,
+            base_env=base_env,
         )
         self.on_start(self.agent)
         return self.agent.endpoint

@@ -1,0 +1,295 @@
+"""Verda end to end: pools on Verda-on-fake whose instances are SSH test hosts.
+
+The fake launches no machines, so the connection hook (``resolve_ssh_host``) maps each
+Verda instance onto an SSH test host. Before answering it plays Verda's boot: it reads the
+instance's startup script from the API's state and runs it, then puts the host key and
+authorized key it wrote into the test host, so the pinned host key and the pool's client
+key are checked for real (as ``tests/test_aws_pool.py`` plays cloud-init).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import skyward as sky
+from skyward import cli, plugins, selection
+from skyward.provider import Instance
+from skyward.spec import build_spec
+from skyward.ssh.hosts import SSHHost
+from tests.aws_fakes import AwsEnv
+from tests.conftest import wait_until
+from tests.ssh_hosts import SSHTestHost
+from tests.verda_fakes import VerdaFake, verda_env, verda_fake
+
+__all__ = ["verda_env", "verda_fake"]
+
+pytestmark = pytest.mark.usefixtures("fresh_plugins")
+POWEROFF_HARMLESS = {"SKYWARD_POWEROFF_CMD": "true"}
+
+
+class VerdaBoot:
+    """The test's connection hook: a Verda instance → a test host, after its startup script."""
+
+    def __init__(self, fake: VerdaFake, hosts: list[SSHTestHost], scratch: Path) -> None:
+        self.fake = fake
+        self.hosts = hosts
+        self.scratch = scratch
+        self.mapped: dict[str, SSHTestHost] = {}
+        self.lock = threading.Lock()
+        self.saved: dict[str, tuple[bytes, bytes, bytes]] = {}
+
+    @sky.hookimpl
+    def resolve_ssh_host(self, instance: Instance, host: SSHHost) -> SSHHost | None:
+        if instance.provider != "verda":
+            return None
+        assert (host.host, host.user, host.port) == (instance.ip, "root", 22)
+        with self.lock:
+            target = self.mapped.get(instance.id)
+            if target is None:
+                target = self.hosts[len(self.mapped)]
+                self.mapped[instance.id] = target
+                self._boot(instance.id, target)
+        return SSHHost(target.address, user=target.user, port=target.port)
+
+    def _boot(self, instance_id: str, target: SSHTestHost) -> None:
+        with self.fake.lock:
+            script_id = self.fake.instances[instance_id].data["startup_script_id"]
+            script = self.fake.scripts[script_id]["script"]
+        root = self.scratch / instance_id
+        env = {"PATH": "/usr/bin:/bin", "SKYWARD_ROOT": str(root), "SKYWARD_POWEROFF_CMD": "true"}
+        runner = subprocess.Popen(["sh"], stdin=subprocess.PIPE, env=env, start_new_session=True)
+        runner.communicate(script.encode(), timeout=30)
+        assert runner.returncode == 0
+        os.killpg(runner.pid, signal.SIGKILL)  # the self-destruct timer: not on this machine
+        key_file = target.state_dir / "ssh_host_ed25519_key"
+        authorized = target.home / ".ssh" / "authorized_keys"
+        self.saved[target.user] = (
+            key_file.read_bytes(),
+            key_file.with_suffix(".pub").read_bytes(),
+            authorized.read_bytes(),
+        )
+        shutil.copyfile(root / "etc/ssh/ssh_host_ed25519_key", key_file)
+        shutil.copyfile(root / "etc/ssh/ssh_host_ed25519_key.pub", key_file.with_suffix(".pub"))
+        authorized.write_bytes((root / "root/.ssh/authorized_keys").read_bytes())  # Verda: root
+        target.restart()
+
+    def restore(self) -> None:
+        for target in self.mapped.values():
+            key, public, authorized = self.saved[target.user]
+            key_file = target.state_dir / "ssh_host_ed25519_key"
+            key_file.write_bytes(key)
+            key_file.with_suffix(".pub").write_bytes(public)
+            (target.home / ".ssh" / "authorized_keys").write_bytes(authorized)
+            target.restart()
+
+
+@pytest.fixture
+def boot(verda_env: VerdaFake, ssh_hosts: Any, tmp_path: Path) -> Iterator[VerdaBoot]:
+    hook = VerdaBoot(verda_env, ssh_hosts(2), tmp_path / "verda-boot")
+    plugins.get_plugin_manager().register(hook, name="test-verda-boot")
+    plugins.reset(plugins.get_plugin_manager())
+    try:
+        yield hook
+    finally:
+        plugins.get_plugin_manager().unregister(name="test-verda-boot")
+        hook.restore()
+
+
+@sky.compute
+def where() -> tuple[int, str, str]:
+    import getpass
+
+    info = sky.instance_info()
+    return info.node, getpass.getuser(), info.job_id
+
+
+def _nothing_left(fake: VerdaFake) -> None:
+    assert fake.live_instances() == []
+    assert fake.live_volumes() == [], "volumes, trash included"
+    assert fake.keys == {}
+    assert fake.scripts == {}
+    assert fake.billing() == []
+
+
+def test_two_node_pool_runs_and_leaves_nothing(verda_env: VerdaFake, boot: VerdaBoot) -> None:
+    events: list[Any] = []
+    with sky.ComputePool(
+        provider=sky.Verda(instance_timeout=30),  # type: ignore[attr-defined]
+        nodes=2,
+        cpu=4,
+        env=POWEROFF_HARMLESS,
+        display="quiet",
+        on_event=events.append,
+    ) as pool:
+        one = where() >> pool
+        every = where() @ pool
+        pool_id = pool.pool_id
+        for host in boot.mapped.values():
+            (agent,) = [p for p in host.processes() if "skyward.agent" in " ".join(p.cmdline())]
+            assert "--on-expire=poweroff" in agent.cmdline()
+        # the server drops every token (refresh ones too) mid-pool: teardown re-authenticates
+        verda_env.expire_tokens(refresh_too=True)
+    assert one[2] == pool_id
+    assert [e[0] for e in every] == [0, 1]
+    assert {e[1] for e in every} == {h.user for h in boot.mapped.values()}
+    provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
+    assert [e.provider for e in provisioned] == ["verda", "verda"]
+    assert all(e.spot and e.price_spot == 0.03 for e in provisioned), "spot when available"
+    assert all(e.price_on_demand == 0.07 for e in provisioned)
+    final = events[-1]
+    assert isinstance(final, sky.CostFinal)
+    assert final.total_cost > 0
+    grants = [c.body["grant_type"] for c in verda_env.calls if c.path == "/oauth2/token"]
+    assert grants[-1] == "client_credentials"
+    _nothing_left(verda_env)
+
+
+def test_pool_survives_spot_503_a_5xx_create_and_delete_refusals(
+    verda_env: VerdaFake, boot: VerdaBoot
+) -> None:
+    verda_env.capacity[("FIN-01", "CPU.4V.16G", True)] = 0  # spot: 503 Not enough resources
+    made_anyway = verda_env.inject("POST", "/instances", 500, "Internal server error", after=True)
+    refusals = verda_env.inject(
+        "PUT", "/instances", 403, "Can't discontinue a provisioning instance", times=2
+    )
+    events: list[Any] = []
+    with sky.ComputePool(
+        provider=sky.Verda(region="FIN-01", instance_timeout=30),  # type: ignore[attr-defined]
+        nodes=2,
+        cpu=4,
+        env=POWEROFF_HARMLESS,
+        display="quiet",
+        on_event=events.append,
+    ) as pool:
+        assert [e[0] for e in where() @ pool] == [0, 1]
+    provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
+    assert [e.spot for e in provisioned] == [False, False], "fell back to on-demand"
+    assert made_anyway.hits == 1
+    assert (
+        len(
+            {
+                c.body["hostname"]
+                for c in verda_env.calls
+                if c.path == "/instances" and c.method == "POST" and c.status in (201, 500)
+            }
+        )
+        == 2
+    )
+    assert refusals.hits == 2
+    _nothing_left(verda_env)
+
+
+def test_client_killed_mid_launch_then_skyward_down(
+    verda_env: VerdaFake, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    verda_env.ordered_seconds = 3600.0  # the orders sit there: the client waits on them
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import skyward as sky\n"
+            "with sky.ComputePool(provider=sky.Verda(), nodes=2, cpu=4, display='quiet'):\n"
+            "    pass\n",
+        ],
+        env={**os.environ, "SKYWARD_CACHE_DIR": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert wait_until(lambda: len(verda_env.live_instances()) == 2, 60)
+    finally:
+        client.kill()
+        client.wait()
+    assert len(verda_env.keys) == len(verda_env.scripts) == 1
+    verda_env.ordered_seconds = 0.2  # Verda gets on with them; deletes were refused until now
+    assert cli.main(["down", "--provider", "verda"]) == 0
+    assert "2 instance(s) terminated" in capsys.readouterr().err
+    _nothing_left(verda_env)
+
+
+@pytest.fixture
+def aws_boot(aws_env: AwsEnv, boot: VerdaBoot, ssh_hosts: Any, tmp_path: Path) -> Iterator[Any]:
+    """AWS's cloud-init hook too (asked after the Verda one, which passes AWS instances on)."""
+    from tests.test_aws_pool import CloudInit
+
+    hook = CloudInit(ssh_hosts(2), tmp_path / "cloud-init")
+    manager = plugins.get_plugin_manager()
+    manager.unregister(name="test-verda-boot")
+    manager.register(hook, name="test-cloud-init")
+    manager.register(boot, name="test-verda-boot")  # registered last: asked first
+    plugins.reset(manager)
+    try:
+        yield hook
+    finally:
+        manager.unregister(name="test-cloud-init")
+        hook.restore()
+
+
+def test_cheapest_of_aws_and_verda_and_fallback(
+    verda_env: VerdaFake, aws_env: AwsEnv, aws_boot: Any
+) -> None:
+    from moto.ec2.models.instance_types import INSTANCE_TYPES
+
+    # every 4-vCPU EC2 type at 0.17/h, so AWS's best offer has a price whichever it is
+    fours = [
+        name
+        for name, info in INSTANCE_TYPES.items()
+        if info.get("VCpuInfo", {}).get("DefaultVCpus") == 4
+    ]
+    aws_env.pricing.set_prices({("us-east-1", name): 0.17 for name in fours})
+    spec = build_spec(cpu=4, allocation="on-demand")
+    aws = sky.AWS(ssh_cidr="127.0.0.1/32", instance_timeout=30)  # type: ignore[attr-defined]
+    verda = sky.Verda(instance_timeout=30)  # type: ignore[attr-defined]
+    both = (aws.create(), verda.create())
+    assert selection.select_cheapest(both, spec).name == "verda"  # 0.07 < 0.17
+    for kind in verda_env.types:
+        kind["price_per_hour"] = "0.34"
+    assert selection.select_cheapest(both, spec).name == "aws", "live prices, not a table"
+    for kind in verda_env.types:
+        kind["price_per_hour"] = 0.05
+    events: list[Any] = []
+    with sky.ComputePool(
+        provider=[aws, verda],
+        selection="cheapest",
+        cpu=4,
+        allocation="on-demand",
+        env=POWEROFF_HARMLESS,
+        display="quiet",
+        on_event=events.append,
+    ) as pool:
+        assert where() >> pool
+    assert {e.provider for e in events if isinstance(e, sky.InstanceProvisioned)} == {"verda"}
+    _nothing_left(verda_env)
+    # Verda is still the cheapest and lists capacity, but every create is refused (503):
+    # the pool falls back to AWS
+    for location in ("FIN-01", "FIN-02", "FIN-03"):
+        for kind in verda_env.types:
+            for spot in (False, True):
+                verda_env.capacity[(location, kind["instance_type"], spot)] = 0
+    events.clear()
+    with sky.ComputePool(
+        provider=[aws, verda],
+        selection="cheapest",
+        cpu=4,
+        allocation="on-demand",
+        env=POWEROFF_HARMLESS,
+        display="quiet",
+        on_event=events.append,
+    ):
+        pass
+    provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
+    assert [e.provider for e in provisioned] == ["aws"]
+    capacity = [e for e in events if isinstance(e, sky.Error) and "no capacity" in e.message]
+    assert capacity
+    assert all(e.message.startswith("verda:") for e in capacity)
+    _nothing_left(verda_env)
