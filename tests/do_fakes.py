@@ -2,8 +2,8 @@
 
 :class:`FakeDigitalOcean` serves ``http://127.0.0.1:<free port>`` from a thread (werkzeug).
 Every request it receives and every response it sends is validated with openapi-core
-against ``tests/contracts/digitalocean-openapi.json``, the document DigitalOcean
-publishes; a mismatch is recorded in :attr:`FakeDigitalOcean.violations` (a request the
+against ``../shared/contracts/digitalocean-openapi.json`` (beside the checkout, as CI
+lays it out), the document DigitalOcean publishes; a mismatch is recorded in :attr:`FakeDigitalOcean.violations` (a request the
 real API would refuse is also answered ``400 bad_request``), and the test fixture fails
 the test when any is left. Three corrections are made in memory, never in the file
 (see ``shared/research/digitalocean.md`` §3): spec validation is skipped (one unrelated
@@ -77,7 +77,13 @@ from skyward.provider import Instance
 from skyward.ssh.hosts import SSHHost
 from tests.ssh_hosts import SSHTestHost
 
-CONTRACT = Path(__file__).resolve().parent / "contracts" / "digitalocean-openapi.json"
+CONTRACT = (
+    Path(__file__).resolve().parent.parent.parent
+    / "shared"
+    / "contracts"
+    / "digitalocean-openapi.json"
+)
+"""The published contract, kept once in shared/ beside the repository (CI has it too)."""
 TOKEN = "dop_v1_fake_token_for_tests"
 MAX_NAMES = 10
 MAX_USER_DATA = 64 * 1024
