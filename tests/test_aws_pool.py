@@ -152,7 +152,7 @@ def test_two_node_pool_runs_and_leaves_nothing(aws_env: AwsEnv, cloud: CloudInit
         every = where() @ pool
         pool_id = pool.pool_id
         for host in cloud.mapped.values():
-            (agent,) = [p for p in host.processes() if "skyward.agent" in " ".join(p.cmdline())]
+            (agent,) = [p for p in host.processes() if "skyward.agent" in p.cmdline()]
             assert "--on-expire=poweroff" in agent.cmdline(), "a lost client powers it off"
     assert one[2] == pool_id
     assert [e[0] for e in every] == [0, 1]
@@ -182,4 +182,4 @@ def test_exception_in_the_pool_body_tears_everything_down(
     assert _leftovers(pool.pool_id)["instances"] == []
     assert _leftovers(pool.pool_id)["key_pairs"] == []
     for host in cloud.mapped.values():
-        assert not [p for p in host.processes() if "skyward.agent" in " ".join(p.cmdline())]
+        assert not [p for p in host.processes() if "skyward.agent" in p.cmdline()]

@@ -73,7 +73,7 @@ def test_three_host_pool(ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_ho
         results = sky.gather(*(square(i) for i in range(1000))) >> pool
         assert list(results) == [i * i for i in range(1000)]
     for host in hosts:
-        assert not [p for p in host.processes() if "skyward.agent" in " ".join(p.cmdline())]
+        assert not [p for p in host.processes() if "skyward.agent" in p.cmdline()]
         assert host.run("ls .skyward/pools 2>/dev/null | wc -l").stdout.strip() == "0"
 
 
@@ -108,7 +108,7 @@ def test_image_packages_and_env_then_cached_second_pool(
     ) as pool:
         assert package_and_env() @ pool == (("1,000,000", "image-secret-value"),) * 2
         for host in hosts:
-            agents = [p for p in host.processes() if "skyward.agent" in " ".join(p.cmdline())]
+            agents = [p for p in host.processes() if "skyward.agent" in p.cmdline()]
             assert len(agents) == 1
             assert "secret-value" not in " ".join(agents[0].cmdline())
             assert agents[0].environ().get("POOL_SECRET") is None, "env goes to functions only"
@@ -196,7 +196,7 @@ def test_unreachable_host_fails_within_the_timeout_and_leaves_nothing(
     assert "nobody@127.0.0.99:2299" in message
     assert "refused" in message
     assert "kept trying for" in message
-    assert not [p for p in hosts[0].processes() if "skyward.agent" in " ".join(p.cmdline())]
+    assert not [p for p in hosts[0].processes() if "skyward.agent" in p.cmdline()]
     assert hosts[0].run("ls .skyward/pools 2>/dev/null | wc -l").stdout.strip() == "0"
 
 
@@ -320,7 +320,7 @@ with sky.ComputePool(provider=provider, nodes=len(hosts), display="quiet") as po
 
 
 def _agents(host: SSHTestHost) -> list[Any]:
-    return [p for p in host.processes() if "skyward.agent" in " ".join(p.cmdline())]
+    return [p for p in host.processes() if "skyward.agent" in p.cmdline()]
 
 
 @pytest.mark.slow

@@ -135,7 +135,7 @@ def test_two_node_pool_runs_and_leaves_nothing(verda_env: VerdaFake, boot: Verda
         every = where() @ pool
         pool_id = pool.pool_id
         for host in boot.mapped.values():
-            (agent,) = [p for p in host.processes() if "skyward.agent" in " ".join(p.cmdline())]
+            (agent,) = [p for p in host.processes() if "skyward.agent" in p.cmdline()]
             assert "--on-expire=poweroff" in agent.cmdline()
         # the server drops every token (refresh ones too) mid-pool: teardown re-authenticates
         verda_env.expire_tokens(refresh_too=True)
