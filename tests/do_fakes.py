@@ -3,8 +3,8 @@
 :class:`FakeDigitalOcean` serves ``http://127.0.0.1:<free port>`` from a thread (werkzeug).
 Every request it receives and every response it sends is validated with openapi-core
 against ``../shared/contracts/digitalocean-openapi.json`` (beside the checkout, as CI
-lays it out), the document DigitalOcean publishes; a mismatch is recorded in :attr:`FakeDigitalOcean.violations` (a request the
-real API would refuse is also answered ``400 bad_request``), and the test fixture fails
+lays it out), the document DigitalOcean publishes; a mismatch is recorded in
+:attr:`FakeDigitalOcean.violations` (a request the real API would refuse is also answered ``400 bad_request``), and the test fixture fails
 the test when any is left. Three corrections are made in memory, never in the file
 (see ``shared/research/digitalocean.md`` §3): spec validation is skipped (one unrelated
 inference schema has ``default: null`` without ``nullable``), the ``ssh_key_identifier``

@@ -182,4 +182,4 @@ def test_exception_in_the_pool_body_tears_everything_down(
     assert _leftovers(pool.pool_id)["instances"] == []
     assert _leftovers(pool.pool_id)["key_pairs"] == []
     for host in cloud.mapped.values():
-        assert not [p for p in host.processes() if "skyward.agent" in p.cmdline()]
+        assert not [p for p in host.processes() if "skyward.agent" in " ".join(p.cmdline())]

@@ -73,7 +73,7 @@ def test_three_host_pool(ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_ho
         results = sky.gather(*(square(i) for i in range(1000))) >> pool
         assert list(results) == [i * i for i in range(1000)]
     for host in hosts:
-        assert not [p for p in host.processes() if "skyward.agent" in p.cmdline()]
+        assert not [p for p in host.processes() if "skyward.agent" in " ".join(p.cmdline())]
         assert host.run("ls .skyward/pools 2>/dev/null | wc -l").stdout.strip() == "0"
 
 
@@ -196,7 +196,7 @@ def test_unreachable_host_fails_within_the_timeout_and_leaves_nothing(
     assert "nobody@127.0.0.99:2299" in message
     assert "refused" in message
     assert "kept trying for" in message
-    assert not [p for p in hosts[0].processes() if "skyward.agent" in p.cmdline()]
+    assert not [p for p in hosts[0].processes() if "skyward.agent" in " ".join(p.cmdline())]
     assert hosts[0].run("ls .skyward/pools 2>/dev/null | wc -l").stdout.strip() == "0"
 
 
