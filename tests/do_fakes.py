@@ -1,15 +1,16 @@
 """A stateful fake of the DigitalOcean API v2, checked against DigitalOcean's own contract.
 
-:class:`FakeDigitalOcean` serves ``http://127.0.0.1:<free port>`` from a thread (werkzeug).
-Every request it receives and every response it sends is validated with openapi-core
-against ``../shared/contracts/digitalocean-openapi.json`` (beside the checkout, as CI
-lays it out), the document DigitalOcean publishes; a mismatch is recorded in
-:attr:`FakeDigitalOcean.violations` (a request the real API would refuse is also answered ``400 bad_request``), and the test fixture fails
-the test when any is left. Three corrections are made in memory, never in the file
-(see ``shared/research/digitalocean.md`` §3): spec validation is skipped (one unrelated
-inference schema has ``default: null`` without ``nullable``), the ``ssh_key_identifier``
-path parameter loses its ``readOnly`` (which would refuse every request for one key),
-and a loopback server is added next to ``https://api.digitalocean.com``.
+:class:`FakeDigitalOcean` serves ``http://127.0.0.1:<free port>`` from a thread
+(werkzeug). Every request it receives and every response it sends is validated with
+openapi-core against ``../shared/contracts/digitalocean-openapi.json`` (beside the
+checkout, as CI lays it out), the document DigitalOcean publishes; a mismatch is recorded
+in :attr:`FakeDigitalOcean.violations` (a request the real API would refuse is also
+answered ``400 bad_request``), and the test fixture fails the test when any is left. Three
+corrections are made in memory, never in the file (see ``shared/research/digitalocean.md``
+§3): spec validation is skipped (one unrelated inference schema has ``default: null``
+without ``nullable``), the ``ssh_key_identifier`` path parameter loses its ``readOnly``
+(which would refuse every request for one key), and a loopback server is added next to
+``https://api.digitalocean.com``.
 
 What the schema cannot say, the fake enforces itself, as the API's prose does: at most
 10 ``names`` per create, ``user_data`` up to 64 KiB, ``type``/``name`` not combined with
