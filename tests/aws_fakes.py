@@ -55,6 +55,8 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import parse_qs
 
+from skyward.provider import Instance
+
 # --------------------------------------------------------------------------------------
 # recorded calls
 # --------------------------------------------------------------------------------------
@@ -1597,3 +1599,12 @@ class AwsEnv:
 
     def ami(self, parameter: str, region: str = "us-east-1") -> str:
         return self.amis[region][parameter]
+
+
+def ec2_user_data(instance: Instance) -> str:
+    """The user-data script EC2 holds for an instance (what cloud-init would run)."""
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name=instance.region or "us-east-1")
+    encoded = ec2.describe_instance_attribute(InstanceId=instance.id, Attribute="userData")
+    return base64.b64decode(encoded["UserData"]["Value"]).decode()

@@ -52,10 +52,6 @@ import copy
 import functools
 import itertools
 import json
-import os
-import shutil
-import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -72,11 +68,6 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
-
-from skyward.hookspecs import hookimpl
-from skyward.provider import Instance
-from skyward.ssh.hosts import SSHHost
-from tests.ssh_hosts import SSHTestHost
 
 CONTRACT = (
     Path(__file__).resolve().parent.parent.parent
@@ -1090,62 +1081,6 @@ def pydo_client(url: str, token: str = TOKEN, **options: Any) -> Any:
 # --------------------------------------------------------------------------------------
 # droplets made reachable: the test's cloud-init
 # --------------------------------------------------------------------------------------
-
-
-class CloudInit:
-    """A connection hook (``resolve_ssh_host``) for tests: instance → SSH test host, after
-    playing cloud-init there with the user-data ``user_data(instance)`` returns (for a
-    droplet, :meth:`FakeDigitalOcean.user_data`). ``restore()`` puts the hosts back."""
-
-    def __init__(
-        self, hosts: list[SSHTestHost], scratch: Path, user_data: Callable[[Instance], str]
-    ) -> None:
-        self.hosts = hosts
-        self.scratch = scratch
-        self.user_data = user_data
-        self.mapped: dict[str, SSHTestHost] = {}
-        self.lock = threading.Lock()
-        self.saved: dict[str, tuple[bytes, bytes, bytes]] = {}
-
-    @hookimpl
-    def resolve_ssh_host(self, instance: Instance, host: SSHHost) -> SSHHost:
-        with self.lock:
-            target = self.mapped.get(instance.id)
-            if target is None:
-                target = self.hosts[len(self.mapped)]
-                self.mapped[instance.id] = target
-                self._boot(instance, host.user or "root", target)
-        return SSHHost(target.address, user=target.user, port=target.port)
-
-    def _boot(self, instance: Instance, username: str, target: SSHTestHost) -> None:
-        script = self.user_data(instance)
-        root = self.scratch / instance.id
-        env = {"PATH": "/usr/bin:/bin", "SKYWARD_ROOT": str(root), "SKYWARD_POWEROFF_CMD": "true"}
-        runner = subprocess.Popen(["sh"], stdin=subprocess.PIPE, env=env, start_new_session=True)
-        runner.communicate(script.encode(), timeout=30)
-        assert runner.returncode == 0
-        os.killpg(runner.pid, signal.SIGKILL)  # the self-destruct timer: not on this machine
-        key_file = target.state_dir / "ssh_host_ed25519_key"
-        authorized = target.home / ".ssh" / "authorized_keys"
-        self.saved[target.user] = (
-            key_file.read_bytes(),
-            key_file.with_suffix(".pub").read_bytes(),
-            authorized.read_bytes(),
-        )
-        shutil.copyfile(root / "etc/ssh/ssh_host_ed25519_key", key_file)
-        shutil.copyfile(root / "etc/ssh/ssh_host_ed25519_key.pub", key_file.with_suffix(".pub"))
-        home = root / ("root" if username == "root" else f"home/{username}")
-        authorized.write_bytes((home / ".ssh/authorized_keys").read_bytes())
-        target.restart()
-
-    def restore(self) -> None:
-        for target in self.mapped.values():
-            key, public, authorized = self.saved[target.user]
-            key_file = target.state_dir / "ssh_host_ed25519_key"
-            key_file.write_bytes(key)
-            key_file.with_suffix(".pub").write_bytes(public)
-            (target.home / ".ssh" / "authorized_keys").write_bytes(authorized)
-            target.restart()
 
 
 # --------------------------------------------------------------------------------------

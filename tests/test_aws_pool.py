@@ -10,12 +10,6 @@ real.
 
 from __future__ import annotations
 
-import base64
-import os
-import shutil
-import signal
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,78 +18,17 @@ import boto3
 import pytest
 
 import skyward as sky
-from skyward import plugins
-from skyward.provider import Instance
-from skyward.ssh.hosts import SSHHost
-from tests.aws_fakes import AwsEnv
-from tests.ssh_hosts import SSHTestHost
+from tests.aws_fakes import AwsEnv, ec2_user_data
+from tests.cloud_init import CloudInit, registered
 
 pytestmark = pytest.mark.usefixtures("fresh_plugins")
 
 
-class CloudInit:
-    """The test's connection hook: instance → test host, after running its user-data."""
-
-    def __init__(self, hosts: list[SSHTestHost], scratch: Path) -> None:
-        self.hosts = hosts
-        self.scratch = scratch
-        self.mapped: dict[str, SSHTestHost] = {}
-        self.lock = threading.Lock()
-        self.saved: dict[str, tuple[bytes, bytes, bytes]] = {}
-
-    @sky.hookimpl
-    def resolve_ssh_host(self, instance: Instance, host: SSHHost) -> SSHHost:
-        with self.lock:
-            target = self.mapped.get(instance.id)
-            if target is None:
-                target = self.hosts[len(self.mapped)]
-                self.mapped[instance.id] = target
-                self._boot(instance.id, host.user or "ubuntu", target)
-        return SSHHost(target.address, user=target.user, port=target.port)
-
-    def _boot(self, instance_id: str, username: str, target: SSHTestHost) -> None:
-        ec2 = boto3.client("ec2", region_name="us-east-1")
-        encoded = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
-        script = base64.b64decode(encoded["UserData"]["Value"]).decode()
-        root = self.scratch / instance_id
-        env = {"PATH": "/usr/bin:/bin", "SKYWARD_ROOT": str(root), "SKYWARD_POWEROFF_CMD": "true"}
-        runner = subprocess.Popen(["sh"], stdin=subprocess.PIPE, env=env, start_new_session=True)
-        runner.communicate(script.encode(), timeout=30)
-        assert runner.returncode == 0
-        os.killpg(runner.pid, signal.SIGKILL)  # the self-destruct timer: not on this machine
-        key_file = target.state_dir / "ssh_host_ed25519_key"
-        authorized = target.home / ".ssh" / "authorized_keys"
-        self.saved[target.user] = (
-            key_file.read_bytes(),
-            key_file.with_suffix(".pub").read_bytes(),
-            authorized.read_bytes(),
-        )
-        shutil.copyfile(root / "etc/ssh/ssh_host_ed25519_key", key_file)
-        shutil.copyfile(root / "etc/ssh/ssh_host_ed25519_key.pub", key_file.with_suffix(".pub"))
-        new_key = (root / "home" / username / ".ssh/authorized_keys").read_bytes()
-        authorized.write_bytes(new_key)  # only the pool's key, as on a fresh machine
-        target.restart()
-
-    def restore(self) -> None:
-        for target in self.mapped.values():
-            key, public, authorized = self.saved[target.user]
-            key_file = target.state_dir / "ssh_host_ed25519_key"
-            key_file.write_bytes(key)
-            key_file.with_suffix(".pub").write_bytes(public)
-            (target.home / ".ssh" / "authorized_keys").write_bytes(authorized)
-            target.restart()
-
-
 @pytest.fixture
 def cloud(aws_env: AwsEnv, ssh_hosts: Any, tmp_path: Path) -> Iterator[CloudInit]:
-    hook = CloudInit(ssh_hosts(2), tmp_path / "cloud-init")
-    plugins.get_plugin_manager().register(hook, name="test-cloud-init")
-    plugins.reset(plugins.get_plugin_manager())
-    try:
+    hook = CloudInit(ssh_hosts(2), tmp_path / "cloud-init", ec2_user_data)
+    with registered(hook):
         yield hook
-    finally:
-        plugins.get_plugin_manager().unregister(name="test-cloud-init")
-        hook.restore()
 
 
 @sky.compute

@@ -10,7 +10,6 @@ key are checked for real. The same hook serves AWS-on-moto instances for the fal
 
 from __future__ import annotations
 
-import base64
 import os
 import subprocess
 import sys
@@ -21,11 +20,11 @@ from typing import Any
 import pytest
 
 import skyward as sky
-from skyward import plugins
 from skyward.provider import Instance
-from tests.aws_fakes import AwsEnv
+from tests.aws_fakes import AwsEnv, ec2_user_data
+from tests.cloud_init import CloudInit, registered
 from tests.conftest import wait_until
-from tests.do_fakes import CloudInit, FakeDigitalOcean, do_fake
+from tests.do_fakes import FakeDigitalOcean, do_fake
 
 __all__ = ["do_fake"]
 
@@ -36,12 +35,8 @@ POWEROFF_HARMLESS = {"SKYWARD_POWEROFF_CMD": "true"}
 
 def _user_data(fake: FakeDigitalOcean) -> Callable[[Instance], str]:
     def read(instance: Instance) -> str:
-        if instance.provider == "aws":
-            import boto3
-
-            ec2 = boto3.client("ec2", region_name="us-east-1")
-            encoded = ec2.describe_instance_attribute(InstanceId=instance.id, Attribute="userData")
-            return base64.b64decode(encoded["UserData"]["Value"]).decode()
+        if instance.provider == "aws":  # the fallback test lands on AWS-on-moto
+            return ec2_user_data(instance)
         return fake.user_data(instance.id)
 
     return read
@@ -50,13 +45,8 @@ def _user_data(fake: FakeDigitalOcean) -> Callable[[Instance], str]:
 @pytest.fixture
 def cloud(do_fake: FakeDigitalOcean, ssh_hosts: Any, tmp_path: Path) -> Iterator[CloudInit]:
     hook = CloudInit(ssh_hosts(2), tmp_path / "cloud-init", _user_data(do_fake))
-    plugins.get_plugin_manager().register(hook, name="test-cloud-init")
-    plugins.reset(plugins.get_plugin_manager())
-    try:
+    with registered(hook):
         yield hook
-    finally:
-        plugins.get_plugin_manager().unregister(name="test-cloud-init")
-        hook.restore()
 
 
 @sky.compute

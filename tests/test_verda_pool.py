@@ -4,31 +4,27 @@ The fake launches no machines, so the connection hook (``resolve_ssh_host``) map
 Verda instance onto an SSH test host. Before answering it plays Verda's boot: it reads the
 instance's startup script from the API's state and runs it, then puts the host key and
 authorized key it wrote into the test host, so the pinned host key and the pool's client
-key are checked for real (as ``tests/test_aws_pool.py`` plays cloud-init).
+key are checked for real (``tests/cloud_init.py``, as for every cloud).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import skyward as sky
-from skyward import cli, plugins, selection
+from skyward import cli, selection
 from skyward.provider import Instance
 from skyward.spec import build_spec
-from skyward.ssh.hosts import SSHHost
-from tests.aws_fakes import AwsEnv
+from tests.aws_fakes import AwsEnv, ec2_user_data
+from tests.cloud_init import CloudInit, registered
 from tests.conftest import wait_until
-from tests.ssh_hosts import SSHTestHost
 from tests.verda_fakes import VerdaFake, verda_env, verda_fake
 
 __all__ = ["verda_env", "verda_fake"]
@@ -37,72 +33,23 @@ pytestmark = pytest.mark.usefixtures("fresh_plugins")
 POWEROFF_HARMLESS = {"SKYWARD_POWEROFF_CMD": "true"}
 
 
-class VerdaBoot:
-    """The test's connection hook: a Verda instance → a test host, after its startup script."""
+def _startup_script(fake: VerdaFake) -> Callable[[Instance], str]:
+    def read(instance: Instance) -> str:
+        with fake.lock:
+            script_id = fake.instances[instance.id].data["startup_script_id"]
+            script: str = fake.scripts[script_id]["script"]
+            return script
 
-    def __init__(self, fake: VerdaFake, hosts: list[SSHTestHost], scratch: Path) -> None:
-        self.fake = fake
-        self.hosts = hosts
-        self.scratch = scratch
-        self.mapped: dict[str, SSHTestHost] = {}
-        self.lock = threading.Lock()
-        self.saved: dict[str, tuple[bytes, bytes, bytes]] = {}
-
-    @sky.hookimpl
-    def resolve_ssh_host(self, instance: Instance, host: SSHHost) -> SSHHost | None:
-        if instance.provider != "verda":
-            return None
-        assert (host.host, host.user, host.port) == (instance.ip, "root", 22)
-        with self.lock:
-            target = self.mapped.get(instance.id)
-            if target is None:
-                target = self.hosts[len(self.mapped)]
-                self.mapped[instance.id] = target
-                self._boot(instance.id, target)
-        return SSHHost(target.address, user=target.user, port=target.port)
-
-    def _boot(self, instance_id: str, target: SSHTestHost) -> None:
-        with self.fake.lock:
-            script_id = self.fake.instances[instance_id].data["startup_script_id"]
-            script = self.fake.scripts[script_id]["script"]
-        root = self.scratch / instance_id
-        env = {"PATH": "/usr/bin:/bin", "SKYWARD_ROOT": str(root), "SKYWARD_POWEROFF_CMD": "true"}
-        runner = subprocess.Popen(["sh"], stdin=subprocess.PIPE, env=env, start_new_session=True)
-        runner.communicate(script.encode(), timeout=30)
-        assert runner.returncode == 0
-        os.killpg(runner.pid, signal.SIGKILL)  # the self-destruct timer: not on this machine
-        key_file = target.state_dir / "ssh_host_ed25519_key"
-        authorized = target.home / ".ssh" / "authorized_keys"
-        self.saved[target.user] = (
-            key_file.read_bytes(),
-            key_file.with_suffix(".pub").read_bytes(),
-            authorized.read_bytes(),
-        )
-        shutil.copyfile(root / "etc/ssh/ssh_host_ed25519_key", key_file)
-        shutil.copyfile(root / "etc/ssh/ssh_host_ed25519_key.pub", key_file.with_suffix(".pub"))
-        authorized.write_bytes((root / "root/.ssh/authorized_keys").read_bytes())  # Verda: root
-        target.restart()
-
-    def restore(self) -> None:
-        for target in self.mapped.values():
-            key, public, authorized = self.saved[target.user]
-            key_file = target.state_dir / "ssh_host_ed25519_key"
-            key_file.write_bytes(key)
-            key_file.with_suffix(".pub").write_bytes(public)
-            (target.home / ".ssh" / "authorized_keys").write_bytes(authorized)
-            target.restart()
+    return read
 
 
 @pytest.fixture
-def boot(verda_env: VerdaFake, ssh_hosts: Any, tmp_path: Path) -> Iterator[VerdaBoot]:
-    hook = VerdaBoot(verda_env, ssh_hosts(2), tmp_path / "verda-boot")
-    plugins.get_plugin_manager().register(hook, name="test-verda-boot")
-    plugins.reset(plugins.get_plugin_manager())
-    try:
+def boot(verda_env: VerdaFake, ssh_hosts: Any, tmp_path: Path) -> Iterator[CloudInit]:
+    hook = CloudInit(
+        ssh_hosts(2), tmp_path / "verda-boot", _startup_script(verda_env), provider="verda"
+    )
+    with registered(hook):
         yield hook
-    finally:
-        plugins.get_plugin_manager().unregister(name="test-verda-boot")
-        hook.restore()
 
 
 @sky.compute
@@ -121,7 +68,7 @@ def _nothing_left(fake: VerdaFake) -> None:
     assert fake.billing() == []
 
 
-def test_two_node_pool_runs_and_leaves_nothing(verda_env: VerdaFake, boot: VerdaBoot) -> None:
+def test_two_node_pool_runs_and_leaves_nothing(verda_env: VerdaFake, boot: CloudInit) -> None:
     events: list[Any] = []
     with sky.ComputePool(
         provider=sky.Verda(instance_timeout=30),  # type: ignore[attr-defined]
@@ -155,7 +102,7 @@ def test_two_node_pool_runs_and_leaves_nothing(verda_env: VerdaFake, boot: Verda
 
 
 def test_pool_survives_spot_503_a_5xx_create_and_delete_refusals(
-    verda_env: VerdaFake, boot: VerdaBoot
+    verda_env: VerdaFake, boot: CloudInit
 ) -> None:
     verda_env.capacity[("FIN-01", "CPU.4V.16G", True)] = 0  # spot: 503 Not enough resources
     made_anyway = verda_env.inject("POST", "/instances", 500, "Internal server error", after=True)
@@ -218,21 +165,16 @@ def test_client_killed_mid_launch_then_skyward_down(
 
 
 @pytest.fixture
-def aws_boot(aws_env: AwsEnv, boot: VerdaBoot, ssh_hosts: Any, tmp_path: Path) -> Iterator[Any]:
-    """AWS's cloud-init hook too (asked after the Verda one, which passes AWS instances on)."""
-    from tests.test_aws_pool import CloudInit
-
-    hook = CloudInit(ssh_hosts(2), tmp_path / "cloud-init")
-    manager = plugins.get_plugin_manager()
-    manager.unregister(name="test-verda-boot")
-    manager.register(hook, name="test-cloud-init")
-    manager.register(boot, name="test-verda-boot")  # registered last: asked first
-    plugins.reset(manager)
-    try:
-        yield hook
-    finally:
-        manager.unregister(name="test-cloud-init")
-        hook.restore()
+def aws_boot(
+    aws_env: AwsEnv, verda_env: VerdaFake, ssh_hosts: Any, tmp_path: Path
+) -> Iterator[Any]:
+    """Both clouds' hooks, each passing the other's instances on."""
+    verda = CloudInit(
+        ssh_hosts(2), tmp_path / "verda-boot", _startup_script(verda_env), provider="verda"
+    )
+    aws = CloudInit(ssh_hosts(2), tmp_path / "cloud-init", ec2_user_data, provider="aws")
+    with registered(aws, verda):
+        yield aws
 
 
 def test_cheapest_of_aws_and_verda_and_fallback(
