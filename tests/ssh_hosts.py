@@ -471,11 +471,14 @@ class SSHTestHost:
         self.start()
 
     @contextlib.contextmanager
-    def without_sftp(self) -> Iterator[None]:
+    def without_sftp(self, broken: bool = False) -> Iterator[None]:
         """Run this host's sshd without its ``Subsystem sftp`` line (as minimal and
-        hardened servers do); the config and the sshd are restored afterwards."""
+        hardened servers do), or with one naming a server binary that does not exist
+        (``broken``); the config and the sshd are restored afterwards."""
         original = self.config_path.read_text()
         kept = [line for line in original.splitlines(keepends=True) if "Subsystem" not in line]
+        if broken:
+            kept.append("Subsystem sftp /nonexistent/sftp-server\n")
         self.config_path.write_text("".join(kept))
         self.restart(drop_sessions=True)
         try:

@@ -140,3 +140,69 @@ def test_connect_timeout_must_be_a_sane_number_of_seconds(bad: object) -> None:
 def test_a_connection_refuses_a_non_finite_timeout() -> None:
     with pytest.raises(ValueError, match="connect_timeout"):
         SSHConnection(SSHHost("127.0.0.1"), KnownHosts(()), connect_timeout=math.nan)
+
+
+def test_a_pool_on_a_silent_host_fails_after_one_connect_timeout() -> None:
+    # Once to bootstrap, never again to tear down: nothing was started on that host.
+    with flaky_server(drop_for=0) as port:
+        config = sky.SSH(
+            hosts=[sky.SSHHost("127.0.0.1", user="nobody", port=port)],
+            known_hosts="/dev/null",
+            connect_timeout=3,
+        )
+        started = time.monotonic()
+        with (
+            pytest.raises(ConnectError, match="kept trying for"),
+            sky.ComputePool(provider=config, display="quiet"),
+        ):
+            pass
+        elapsed = time.monotonic() - started
+    assert elapsed < 3 + 1.5, f"took {elapsed:.1f}s"
+
+
+CLIENT = """
+import sys
+import skyward as sky
+
+config = sky.SSH(
+    hosts=[sky.SSHHost("127.0.0.1", user="nobody", port=int(sys.argv[1]))],
+    known_hosts="/dev/null",
+    connect_timeout=4,
+)
+print("opening", flush=True)
+with sky.ComputePool(provider=config, display="quiet"):
+    pass
+"""
+
+
+def test_ctrl_c_while_connecting_is_obeyed_within_the_connect_timeout(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    root = Path(__file__).resolve().parent.parent
+    with flaky_server(drop_for=0) as port:
+        client = subprocess.Popen(
+            [sys.executable, str(script), str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+        try:
+            assert client.stdout is not None
+            assert client.stdout.readline().strip() == "opening"
+            time.sleep(1)
+            interrupted = time.monotonic()
+            client.send_signal(signal.SIGINT)
+            code = client.wait(timeout=30)
+        finally:
+            client.kill()
+            client.wait()
+        waited = time.monotonic() - interrupted
+    assert code != 0
+    # At worst the attempt in progress runs out (4 s from the start); never a second one.
+    assert waited < 4 + 1.5, f"Ctrl-C took {waited:.1f}s"

@@ -53,15 +53,16 @@ def test_the_host_really_has_no_sftp(
         assert result.returncode != 0
 
 
+@pytest.mark.parametrize("broken", [False, True], ids=["no-subsystem", "missing-binary"])
 def test_upload_falls_back_to_the_exec_channel(
-    ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path, tmp_path: Path
+    broken: bool, ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path, tmp_path: Path
 ) -> None:
     host = ssh_hosts(1)[0]
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(3 * 2**20 + 17))
     odd = tmp_path / "it's odd.txt"
     odd.write_text("hello\n")
-    with host.without_sftp():
+    with host.without_sftp(broken=broken):
         conn = _connection(host, ssh_client_key, ssh_known_hosts)
         try:
             conn.upload([big, odd], ".skyward/no-sftp/a b")

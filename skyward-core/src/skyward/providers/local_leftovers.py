@@ -49,6 +49,8 @@ def dead_pool_dirs(parents: Iterable[Path]) -> list[tuple[Path, str]]:
     for parent in parents:
         with contextlib.suppress(OSError):
             for child in parent.iterdir():
+                if not child.name.startswith(TEMP_PREFIX):
+                    continue  # a busy /tmp: only look inside what could be ours
                 marker = child / MARKER
                 try:
                     if child.is_symlink() or child.stat().st_uid != uid:

@@ -107,6 +107,8 @@ class SSHConnection:
         self._cancel = threading.Event()
         self._pending: socket.socket | paramiko.Channel | paramiko.Transport | None = None
         self._sftp_missing = False
+        self.failure: str | None = None
+        """Why the last connect failed; ``None`` after a success (or before any try)."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -127,7 +129,12 @@ class SSHConnection:
         with self._lock:
             if self._transport is None or not self._transport.is_active():
                 self._cancel.clear()
-                self._transport = self._connect_with_retry(deadline)
+                try:
+                    self._transport = self._connect_with_retry(deadline)
+                except (ConnectError, HostKeyError) as error:
+                    self.failure = str(error)
+                    raise
+                self.failure = None
             return self._transport
 
     def _connect_with_retry(self, deadline: float) -> paramiko.Transport:

@@ -42,6 +42,8 @@ HOME = ".skyward"  # relative to the login directory, for SFTP and the shell ali
 _TAIL = 25
 # How long an agent's group gets to exit on SIGTERM before SIGKILL, seconds.
 STOP_GRACE = 2.0
+# How long closing a transport may spend reconnecting to stop the agent, seconds.
+CLOSE_CONNECT_TIMEOUT = 10.0
 
 
 def stop_group_command(pid: int, grace: float = STOP_GRACE) -> str:
@@ -100,6 +102,7 @@ class SSHTransport:
     # -- bootstrap --------------------------------------------------------------------
 
     def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
+        self.connection.ensure()  # a host that cannot be reached fails here, once
         # What SIGKILLed clients left here (pool directories without an agent, untouched
         # for 10 minutes): one command, and never a reason to fail.
         for name in sweep_dead_pool_dirs(self.connection):
@@ -202,11 +205,18 @@ class SSHTransport:
             stop = f"{stop_group_command(self.endpoint.pid)}; "
         pool_dir = f"{HOME}/pools/{self.pool_id}"
         try:
+            if self.connection.failure is not None and not self.connection.active:
+                return  # it could not be reached just now: nothing was started there
+            # Reconnect only briefly: teardown (after Ctrl-C, say) must not wait a whole
+            # connect_timeout for a host that has gone away.
+            self.connection.ensure_by(
+                time.monotonic() + min(CLOSE_CONNECT_TIMEOUT, self.connection.connect_timeout)
+            )
             self.connection.run(
                 f"{stop}rm -rf {self.workdir}; rmdir {pool_dir} 2>/dev/null; true", timeout=30
             )
         except Exception:
-            pass  # unreachable now: the agent's watchdog stops it on its own
+            pass  # unreachable now: the agent's watchdog stops it, down/next open sweep the dir
         finally:
             self.connection.close()
 
