@@ -195,3 +195,26 @@ def test_good_heartbeat_timeouts() -> None:
 )
 def test_more_bounds_and_types(make: Callable[[], object], field: str) -> None:
     assert _field_of(make) == field
+
+
+# -- wired into the pool ----------------------------------------------------------------
+
+
+def test_a_provider_class_instead_of_an_instance_is_named() -> None:
+    with pytest.raises(ConfigurationError, match=r"provider.*sky\.Local\(\.\.\.\)"):
+        sky.ComputePool(provider=sky.Local)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["SKYWARD_HEARTBEAT_TIMEOUT", "SKYWARD_METRICS_INTERVAL"])
+@pytest.mark.parametrize("raw", ["nan", "-1", "inf", "soon"])
+def test_bad_agent_settings_in_the_environment_fail_the_pool_at_construction(
+    monkeypatch: pytest.MonkeyPatch, name: str, raw: str
+) -> None:
+    monkeypatch.setenv(name, raw)
+    with pytest.raises(ConfigurationError, match=name):
+        sky.ComputePool(provider=sky.Local())
+
+
+def test_compute_of_something_that_is_not_a_function() -> None:
+    with pytest.raises(ConfigurationError, match="fn"):
+        sky.compute(5)  # type: ignore[call-overload]

@@ -28,7 +28,7 @@ import cloudpickle
 
 from skyward.call_options import CallOptions
 from skyward.context import Runner, current_pool
-from skyward.errors import PoolClosedError
+from skyward.errors import ConfigurationError, PoolClosedError
 
 if TYPE_CHECKING:
     from skyward.pool import ComputePool
@@ -125,7 +125,9 @@ def compute(
     if fn is None:
         return lambda function: ComputeFunction(function, options)
     if not callable(fn):
-        raise TypeError(f"@sky.compute needs a function, not {fn!r}")
+        raise ConfigurationError(
+            "fn", f"{fn!r} is not a function", "Decorate a function: @sky.compute def f(): ..."
+        )
     return ComputeFunction(fn, options)
 
 

@@ -46,6 +46,7 @@ from skyward.spec import (
     build_spec,
     check_callable,
     check_display,
+    check_providers,
 )
 
 if TYPE_CHECKING:
@@ -70,20 +71,6 @@ def current_pool() -> ComputePool | None:
     """The innermost pool active in this context (what ``>> sky`` sends to)."""
     pool = context.current_pool()
     return pool if isinstance(pool, ComputePool) else None
-
-
-def _providers(value: object) -> tuple[ProviderConfig, ...]:
-    items = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else [value]
-    if not items:
-        raise ConfigurationError("provider", "the list is empty", "Give at least one provider")
-    for item in items:
-        if not (hasattr(item, "create") and hasattr(item, "provider_name")):
-            raise ConfigurationError(
-                "provider",
-                f"{item!r} is not a provider",
-                "Use e.g. sky.Local(), sky.AWS() or a list of them",
-            )
-    return tuple(items)  # type: ignore[arg-type]
 
 
 class _Scheduler:
@@ -144,7 +131,7 @@ class ComputePool:
         max_hourly_cost: float | None = None,
         executor: Executor = "process",
     ) -> None:
-        self.providers = _providers(provider)
+        self.providers: tuple[ProviderConfig, ...] = check_providers(provider)
         self.selector = check_selection(selection)
         self.spec: ComputeSpec = build_spec(
             nodes=nodes,
@@ -170,6 +157,8 @@ class ComputePool:
                 "collect_metrics", f"{collect_metrics!r} is not a bool", "Use True or False"
             )
         self.collect_metrics = collect_metrics
+        # SKYWARD_* settings are input too: a bad one fails here, before any provider call.
+        self._settings = AgentSettings.from_env(collect_metrics=collect_metrics)
         for config in self.providers:
             config.validate(self.spec)
         self.pool_id = ""
@@ -213,10 +202,7 @@ class ComputePool:
             *callbacks.registered(), self.on_event, self._cost, self._display
         )
         self._install_sigterm()
-        settings = attrs.evolve(
-            AgentSettings.from_env(collect_metrics=self.collect_metrics),
-            deadline=time.monotonic() + self.spec.timeout,
-        )
+        settings = attrs.evolve(self._settings, deadline=time.monotonic() + self.spec.timeout)
         try:
             self._cluster = provision(
                 self.providers, self.selector, self.spec, self.pool_id, settings, self._emit

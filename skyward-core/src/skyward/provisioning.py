@@ -10,7 +10,6 @@ down exactly once, on every exit path.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from attrs import define, field
 
 from skyward import selection
+from skyward.env_settings import env_seconds
 from skyward.errors import (
     AllProvidersFailedError,
     CapacityError,
@@ -82,8 +82,10 @@ class AgentSettings:
 
     @classmethod
     def from_env(cls, *, collect_metrics: bool) -> AgentSettings:
-        timeout = float(os.environ.get(HEARTBEAT_TIMEOUT_ENV) or 30.0)
-        interval = float(os.environ.get(METRICS_INTERVAL_ENV) or 5.0)
+        """From ``SKYWARD_HEARTBEAT_TIMEOUT`` and ``SKYWARD_METRICS_INTERVAL``; a value that
+        is not a finite positive number of seconds is a ``ConfigurationError``."""
+        timeout = env_seconds(HEARTBEAT_TIMEOUT_ENV, 30.0)
+        interval = env_seconds(METRICS_INTERVAL_ENV, 5.0)
         return cls(
             heartbeat_timeout=timeout, metrics_interval=interval if collect_metrics else None
         )
@@ -293,6 +295,11 @@ def _launch(
                 try:
                     cluster.clients.append(future.result())
                 except BaseException as error:
+                    if not errors:
+                        # Abort the other nodes' connects now (a Ctrl-C, a dead host)
+                        # instead of waiting for each to time out.
+                        for transport in cluster.transports:
+                            _quietly(transport.close, "aborting a node's bring-up")
                     errors.append(error)
             if errors:
                 raise errors[0]
