@@ -13,11 +13,13 @@ from collections.abc import Callable
 
 from skyward.hookspecs import hookimpl
 from skyward.integrations import Framework
-from skyward_integrations import joblib
+from skyward_integrations import jax, joblib, torch
 
 
 @hookimpl
 def register_frameworks(register: Callable[[Framework], None]) -> None:
+    register(Framework("torch", torch.torch))
+    register(Framework("jax", jax.jax))
     register(Framework("JoblibPool", joblib.JoblibPool))
     register(Framework("ScikitLearnPool", joblib.ScikitLearnPool))
     register(Framework("joblib_backend", joblib.joblib_backend))
