@@ -62,7 +62,7 @@ def initialize_jax(info: InstanceInfo, timeout: float, name: str = "jax") -> str
         return address
     if os.environ.get("JAX_PLATFORMS") == "cpu":
         # CPU collectives across processes (gloo is the default only from jax 0.6).
-        _jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        _jax.config.update("jax_cpu_collectives_implementation", "gloo")  # type: ignore[no-untyped-call]
     _jax.distributed.initialize(
         coordinator_address=address,
         num_processes=me.world_size,
