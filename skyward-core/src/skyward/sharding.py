@@ -94,38 +94,70 @@ def shard(*arrays: Any, shuffle: bool = False, seed: int | None = None) -> Any:
 
 
 class DistributedSampler:
-    """Indices of this node's share of a dataset, for ``torch.utils.data.DataLoader``.
+    """Indices of this worker's share of a dataset, for ``torch.utils.data.DataLoader``.
 
-    Works like ``torch.utils.data.DistributedSampler`` with the node index as rank and
-    the pool's node count as world size, without needing torch itself. Call
-    :meth:`set_epoch` each epoch so shuffling differs between epochs (and agrees
-    between nodes).
+    Same semantics as ``torch.utils.data.DistributedSampler``, without needing torch: one
+    replica per worker of every node (``rank = node * workers_per_node + worker``, as
+    ``sky.integrations.torch`` numbers ranks), and **every rank gets the same number of
+    indices** — the list is padded by wrapping around (or, with ``drop_last``, trimmed),
+    because a rank with one batch more than the others would wait forever in DDP's
+    all-reduce. Call :meth:`set_epoch` each epoch so shuffling differs between epochs (and
+    agrees between ranks).
     """
 
-    def __init__(self, dataset: Sized, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Sized,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
         info = instance_info()
+        if num_replicas is None:
+            num_replicas = info.total_nodes * info.workers_per_node
+        if rank is None:
+            rank = info.node * info.workers_per_node + info.worker
+        if num_replicas < 1:
+            raise ConfigurationError(
+                "num_replicas", f"{num_replicas} is not a positive count", "Use e.g. 2"
+            )
+        if not 0 <= rank < num_replicas:
+            raise ConfigurationError(
+                "rank", f"{rank} is outside 0..{num_replicas - 1}", "Leave rank unset"
+            )
         self.dataset = dataset
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.shuffle = shuffle
         self.seed = seed
-        self.rank = info.node
-        self.num_replicas = info.total_nodes
+        self.drop_last = drop_last
         self.epoch = 0
+        length = len(dataset)
+        if drop_last and length % num_replicas:
+            self.num_samples = length // num_replicas  # torch: ceil((length - n) / n)
+        else:
+            self.num_samples = -(-length // num_replicas)
+        self.total_size = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
-        """Use a different (but node-wide identical) shuffle for ``epoch``."""
+        """Use a different (but rank-wide identical) shuffle for ``epoch``."""
         self.epoch = epoch
 
     def _indices(self) -> list[int]:
-        return partition_indices(
-            len(self.dataset),
-            self.rank,
-            self.num_replicas,
-            shuffle=self.shuffle,
-            seed=self.seed + self.epoch,
-        )
+        order = list(range(len(self.dataset)))
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(order)
+        if self.drop_last:
+            order = order[: self.total_size]
+        else:
+            while order and len(order) < self.total_size:
+                order += order[: self.total_size - len(order)]
+        return order[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices())
 
     def __len__(self) -> int:
-        return len(self._indices())
+        return self.num_samples
