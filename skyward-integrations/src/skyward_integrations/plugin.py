@@ -13,13 +13,16 @@ from collections.abc import Callable
 
 from skyward.hookspecs import hookimpl
 from skyward.integrations import Framework
-from skyward_integrations import jax, joblib, torch
+from skyward_integrations import jax, joblib, keras, tensorflow, torch, transformers
 
 
 @hookimpl
 def register_frameworks(register: Callable[[Framework], None]) -> None:
     register(Framework("torch", torch.torch))
     register(Framework("jax", jax.jax))
+    register(Framework("keras", keras.keras))
+    register(Framework("tensorflow", tensorflow.tensorflow))
+    register(Framework("transformers", transformers.transformers))
     register(Framework("JoblibPool", joblib.JoblibPool))
     register(Framework("ScikitLearnPool", joblib.ScikitLearnPool))
     register(Framework("joblib_backend", joblib.joblib_backend))
