@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import joblib
@@ -14,6 +15,7 @@ import sklearn
 
 import skyward as sky
 from skyward.wheels import closure, node_distributions
+from tests.ssh_hosts import ClientKey
 
 
 @sky.integrations.tensorflow(timeout=60)
@@ -48,3 +50,31 @@ def test_local_image_environments_get_the_package(
         results = where_am_i() @ pool
     assert all(r["python"] != sys.executable for r in results)  # the image's own venv
     assert [r["tf_config"]["task"]["index"] for r in results] == [0, 1]
+
+
+def test_ssh_hosts_rendezvous_across_real_addresses(
+    ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path
+) -> None:
+    hosts = ssh_hosts(2)
+    provider = sky.SSH(
+        hosts=[
+            sky.SSHHost(
+                h.address, user=h.user, port=h.port, identity_file=str(ssh_client_key.private_path)
+            )
+            for h in hosts
+        ],
+        known_hosts=str(ssh_known_hosts),
+    )
+    with sky.ComputePool(provider=provider, nodes=2, display="quiet", timeout=600) as pool:
+        results = where_am_i() @ pool
+    head = hosts[0].address
+    for node, result in enumerate(results):
+        # The package came as a wheel into the host's own environment, not from this checkout.
+        assert not result["package"].startswith(str(Path(__file__).resolve().parents[1]))
+        env = result["torch_env"]
+        assert env["MASTER_ADDR"] == head
+        assert env["MASTER_PORT"] == str(result["head"][1])
+        assert (env["RANK"], env["WORLD_SIZE"]) == (str(node), "2")
+    workers = results[0]["tf_config"]["cluster"]["worker"]
+    assert workers[0].startswith(f"{head}:")
+    assert all(r["tf_config"]["cluster"]["worker"] == workers for r in results)
