@@ -35,6 +35,8 @@ from pathlib import Path
 
 from attrs import frozen
 
+from skyward.hookspecs import NODE_GROUP
+
 __all__ = ["NODE_GROUP", "NodeWheels", "build_node_wheels", "closure", "node_distributions"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -42,8 +44,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 # the agent imports neither.
 _CLIENT_ONLY = {"uv", "paramiko", "tenacity"}
 ROOT_DISTRIBUTION = "skyward-core"
-NODE_GROUP = "skyward.node"
-"""Entry-point group of plugins that nodes need installed; the value names the module."""
 
 
 @frozen

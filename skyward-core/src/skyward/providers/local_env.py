@@ -88,7 +88,7 @@ def _node_packages() -> dict[str, Path]:
     from importlib import metadata
     from importlib.util import find_spec
 
-    from skyward.wheels import NODE_GROUP
+    from skyward.hookspecs import NODE_GROUP
 
     packages = {"skyward": Path(skyward.__file__).resolve().parent}
     for entry in metadata.entry_points(group=NODE_GROUP):
