@@ -106,3 +106,16 @@ def test_configuration_errors_survive_pickling() -> None:
     error = pickle.loads(pickle.dumps(sky.ConfigurationError("backend", "bad", "fix it")))
     assert isinstance(error, sky.ConfigurationError)
     assert (error.field, error.problem, error.fix) == ("backend", "bad", "fix it")
+
+
+def test_shard_follows_the_worker_rank(on_worker: object) -> None:
+    place = on_worker
+    data = list(range(10))
+    parts = []
+    for node in range(2):
+        for worker in range(2):
+            place(node, 2, worker, 2)  # type: ignore[operator]
+            parts.append(sky.shard(data))
+    # `@ pool` runs once on every worker: the four parts cover the data exactly once.
+    assert sorted(i for part in parts for i in part) == data
+    assert [len(p) for p in parts] == [3, 3, 2, 2]

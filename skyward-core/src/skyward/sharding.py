@@ -1,4 +1,4 @@
-"""``sky.shard()``: each node takes its own slice of data that every node received whole."""
+"""``sky.shard()``: each worker takes its own slice of data that every worker received whole."""
 
 from __future__ import annotations
 
@@ -63,11 +63,12 @@ def shard(
     first: Any, second: Any, /, *arrays: Any, shuffle: bool = False, seed: int | None = None
 ) -> tuple[Any, ...]: ...
 def shard(*arrays: Any, shuffle: bool = False, seed: int | None = None) -> Any:
-    """This node's part of each array (one array in, one out; several in, a tuple out).
+    """This worker's part of each array (one array in, one out; several in, a tuple out).
 
-    Parts follow the node index (``instance_info().node`` of ``total_nodes``), so a call
-    broadcast with ``@`` covers the data exactly once. Several arrays are cut at the same
-    indices, so ``x`` and ``y`` stay aligned.
+    Parts follow the worker's rank (``node * workers_per_node + worker`` of
+    ``total_nodes * workers_per_node``), so a call broadcast with ``@`` (once on every
+    worker) covers the data exactly once. Several arrays are cut at the same indices, so
+    ``x`` and ``y`` stay aligned.
     """
     if not arrays:
         raise ConfigurationError("shard", "nothing to shard", "Pass one or more arrays")
@@ -87,7 +88,11 @@ def shard(*arrays: Any, shuffle: bool = False, seed: int | None = None) -> Any:
     if shuffle and seed is None:
         seed = _default_seed(info.job_id)
     indices = partition_indices(
-        lengths.pop(), info.node, info.total_nodes, shuffle=shuffle, seed=seed
+        lengths.pop(),
+        info.node * info.workers_per_node + info.worker,
+        info.total_nodes * info.workers_per_node,
+        shuffle=shuffle,
+        seed=seed,
     )
     parts = tuple(_take(a, indices) for a in arrays)
     return parts[0] if len(parts) == 1 else parts
