@@ -97,6 +97,22 @@ def test_keras_data_parallel_fit_gives_identical_weights(
     assert results[0]["weights"] == results[1]["weights"]
 
 
+@sky.integrations.keras(backend="torch", timeout=60)
+@sky.compute
+def keras_on_torch() -> tuple[str, int, int]:
+    import keras
+    import torch.distributed as dist
+
+    return keras.backend.backend(), dist.get_rank(), dist.get_world_size()
+
+
+def test_keras_on_torch_sets_up_torch_distributed(
+    local_pool_factory: Callable[..., sky.ComputePool],
+) -> None:
+    with local_pool_factory(nodes=2, timeout=600) as pool:
+        assert keras_on_torch() @ pool == (("torch", 0, 2), ("torch", 1, 2))
+
+
 @sky.integrations.transformers(backend="gloo", timeout=60)
 @sky.compute
 def hf_train(output_dir: str) -> dict[str, Any]:
