@@ -119,3 +119,14 @@ def test_shard_follows_the_worker_rank(on_worker: object) -> None:
     # `@ pool` runs once on every worker: the four parts cover the data exactly once.
     assert sorted(i for part in parts for i in part) == data
     assert [len(p) for p in parts] == [3, 3, 2, 2]
+
+
+def test_local_rank_is_the_device_index_of_a_pinned_gpu() -> None:
+    from skyward_integrations._distributed import ranks
+
+    me = ranks(InstanceInfo(node=1, total_nodes=2, worker=1, workers_per_node=2))
+    assert me.env(29500)["LOCAL_RANK"] == "1"  # every GPU visible (or none): the worker
+    assert me.env(29500, "0,1")["LOCAL_RANK"] == "1"
+    assert me.env(29500, "3")["LOCAL_RANK"] == "0"  # its own GPU only: cuda:0
+    assert me.env(29500, "3")["RANK"] == "3"
+    assert me.env(29500, "")["LOCAL_RANK"] == "1"

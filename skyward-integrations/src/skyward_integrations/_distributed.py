@@ -50,14 +50,21 @@ class Ranks:
     nodes: int
     master_addr: str
 
-    def env(self, port: int) -> dict[str, str]:
-        """The environment torchrun would give this rank (``env://`` reads it)."""
+    def env(self, port: int, visible_devices: str | None = None) -> dict[str, str]:
+        """The environment torchrun would give this rank (``env://`` reads it).
+
+        ``LOCAL_RANK`` is the worker index, as torchrun sets it, except when the worker sees
+        exactly one GPU (``CUDA_VISIBLE_DEVICES`` pinned per worker): libraries pick the
+        device ``cuda:LOCAL_RANK`` (accelerate, Lightning), and that GPU is ``cuda:0``.
+        """
+        pinned = visible_devices is not None and len(visible_devices.split(",")) == 1
+        local_rank = 0 if pinned and visible_devices != "" else self.local_rank
         return {
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(port),
             "WORLD_SIZE": str(self.world_size),
             "RANK": str(self.rank),
-            "LOCAL_RANK": str(self.local_rank),
+            "LOCAL_RANK": str(local_rank),
             "LOCAL_WORLD_SIZE": str(self.local_world_size),
             "NODE_RANK": str(self.node_rank),
             "GROUP_RANK": str(self.node_rank),

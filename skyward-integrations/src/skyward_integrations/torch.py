@@ -40,7 +40,7 @@ class TorchSetup:
 
     def __call__(self, info: InstanceInfo) -> None:
         me = ranks(info)
-        os.environ.update(me.env(port_for(info, "torch")))
+        os.environ.update(me.env(port_for(info, "torch"), os.environ.get("CUDA_VISIBLE_DEVICES")))
         import torch as _torch
         import torch.distributed as dist
 
@@ -64,7 +64,7 @@ class TorchSetup:
             return
         if backend == "nccl":
             # With one GPU per worker (CUDA_VISIBLE_DEVICES set per worker) this is device 0.
-            _torch.cuda.set_device(me.local_rank % _torch.cuda.device_count())
+            _torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % _torch.cuda.device_count())
         dist.init_process_group(
             backend=backend,
             init_method="env://",
