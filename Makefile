@@ -48,8 +48,8 @@ bench-quick: bench-env
 
 bench-env: $(BENCH_VENV)/.installed
 
-$(BENCH_VENV)/.installed: bench/requirements.txt skyward-core/pyproject.toml skyward-aws/pyproject.toml | $(UV)
+$(BENCH_VENV)/.installed: bench/requirements.txt skyward-core/pyproject.toml skyward-aws/pyproject.toml skyward-integrations/pyproject.toml | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(BENCH_VENV)
 	$(UV) pip install --quiet --python $(BENCH_VENV)/bin/python \
-		-r bench/requirements.txt -e skyward-core -e skyward-aws
+		-r bench/requirements.txt -e skyward-core -e skyward-aws -e skyward-integrations
 	touch $@

@@ -149,19 +149,30 @@ def test_aws_resolves_through_its_entry_point() -> None:
 
 
 def test_integrations_resolve_through_registry(registered: Callable[[object, str], None]) -> None:
-    with pytest.raises(PluginNotInstalledError, match=r'pip install "skyward\[integrations\]"'):
-        sky.integrations.torch  # noqa: B018
+    from skyward_integrations.torch import torch
 
-    def torch_decorator(backend: str = "gloo") -> str:
-        return f"torch:{backend}"
+    assert sky.integrations.torch is torch  # the installed skyward-integrations
+    pm = plugins.get_plugin_manager()
+    real = pm.unregister(name="integrations")  # as if it were not installed
+    plugins.reset(pm)
+    try:
+        with pytest.raises(PluginNotInstalledError, match=r'pip install "skyward\[integrations\]"'):
+            sky.integrations.torch  # noqa: B018
 
-    class Integrations:
-        @sky.hookimpl
-        def register_frameworks(self, register: Callable[[Framework], None]) -> None:
-            register(Framework(name="torch", entry=torch_decorator))
+        def torch_decorator(backend: str = "gloo") -> str:
+            return f"torch:{backend}"
 
-    registered(Integrations(), "fake-integrations")
-    assert sky.integrations.torch(backend="nccl") == "torch:nccl"
+        class Integrations:
+            @sky.hookimpl
+            def register_frameworks(self, register: Callable[[Framework], None]) -> None:
+                register(Framework(name="torch", entry=torch_decorator))
+
+        registered(Integrations(), "fake-integrations")
+        assert sky.integrations.torch(backend="nccl") == "torch:nccl"
+    finally:
+        if real is not None:
+            pm.register(real, name="integrations")
+        plugins.reset(pm)
 
 
 def test_provider_name_clash_names_both_plugins(registered: Callable[[object, str], None]) -> None:

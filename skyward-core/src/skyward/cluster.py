@@ -6,7 +6,12 @@ import threading
 
 from attrs import field, frozen
 
-__all__ = ["InstanceInfo", "current_accelerator", "instance_info"]
+__all__ = ["RENDEZVOUS_PORTS", "InstanceInfo", "current_accelerator", "instance_info"]
+
+RENDEZVOUS_PORTS = 8
+"""Ports reserved on node 0 for distributed frameworks: ``head_port`` up to
+``head_port + RENDEZVOUS_PORTS - 1``. Each framework takes its own (torch's store and JAX's
+coordinator cannot share one), so several can run in one pool."""
 
 
 @frozen
@@ -22,7 +27,8 @@ class InstanceInfo:
     head_addr: str = "127.0.0.1"
     """Address of node 0 as the other nodes see it."""
     head_port: int = 0
-    """A port on node 0 reserved for distributed frameworks' rendezvous."""
+    """First of :data:`RENDEZVOUS_PORTS` consecutive ports on node 0 reserved for distributed
+    frameworks' rendezvous (see :meth:`rendezvous_port`)."""
     job_id: str = "local"
     """Unique id of the pool."""
     worker: int = 0
@@ -34,6 +40,12 @@ class InstanceInfo:
     def is_head(self) -> bool:
         """True on node 0."""
         return self.node == 0
+
+    def rendezvous_port(self, index: int) -> int:
+        """The ``index``-th reserved port on node 0 (``0 <= index < RENDEZVOUS_PORTS``)."""
+        if not 0 <= index < RENDEZVOUS_PORTS:
+            raise ValueError(f"rendezvous port {index} is outside 0..{RENDEZVOUS_PORTS - 1}")
+        return self.head_port + index
 
 
 # Set once by the node agent; the worker index differs per worker thread.

@@ -47,6 +47,11 @@ class ConfigurationError(SkywardError, ValueError):
         self.fix = fix
         super().__init__(f"{field}: {problem}. {fix}")
 
+    def __reduce__(self) -> tuple[type[ConfigurationError], tuple[str, str, str]]:
+        # Raised on nodes too (a framework set-up refusing a bad value): rebuilt on the
+        # client as itself, not as a RemoteError.
+        return (type(self), (self.field, self.problem, self.fix))
+
 
 class PluginError(SkywardError):
     """A plugin misbehaved (bad registration, name clash, failing hook).

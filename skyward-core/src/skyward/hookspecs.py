@@ -27,7 +27,12 @@ if TYPE_CHECKING:
     from skyward.spec import ComputeSpec
     from skyward.ssh.hosts import SSHHost
 
-__all__ = ["hookimpl", "hookspec"]
+__all__ = ["NODE_GROUP", "hookimpl", "hookspec"]
+
+NODE_GROUP = "skyward.node"
+"""Entry-point group of plugins whose code must also run on the nodes (the value names the
+module): their distributions are shipped to nodes with skyward-core (:mod:`skyward.wheels`)
+and linked into Local image environments."""
 
 hookspec = pluggy.HookspecMarker("skyward")
 hookimpl = pluggy.HookimplMarker("skyward")

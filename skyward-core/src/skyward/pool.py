@@ -288,6 +288,15 @@ class ComputePool:
         return self._cluster is not None
 
     @property
+    def workers(self) -> int:
+        """Workers of the whole pool: what the nodes reported once open (``concurrency=
+        "auto"`` is decided by each node), the spec's estimate before."""
+        cluster = self._cluster
+        if cluster is not None and cluster.clients:
+            return sum(client.workers for client in cluster.clients)
+        return self.spec.nodes * self.spec.expected_workers_per_node
+
+    @property
     def instance_count(self) -> int:
         """Number of instances (``nodes``) of the pool."""
         cluster = self._cluster

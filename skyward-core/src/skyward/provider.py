@@ -113,7 +113,8 @@ class Infrastructure:
     region: str
     """Where the pool's machines will live; shown in ``InfraCreated``."""
     head_port: int = 29500
-    """Port on node 0 reserved for distributed frameworks' rendezvous (``head_port``)."""
+    """First of the ports on node 0 reserved for distributed frameworks' rendezvous
+    (``head_port`` .. ``head_port + RENDEZVOUS_PORTS - 1``, see :mod:`skyward.cluster`)."""
     on_expire: str = "exit"
     """What agents do when their watchdog or lifetime fires: ``"exit"``, or ``"poweroff"``
     for cloud machines (whose provider then terminates them)."""

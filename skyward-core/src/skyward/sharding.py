@@ -1,4 +1,4 @@
-"""``sky.shard()``: each node takes its own slice of data that every node received whole."""
+"""``sky.shard()``: each worker takes its own slice of data that every worker received whole."""
 
 from __future__ import annotations
 
@@ -63,11 +63,12 @@ def shard(
     first: Any, second: Any, /, *arrays: Any, shuffle: bool = False, seed: int | None = None
 ) -> tuple[Any, ...]: ...
 def shard(*arrays: Any, shuffle: bool = False, seed: int | None = None) -> Any:
-    """This node's part of each array (one array in, one out; several in, a tuple out).
+    """This worker's part of each array (one array in, one out; several in, a tuple out).
 
-    Parts follow the node index (``instance_info().node`` of ``total_nodes``), so a call
-    broadcast with ``@`` covers the data exactly once. Several arrays are cut at the same
-    indices, so ``x`` and ``y`` stay aligned.
+    Parts follow the worker's rank (``node * workers_per_node + worker`` of
+    ``total_nodes * workers_per_node``), so a call broadcast with ``@`` (once on every
+    worker) covers the data exactly once. Several arrays are cut at the same indices, so
+    ``x`` and ``y`` stay aligned.
     """
     if not arrays:
         raise ConfigurationError("shard", "nothing to shard", "Pass one or more arrays")
@@ -87,45 +88,81 @@ def shard(*arrays: Any, shuffle: bool = False, seed: int | None = None) -> Any:
     if shuffle and seed is None:
         seed = _default_seed(info.job_id)
     indices = partition_indices(
-        lengths.pop(), info.node, info.total_nodes, shuffle=shuffle, seed=seed
+        lengths.pop(),
+        info.node * info.workers_per_node + info.worker,
+        info.total_nodes * info.workers_per_node,
+        shuffle=shuffle,
+        seed=seed,
     )
     parts = tuple(_take(a, indices) for a in arrays)
     return parts[0] if len(parts) == 1 else parts
 
 
 class DistributedSampler:
-    """Indices of this node's share of a dataset, for ``torch.utils.data.DataLoader``.
+    """Indices of this worker's share of a dataset, for ``torch.utils.data.DataLoader``.
 
-    Works like ``torch.utils.data.DistributedSampler`` with the node index as rank and
-    the pool's node count as world size, without needing torch itself. Call
-    :meth:`set_epoch` each epoch so shuffling differs between epochs (and agrees
-    between nodes).
+    Same semantics as ``torch.utils.data.DistributedSampler``, without needing torch: one
+    replica per worker of every node (``rank = node * workers_per_node + worker``, as
+    ``sky.integrations.torch`` numbers ranks), and **every rank gets the same number of
+    indices** — the list is padded by wrapping around (or, with ``drop_last``, trimmed),
+    because a rank with one batch more than the others would wait forever in DDP's
+    all-reduce. Call :meth:`set_epoch` each epoch so shuffling differs between epochs (and
+    agrees between ranks).
     """
 
-    def __init__(self, dataset: Sized, shuffle: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: Sized,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
         info = instance_info()
+        if num_replicas is None:
+            num_replicas = info.total_nodes * info.workers_per_node
+        if rank is None:
+            rank = info.node * info.workers_per_node + info.worker
+        if num_replicas < 1:
+            raise ConfigurationError(
+                "num_replicas", f"{num_replicas} is not a positive count", "Use e.g. 2"
+            )
+        if not 0 <= rank < num_replicas:
+            raise ConfigurationError(
+                "rank", f"{rank} is outside 0..{num_replicas - 1}", "Leave rank unset"
+            )
         self.dataset = dataset
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.shuffle = shuffle
         self.seed = seed
-        self.rank = info.node
-        self.num_replicas = info.total_nodes
+        self.drop_last = drop_last
         self.epoch = 0
+        length = len(dataset)
+        if drop_last and length % num_replicas:
+            self.num_samples = length // num_replicas  # torch: ceil((length - n) / n)
+        else:
+            self.num_samples = -(-length // num_replicas)
+        self.total_size = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
-        """Use a different (but node-wide identical) shuffle for ``epoch``."""
+        """Use a different (but rank-wide identical) shuffle for ``epoch``."""
         self.epoch = epoch
 
     def _indices(self) -> list[int]:
-        return partition_indices(
-            len(self.dataset),
-            self.rank,
-            self.num_replicas,
-            shuffle=self.shuffle,
-            seed=self.seed + self.epoch,
-        )
+        order = list(range(len(self.dataset)))
+        if self.shuffle:
+            random.Random(self.seed + self.epoch).shuffle(order)
+        if self.drop_last:
+            order = order[: self.total_size]
+        else:
+            while order and len(order) < self.total_size:
+                order += order[: self.total_size - len(order)]
+        return order[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices())
 
     def __len__(self) -> int:
-        return len(self._indices())
+        return self.num_samples

@@ -10,6 +10,10 @@ an index (which could resolve to another version), the client ships what it has:
   platform (so a node with no index access still works); for another platform they are
   pinned to the client's exact version and installed from the index.
 
+Plugins whose code must run on the nodes too (skyward-integrations: the code that sets up
+torch/JAX/... in each worker) say so with an entry point in group ``skyward.node``
+(:data:`NODE_GROUP`); their distributions and what they need are shipped the same way.
+
 The result is cached under ``~/.cache/skyward/wheels/<fingerprint>``; the fingerprint
 changes when any shipped version or editable source file changes.
 """
@@ -31,7 +35,9 @@ from pathlib import Path
 
 from attrs import frozen
 
-__all__ = ["NodeWheels", "build_node_wheels", "closure"]
+from skyward.hookspecs import NODE_GROUP
+
+__all__ = ["NODE_GROUP", "NodeWheels", "build_node_wheels", "closure", "node_distributions"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 # Needed on the client only (to build environments, to speak SSH), never on a node:
@@ -71,10 +77,20 @@ def _requirement_names(dist: metadata.Distribution) -> list[str]:
     return names
 
 
-def closure(root: str = ROOT_DISTRIBUTION) -> list[metadata.Distribution]:
-    """``root`` and every distribution it needs at run time, as installed here."""
+def node_distributions() -> list[str]:
+    """Installed distributions that declared a ``skyward.node`` entry point."""
+    names = set()
+    for entry in metadata.entry_points(group=NODE_GROUP):
+        if entry.dist is not None:
+            names.add(entry.dist.metadata["Name"])
+    return sorted(names)
+
+
+def closure(root: str = ROOT_DISTRIBUTION, *more: str) -> list[metadata.Distribution]:
+    """``root`` (and ``more``) with every distribution they need at run time, as
+    installed here."""
     seen: dict[str, metadata.Distribution] = {}
-    todo = [root]
+    todo = [root, *more]
     while todo:
         name = _canonical(todo.pop())
         if name in seen:
@@ -176,7 +192,7 @@ def build_node_wheels(cache_dir: Path | None = None, *, include_binary: bool = F
     """
     from skyward.providers.local_env import find_uv
 
-    dists = closure()
+    dists = closure(ROOT_DISTRIBUTION, *node_distributions())
     fingerprint = _fingerprint(dists, include_binary)
     root = (cache_dir or Path.home() / ".cache" / "skyward" / "wheels") / fingerprint
     done = root / ".complete"

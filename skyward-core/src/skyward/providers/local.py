@@ -28,7 +28,8 @@ from skyward.agent_process import (
     stop_orphan_group,
     stop_process_group,
 )
-from skyward.errors import ConfigurationError
+from skyward.cluster import RENDEZVOUS_PORTS
+from skyward.errors import ConfigurationError, ProvisioningError
 from skyward.exit_status import describe_exit, oom_kills
 from skyward.hookspecs import hookimpl
 from skyward.image import Image
@@ -113,10 +114,25 @@ class LocalInfrastructure(Infrastructure):
 
 
 def _free_port() -> int:
+    """The first of ``RENDEZVOUS_PORTS`` consecutive ports that are all free right now."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            base: int = sock.getsockname()[1]
+        if base + RENDEZVOUS_PORTS <= 65536 and all(
+            _bindable(port) for port in range(base, base + RENDEZVOUS_PORTS)
+        ):
+            return base
+    raise ProvisioningError("local", f"found no {RENDEZVOUS_PORTS} consecutive free ports")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @define

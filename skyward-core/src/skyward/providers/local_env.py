@@ -4,8 +4,8 @@ An empty image reuses the client's own interpreter. Any other image gets a venv 
 uv under the cache directory, keyed by ``Image.content_hash()``; concurrent nodes (and
 concurrent pools) building the same image take a file lock, so it is built once. Skyward
 itself is made importable in the venv from the client's own copy (a ``.pth`` entry pointing
-at a directory holding only the ``skyward`` package), and its runtime dependencies are
-installed at the client's exact versions.
+at a directory holding only the ``skyward`` package and the packages of plugins nodes need),
+and its runtime dependencies are installed at the client's exact versions.
 """
 
 from __future__ import annotations
@@ -82,19 +82,47 @@ def _run(command: list[str], reporter: BootstrapReporter, step: str) -> None:
         raise ProvisioningError("local", f"bootstrap step {step!r} failed:\n{output}")
 
 
+def _node_packages() -> dict[str, Path]:
+    """Import name -> directory of ``skyward`` and of every plugin that nodes need
+    (entry-point group ``skyward.node``, see :mod:`skyward.wheels`)."""
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    from skyward.hookspecs import NODE_GROUP
+
+    packages = {"skyward": Path(skyward.__file__).resolve().parent}
+    for entry in metadata.entry_points(group=NODE_GROUP):
+        name = entry.value.split(":", 1)[0].split(".", 1)[0]
+        spec = find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            packages[name] = Path(next(iter(spec.submodule_search_locations))).resolve()
+    return packages
+
+
 def _skyward_link_dir(cache_dir: Path) -> Path:
-    """A directory whose only entry is a link to the client's ``skyward`` package."""
-    package = Path(skyward.__file__).resolve().parent
-    key = hashlib.sha256(str(package).encode()).hexdigest()[:12]
+    """A directory whose only entries are links to the client's ``skyward`` package and
+    to the packages of plugins that run on nodes too."""
+    packages = _node_packages()
+    listing = "\n".join(f"{name}={path}" for name, path in sorted(packages.items()))
+    key = hashlib.sha256(listing.encode()).hexdigest()[:12]
     link_dir = cache_dir / "skyward-src" / key
-    link = link_dir / "skyward"
-    if not link.exists():
+    for name, package in packages.items():
+        link = link_dir / name
+        if link.exists():
+            continue
         link_dir.mkdir(parents=True, exist_ok=True)
-        tmp = link_dir / f".skyward.{key}.tmp"
+        tmp = link_dir / f".{name}.{key}.tmp"
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(package, target_is_directory=True)
         tmp.replace(link)
     return link_dir
+
+
+def _link_skyward(env_dir: Path, cache_dir: Path) -> None:
+    pth = _site_packages(env_dir) / "skyward-client.pth"
+    line = f"{_skyward_link_dir(cache_dir)}\n"
+    if not pth.exists() or pth.read_text() != line:
+        pth.write_text(line)
 
 
 def _site_packages(env_dir: Path) -> Path:
@@ -120,6 +148,7 @@ def ensure_environment(image: Image, cache_dir: Path, reporter: BootstrapReporte
         if (env_dir / _READY).exists():
             reporter.step("deps", cached=True)
             reporter.step("skyward", cached=True)
+            _link_skyward(env_dir, cache_dir)  # node plugins installed since it was built
             return str(python)
         reporter.step("uv")
         uv = find_uv()
@@ -132,8 +161,6 @@ def ensure_environment(image: Image, cache_dir: Path, reporter: BootstrapReporte
             install += ["--extra-index-url", image.pip_extra_index_url]
         _run([*install, *runtime_requirements(), *image.pip], reporter, "deps")
         reporter.step("skyward")
-        (_site_packages(env_dir) / "skyward-client.pth").write_text(
-            f"{_skyward_link_dir(cache_dir)}\n"
-        )
+        _link_skyward(env_dir, cache_dir)
         (env_dir / _READY).write_text(image.content_hash() + "\n")
     return str(python)

@@ -1,0 +1,229 @@
+"""The joblib backend and the scikit-learn pools, on a real Local pool of 2 nodes x 2 workers.
+
+Results must be exactly what the same code gives locally; tasks must spread over every
+worker; the backend must batch tiny tasks, run joblib's callbacks off the connection's reader
+thread, and keep the client's warning filters from breaking tasks on nodes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+import time
+import types
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+import sklearn
+from joblib import Parallel, delayed
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, RandomizedSearchCV, cross_val_score
+from sklearn.tree import DecisionTreeClassifier
+
+import skyward as sky
+from skyward_integrations._joblib_backend import SkywardBackend
+
+
+def where(x: int) -> tuple[int, int, int, int, int]:
+    info = sky.instance_info()
+    return x * x, info.node, info.worker, os.getpid(), os.getppid()
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.05)
+    return x * x
+
+
+def fails_on_seven(x: int) -> int:
+    if x == 7:
+        raise ValueError(f"bad item {x}")
+    return x
+
+
+def nested(x: int) -> tuple[list[int], str]:
+    inner = Parallel(n_jobs=2)(delayed(abs)(-x - i) for i in range(3))
+    return inner, type(joblib.parallel.get_active_backend()[0]).__name__
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[sky.ComputePool]:
+    with sky.ComputePool(
+        provider=sky.Local(), nodes=2, concurrency=2, display="quiet", timeout=600
+    ) as opened:
+        yield opened
+
+
+@pytest.fixture
+def backend(pool: sky.ComputePool) -> Iterator[SkywardBackend]:
+    with sky.integrations.joblib_backend(pool) as made:
+        yield made
+
+
+def test_results_are_local_results_and_every_worker_takes_part(backend: SkywardBackend) -> None:
+    results = Parallel(n_jobs=-1, batch_size=1)(delayed(where)(x) for x in range(40))
+    assert [r[0] for r in results] == [x * x for x in range(40)]
+    slots = {(node, worker) for _, node, worker, _, _ in results}
+    assert slots == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert os.getpid() not in {pid for _, _, _, pid, _ in results}  # nothing ran here
+    assert backend.batches_sent == 40
+
+
+def test_n_jobs_follows_joblib_semantics(backend: SkywardBackend) -> None:
+    assert backend.effective_n_jobs(-1) == 4
+    assert backend.effective_n_jobs(None) == 4
+    assert backend.effective_n_jobs(-2) == 3
+    assert backend.effective_n_jobs(3) == 3
+    # One job would make joblib run everything in the client: never report fewer than two.
+    assert backend.effective_n_jobs(1) == 2
+    assert backend.effective_n_jobs(-10) == 2
+    with pytest.raises(ValueError, match="n_jobs == 0"):
+        backend.effective_n_jobs(0)
+    assert Parallel(n_jobs=1)(delayed(where)(1) for _ in range(2))[0][3] != os.getpid()
+
+
+def test_exceptions_are_the_local_exceptions(backend: SkywardBackend) -> None:
+    with pytest.raises(ValueError, match="bad item 7"):
+        Parallel(n_jobs=-1)(delayed(fails_on_seven)(x) for x in range(20))
+    # The backend stays usable after an error.
+    assert Parallel(n_jobs=-1)(delayed(fails_on_seven)(x) for x in range(5)) == list(range(5))
+
+
+def test_generators_ordered_and_unordered(backend: SkywardBackend) -> None:
+    ordered = Parallel(n_jobs=-1, return_as="generator")(delayed(slow_square)(x) for x in range(12))
+    assert isinstance(ordered, types.GeneratorType)
+    assert list(ordered) == [x * x for x in range(12)]
+    unordered = Parallel(n_jobs=-1, return_as="generator_unordered")(
+        delayed(slow_square)(x) for x in range(12)
+    )
+    assert sorted(unordered) == [x * x for x in range(12)]
+
+
+def test_nested_parallel_runs_sequentially_on_the_worker(backend: SkywardBackend) -> None:
+    results = Parallel(n_jobs=-1)(delayed(nested)(x) for x in range(4))
+    assert [r[0] for r in results] == [[x, x + 1, x + 2] for x in range(4)]
+    assert {r[1] for r in results} == {"SequentialBackend"}
+
+
+def test_timeout_is_enforced(backend: SkywardBackend) -> None:
+    # joblib raises multiprocessing's TimeoutError, as it does with its local backends.
+    with pytest.raises(multiprocessing.TimeoutError):
+        Parallel(n_jobs=-1, timeout=0.3)(delayed(time.sleep)(1.5) for _ in range(4))
+
+
+def test_tiny_tasks_are_batched(backend: SkywardBackend) -> None:
+    results = Parallel(n_jobs=-1)(delayed(abs)(-x) for x in range(3000))
+    assert results == list(range(3000))
+    assert backend.batches_sent < 300, backend.batches_sent
+
+
+class _ThreadRecordingBackend(SkywardBackend):
+    threads: set[str]
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        self.threads.add(threading.current_thread().name)
+        return super().retrieve_result_callback(out)
+
+
+def test_callbacks_run_on_the_backends_own_thread(pool: sky.ComputePool) -> None:
+    backend = _ThreadRecordingBackend(pool)
+    backend.threads = set()
+    with joblib.parallel_config(backend=backend):
+        assert Parallel(n_jobs=-1)(delayed(abs)(-x) for x in range(30)) == list(range(30))
+    assert backend.threads
+    assert all(name.startswith("skyward-joblib") for name in backend.threads), backend.threads
+
+
+def _data() -> tuple[Any, Any]:
+    return make_classification(n_samples=120, n_features=6, random_state=0)
+
+
+def test_grid_search_gives_the_local_result(backend: SkywardBackend) -> None:
+    x, y = _data()
+    grid = {"C": [0.01, 0.1, 1.0, 10.0]}
+    with joblib.parallel_config(backend="sequential"):
+        local = GridSearchCV(LogisticRegression(max_iter=200), grid, cv=3, n_jobs=1).fit(x, y)
+    sent_before = backend.batches_sent
+    remote = GridSearchCV(LogisticRegression(max_iter=200), grid, cv=3, n_jobs=-1).fit(x, y)
+    assert backend.batches_sent > sent_before  # the fits really went to the pool
+    assert remote.best_params_ == local.best_params_
+    np.testing.assert_array_equal(
+        remote.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"]
+    )
+    np.testing.assert_array_equal(remote.best_estimator_.coef_, local.best_estimator_.coef_)
+
+
+def test_cross_val_score_and_randomized_search_give_the_local_result(
+    backend: SkywardBackend,
+) -> None:
+    x, y = _data()
+    tree = DecisionTreeClassifier(random_state=0)
+    with joblib.parallel_config(backend="sequential"):
+        local_scores = cross_val_score(tree, x, y, cv=4, n_jobs=1)
+        local_search = RandomizedSearchCV(
+            tree, {"max_depth": list(range(1, 9))}, n_iter=5, cv=3, random_state=1, n_jobs=1
+        ).fit(x, y)
+    np.testing.assert_array_equal(cross_val_score(tree, x, y, cv=4, n_jobs=-1), local_scores)
+    remote_search = RandomizedSearchCV(
+        tree, {"max_depth": list(range(1, 9))}, n_iter=5, cv=3, random_state=1, n_jobs=-1
+    ).fit(x, y)
+    assert remote_search.best_params_ == local_search.best_params_
+    np.testing.assert_array_equal(
+        remote_search.cv_results_["mean_test_score"], local_search.cv_results_["mean_test_score"]
+    )
+
+
+def test_client_only_warning_filters_do_not_break_tasks(backend: SkywardBackend) -> None:
+    # A warning category from a module that exists only in this client (like a cloud SDK's).
+    module = types.ModuleType("client_only_sdk")
+    category = type("ClientOnlyWarning", (UserWarning,), {"__module__": "client_only_sdk"})
+    module.ClientOnlyWarning = category  # type: ignore[attr-defined]
+    sys.modules["client_only_sdk"] = module
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=category)
+            before = list(warnings.filters)
+            x, y = _data()
+            scores = cross_val_score(DecisionTreeClassifier(random_state=0), x, y, cv=3, n_jobs=-1)
+            assert len(scores) == 3
+            assert warnings.filters == before  # the user's filters are left as they were
+    finally:
+        del sys.modules["client_only_sdk"]
+
+
+def test_pools_pin_the_clients_versions_into_the_image() -> None:
+    pool = sky.integrations.ScikitLearnPool(provider=sky.Local(), display="quiet")
+    assert f"scikit-learn=={sklearn.__version__}" in pool.spec.image.pip
+    assert f"joblib=={joblib.__version__}" in pool.spec.image.pip
+    pinned = sky.integrations.JoblibPool(
+        provider=sky.Local(), joblib_version="1.5.0", image=sky.Image(pip=["numpy"])
+    )
+    assert pinned.spec.image.pip == ("numpy", "joblib==1.5.0")
+    kept = sky.integrations.JoblibPool(provider=sky.Local(), image=sky.Image(pip=["joblib"]))
+    assert kept.spec.image.pip == ("joblib",)
+    with pytest.raises(sky.ConfigurationError, match="joblib_version"):
+        sky.integrations.JoblibPool(
+            provider=sky.Local(), joblib_version="1.5.0", image=sky.Image(pip=["joblib>=1"])
+        )
+
+
+@pytest.mark.slow
+def test_scikit_learn_pool_end_to_end_on_nodes_with_only_their_image() -> None:
+    # The nodes get a fresh environment with scikit-learn pinned to the client's version and
+    # no skyward-integrations: the backend must not need it there.
+    x, y = _data()
+    local = cross_val_score(LogisticRegression(max_iter=200), x, y, cv=3, n_jobs=1)
+    with sky.integrations.ScikitLearnPool(
+        provider=sky.Local(), nodes=2, display="quiet", timeout=600
+    ) as pool:
+        assert isinstance(joblib.parallel.get_active_backend()[0], SkywardBackend)
+        remote = cross_val_score(LogisticRegression(max_iter=200), x, y, cv=3, n_jobs=-1)
+        assert pool.is_active
+    np.testing.assert_array_equal(remote, local)
+    assert not isinstance(joblib.parallel.get_active_backend()[0], SkywardBackend)
