@@ -85,6 +85,8 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
             "BootstrapProgress",
             "BootstrapCompleted",
             "Metrics",
+            "TaskSubmitted",
+            "TaskFinished",
             "LogLine",
             "PoolStopping",
             "InstanceStopping",

@@ -69,6 +69,8 @@ from skyward.events import (
     PoolStopping,
     ProviderName,
     SkywardEvent,
+    TaskFinished,
+    TaskSubmitted,
 )
 from skyward.hookspecs import hookimpl
 from skyward.image import BootstrapStep, Image
@@ -152,6 +154,8 @@ __all__ = [
     "SkywardError",
     "TaskTimeoutError",
     "SkywardEvent",
+    "TaskFinished",
+    "TaskSubmitted",
     "Volume",
     "WorkerLostError",
     "compose",

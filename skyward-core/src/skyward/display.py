@@ -2,7 +2,8 @@
 
 :func:`make_display` returns a callback for one of three modes:
 
-- ``"log"``: one plain line per notable event (metrics are left out: too noisy).
+- ``"log"``: one plain line per notable event (metrics and task events are left out: too
+  noisy).
 - ``"spinner"``: on a terminal, one spinner line that shows the current phase, with the
   nodes' output and errors printed above it; elsewhere the same lines as ``"log"``.
 - ``"quiet"``: nothing.
@@ -43,6 +44,8 @@ from skyward.events import (
     Metrics,
     PoolStopping,
     SkywardEvent,
+    TaskFinished,
+    TaskSubmitted,
 )
 
 __all__ = [
@@ -169,7 +172,7 @@ def _describe(event: SkywardEvent, nodes: _Nodes) -> str | None:
             )
         case CostFinal():
             return _cost_final_line(event)
-        case Metrics():
+        case Metrics() | TaskSubmitted() | TaskFinished():
             return None
 
 

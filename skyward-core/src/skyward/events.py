@@ -27,6 +27,8 @@ __all__ = [
     "PoolStopping",
     "ProviderName",
     "SkywardEvent",
+    "TaskFinished",
+    "TaskSubmitted",
 ]
 
 ProviderName: TypeAlias = str
@@ -120,6 +122,34 @@ class Metrics:
 
 
 @frozen
+class TaskSubmitted:
+    """One attempt of a call was sent to ``node``; ``task`` numbers the pool's calls from 1.
+
+    A call retried after a failure is submitted again with the same ``task`` and the next
+    ``attempt``. ``worker`` is set when the call is pinned to one (``@ pool``).
+    """
+
+    task: int
+    node: int
+    attempt: int = 1
+    worker: int | None = None
+
+
+@frozen
+class TaskFinished:
+    """The outcome of one attempt arrived; ``ok`` is false when it raised (or was lost).
+
+    ``seconds`` is the wall time from submission to outcome, as the client saw it.
+    """
+
+    task: int
+    node: int
+    ok: bool
+    seconds: float
+    attempt: int = 1
+
+
+@frozen
 class LogLine:
     """One line a node wrote to stdout or stderr (bootstrap output or a function's prints)."""
 
@@ -193,6 +223,8 @@ SkywardEvent: TypeAlias = (
     | BootstrapProgress
     | BootstrapCompleted
     | Metrics
+    | TaskSubmitted
+    | TaskFinished
     | LogLine
     | PoolStopping
     | InstanceStopping
