@@ -85,6 +85,7 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
             "BootstrapProgress",
             "BootstrapCompleted",
             "Metrics",
+            "BatchSubmitted",
             "TaskSubmitted",
             "TaskFinished",
             "LogLine",

@@ -45,6 +45,15 @@ def test_every_call_is_submitted_then_finished(
         assert sorted(e.task for e in finished) == [1, 2, 3, 4, 5, 6]
         assert all(e.ok and e.seconds >= 0 and e.node in (0, 1) for e in finished)
         assert {e.node for e in submitted} == {0, 1}  # spread over both nodes
+        assert [e.calls for e in events if isinstance(e, sky.BatchSubmitted)] == [6]
+        assert events.index(sky.BatchSubmitted(6)) < events.index(submitted[0])
+
+        events.clear()
+        assert list(pool.map(double, range(5))) == [0, 2, 4, 6, 8]
+        assert [e.calls for e in events if isinstance(e, sky.BatchSubmitted)] == [5]
+        events.clear()
+        assert list(pool.map(double, iter(range(3)))) == [0, 2, 4]  # size unknown: no total
+        assert not [e for e in events if isinstance(e, sky.BatchSubmitted)]
 
         events.clear()
         double(1) @ pool  # pinned to each worker

@@ -53,6 +53,7 @@ from skyward.errors import (
     WorkerLostError,
 )
 from skyward.events import (
+    BatchSubmitted,
     BootstrapCompleted,
     BootstrapProgress,
     BootstrapStarting,
@@ -107,6 +108,7 @@ __all__ = [
     "AllProvidersFailedError",
     "BudgetExceededError",
     "Allocation",
+    "BatchSubmitted",
     "AllocationLike",
     "BootstrapCompleted",
     "BootstrapProgress",

@@ -32,6 +32,7 @@ from rich.text import Text
 
 from skyward.errors import ConfigurationError
 from skyward.events import (
+    BatchSubmitted,
     BootstrapCompleted,
     BootstrapProgress,
     BootstrapStarting,
@@ -176,7 +177,7 @@ def _describe(event: SkywardEvent, nodes: _Nodes) -> str | None:
             )
         case CostFinal():
             return _cost_final_line(event)
-        case Metrics() | TaskSubmitted() | TaskFinished():
+        case Metrics() | BatchSubmitted() | TaskSubmitted() | TaskFinished():
             return None
 
 

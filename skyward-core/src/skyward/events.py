@@ -27,6 +27,7 @@ __all__ = [
     "PoolStopping",
     "ProviderName",
     "SkywardEvent",
+    "BatchSubmitted",
     "TaskFinished",
     "TaskSubmitted",
 ]
@@ -119,6 +120,15 @@ class Metrics:
     gpu_memory_used_mb: float | None = None
     gpu_memory_total_mb: float | None = None
     gpu_temperature: float | None = None
+
+
+@frozen
+class BatchSubmitted:
+    """``calls`` calls are about to be sent together (``&``, ``gather``, ``@ pool``, or
+    ``pool.map`` over sized iterables); their ``TaskSubmitted`` events follow as the
+    nodes take them, so a progress bar knows its total from the start."""
+
+    calls: int
 
 
 @frozen
@@ -223,6 +233,7 @@ SkywardEvent: TypeAlias = (
     | BootstrapProgress
     | BootstrapCompleted
     | Metrics
+    | BatchSubmitted
     | TaskSubmitted
     | TaskFinished
     | LogLine

@@ -20,7 +20,7 @@ import time
 import types
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -38,6 +38,7 @@ from skyward.errors import (
     WorkerLostError,
 )
 from skyward.events import (
+    BatchSubmitted,
     CostFinal,
     Error,
     PoolStopping,
@@ -422,6 +423,9 @@ class ComputePool:
         ``@sky.compute`` function or a plain one.
         """
         function = fn if isinstance(fn, ComputeFunction) else compute(fn)
+        sizes = [len(it) for it in iterables if isinstance(it, Sized)]
+        if sizes and len(sizes) == len(iterables):
+            self._emit(BatchSubmitted(min(sizes)))
         return self._map(function, zip(*iterables, strict=False), ordered)
 
     def _map(
@@ -467,12 +471,14 @@ class ComputePool:
         fails the batch before any of it runs.
         """
         payloads = [(_payload(p), p.options) for p in batch.computations]
+        self._emit(BatchSubmitted(len(payloads)))
         futures = [self._dispatch(payload, options) for payload, options in payloads]
         return tuple(self._result(f) for f in futures)
 
     def run_gather(self, gathered: PendingGather) -> tuple[Any, ...] | Iterator[Any]:
         """``gather(..., ordered=False / return_exceptions=True) >> pool``."""
         payloads = [(_payload(p), p.options) for p in gathered.batch.computations]
+        self._emit(BatchSubmitted(len(payloads)))
         futures = [self._dispatch(payload, options) for payload, options in payloads]
         if gathered.ordered:
             return tuple(self._outcome(f, gathered.return_exceptions) for f in futures)
