@@ -6,6 +6,7 @@ import pytest
 from rich.spinner import Spinner
 
 from skyward.events import (
+    BatchSubmitted,
     BootstrapCompleted,
     BootstrapProgress,
     BootstrapStarting,
@@ -108,3 +109,16 @@ def test_many_nodes_are_summed_up() -> None:
     lines = _view(state).lines(100)
     assert sum(line.startswith("  node ") for line in lines) == 7
     assert "  ... 13 more nodes: 13 ready, 0 in flight" in lines
+
+
+def test_a_gather_shows_its_whole_size_from_the_start() -> None:
+    clock = Clock()
+    state = _pool(1, clock, price=None)
+    state.follow(BatchSubmitted(1000))
+    for task in range(1, 9):
+        state.follow(TaskSubmitted(task, node=0))
+    for task in range(1, 5):
+        state.follow(TaskFinished(task, node=0, ok=True, seconds=0.1))
+    (tasks,) = [line for line in _view(state).lines(100) if line.startswith("  tasks")]
+    assert tasks.endswith("  4/1000 done, 4 in flight, 992 to send")
+    assert tasks.count("█") == 0  # 4 of 1000 is not a whole cell of 24 yet

@@ -31,6 +31,7 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from skyward.events import (
+    BatchSubmitted,
     BootstrapCompleted,
     BootstrapProgress,
     BootstrapStarting,
@@ -82,6 +83,8 @@ class PoolState:
     nodes: dict[int, NodeState] = field(factory=dict)
     node_of: dict[str, int] = field(factory=dict)
     cost: CostUpdate | None = None
+    announced: int = 0
+    """Calls of batches announced by ``BatchSubmitted`` and not sent yet."""
 
     def __attrs_post_init__(self) -> None:
         self.started = self.clock()
@@ -108,8 +111,12 @@ class PoolState:
                     self.nodes[index].stopped = self.clock()
             case Error(instance_id=iid) if iid is not None:
                 self._set_state(iid, "error")
-            case TaskSubmitted(node=node):
+            case BatchSubmitted(calls=calls):
+                self.announced += calls
+            case TaskSubmitted(node=node, attempt=attempt):
                 self._node(node).running += 1
+                if attempt == 1 and self.announced:
+                    self.announced -= 1
             case TaskFinished(node=node, ok=ok):
                 state = self._node(node)
                 state.running = max(0, state.running - 1)
@@ -238,7 +245,8 @@ class LiveView:
             bar = _bar(state.ready, total, min(24, max(5, width - 30)), unicode)
             out.append(f"  {label:<8}{bar}  {state.ready}/{total}")
         running, done, failed = state.tasks()
-        submitted = running + done + failed
+        # The bar's total: every call sent, plus those of announced batches still to go.
+        submitted = running + done + failed + state.announced
         if submitted:
             finished = done + failed
             if compact:
@@ -247,6 +255,8 @@ class LiveView:
             else:
                 bar = _bar(finished, submitted, min(24, max(5, width - 50)), unicode)
                 line = f"  tasks   {bar}  {finished}/{submitted} done, {running} in flight"
+                if state.announced:
+                    line += f", {state.announced} to send"
             if failed:
                 line += f", {failed} failed"
             out.append(line)
