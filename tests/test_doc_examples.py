@@ -133,7 +133,11 @@ def test_example_runs_on_local(block: Block, tmp_path: Path) -> None:
         env=env,
         check=False,
     )
-    assert result.returncode == 0, f"{block.name} failed:\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, (
+        f"{block.name} failed:\n{result.stderr[-3000:]}\nAn example that needs a cloud account "
+        "or machines of your own starts with the line "
+        "`# needs a cloud account (type-checked by the tests, not run)`."
+    )
     assert wait_until(lambda: not _agents_marked(marker), 10), f"{block.name} left agents"
 
 
