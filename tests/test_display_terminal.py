@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import wait_until
 
 PROGRAM = """
+import os
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,8 @@ def gated(i: int) -> int:
     return i
 
 
-with sky.ComputePool(provider=sky.Local(), nodes=2, display="spinner") as pool:
+display = os.environ.get("TEST_DISPLAY", "spinner")
+with sky.ComputePool(provider=sky.Local(), nodes=2, display=display) as pool:
     sky.gather(*(quick(i) for i in range(4))) >> pool
     print("quick calls done")
     print("gated:", sum(sky.gather(*(gated(i) for i in range(6))) >> pool))
@@ -176,3 +178,21 @@ def test_live_view_at_40_columns_without_colour(screens: list[Screen], tmp_path:
     assert "sent/done" not in text
     assert re.search(r"^10 calls finished$", text, re.M)
     time.sleep(0)  # the pane keeps its last screen until the fixture kills the server
+
+
+def test_log_mode_stays_plain_lines_on_a_terminal(screens: list[Screen], tmp_path: Path) -> None:
+    screen = _open(screens, tmp_path, 100, TEST_DISPLAY="log")
+    text = screen.wait_for(r"^\[node 1\] working on \d$")
+    text = screen.wait_for(r"^\[node 0\] working on \d$")
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines[0] == "creating infrastructure"
+    assert "infrastructure ready in local" in lines
+    assert any(re.match(r"^node [01] \(sky-\w+-node[01]\) ready$", line) for line in lines)
+    assert "quick calls done" in lines
+    # No live region: nothing redrawn, no progress, no per-node table.
+    assert not any(mark in text for mark in ("in flight", "█", "so far"))
+    screen.gate.touch()
+    text = screen.wait_for(r"^EXIT=0$")
+    assert re.search(r"^stopping pool$", text, re.M)
+    assert re.search(r"^cost \$0\.0000 over [\d.]+s", text, re.M)
+    assert "calls finished" not in text
