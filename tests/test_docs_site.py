@@ -82,3 +82,15 @@ def test_every_page_is_in_the_nav() -> None:
     for page in DOCS.rglob("*.md"):
         name = page.relative_to(DOCS).as_posix()
         assert f" {name}" in nav or f"- {name}" in nav, f"{name} is not in mkdocs.yml's nav"
+
+
+def test_sphinx_roles_become_api_links_or_code() -> None:
+    roles = runpy.run_path(str(DOCS / "site_hooks" / "griffe_sphinx_roles.py"))
+    rewrite = roles["rewrite"]
+    assert rewrite("raises :class:`~skyward.errors.ConfigurationError`.") == (
+        "raises [`ConfigurationError`][skyward.ConfigurationError]."
+    )
+    assert rewrite(":func:`skyward.gather`") == "[`skyward.gather`][skyward.gather]"
+    # Not public: plain code, never a link the strict build could not resolve.
+    assert rewrite(":class:`~skyward.errors.PluginError`") == "`PluginError`"
+    assert rewrite(":mod:`skyward.live_view`") == "`skyward.live_view`"
