@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from rich.spinner import Spinner
 
@@ -122,3 +124,23 @@ def test_a_gather_shows_its_whole_size_from_the_start() -> None:
     (tasks,) = [line for line in _view(state).lines(100) if line.startswith("  tasks")]
     assert tasks.endswith("  4/1000 done, 4 in flight, 992 to send")
     assert tasks.count("█") == 0  # 4 of 1000 is not a whole cell of 24 yet
+
+
+def test_drawing_while_events_arrive_from_other_threads() -> None:
+    state = PoolState()
+    view = _view(state)
+
+    def node_events(first: int) -> None:
+        for node in range(first, first + 100):
+            state.follow(InstanceProvisioned(f"i-{node}", node, spot=True, provider="aws"))
+            state.follow(TaskSubmitted(node, node))
+            state.follow(Metrics(f"i-{node}", node, 1.0, 1.0, 1.0, 1.0))
+
+    threads = [threading.Thread(target=node_events, args=(n * 100,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        view.lines(100)
+    for thread in threads:
+        thread.join()
+    assert "  ... 393 more nodes: 0 ready, 393 in flight" in view.lines(100)

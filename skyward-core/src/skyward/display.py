@@ -313,7 +313,8 @@ class SpinnerDisplay(LogDisplay):
             finally:
                 with _spinning_lock:
                     _spinning.discard(id(self.console))
-            _, done, failed = self.state.tasks()
+            with self.state.lock:
+                _, done, failed = self.state.tasks()
             if done or failed:
                 summary = f"{done + failed} calls finished" + (
                     f", {failed} failed" if failed else ""

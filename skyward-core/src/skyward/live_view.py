@@ -22,6 +22,7 @@ progress bars use distinct characters for done and to-do, so ``NO_COLOR`` loses 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -85,11 +86,18 @@ class PoolState:
     cost: CostUpdate | None = None
     announced: int = 0
     """Calls of batches announced by ``BatchSubmitted`` and not sent yet."""
+    lock: threading.RLock = field(factory=threading.RLock)
+    """Held while events change the state and while the view reads it: events arrive on
+    the nodes' reader threads, the view is drawn on rich's refresh thread."""
 
     def __attrs_post_init__(self) -> None:
         self.started = self.clock()
 
     def follow(self, event: SkywardEvent) -> None:
+        with self.lock:
+            self._follow(event)
+
+    def _follow(self, event: SkywardEvent) -> None:
         match event:
             case InstanceLaunching(count=count):
                 self.expected += count
@@ -221,6 +229,10 @@ class LiveView:
 
     def lines(self, width: int, *, unicode: bool = True) -> list[str]:
         """The lines under the spinner, for a terminal ``width`` columns wide."""
+        with self.state.lock:
+            return self._lines(width, unicode)
+
+    def _lines(self, width: int, unicode: bool) -> list[str]:
         state = self.state
         out: list[str] = []
         nodes = sorted(state.nodes.values(), key=lambda n: n.node)
