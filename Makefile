@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: example test lint typecheck pytest sync docs bench bench-quick bench-env
+.PHONY: example test lint typecheck pytest sync docs docs-serve bench bench-quick bench-env
 
 example: sync
 	$(VENV)/bin/python examples/hello.py
@@ -25,8 +25,15 @@ typecheck: sync
 pytest: sync
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The documentation site (mkdocs.yml): regenerate the generated pages, then build site/
+# with --strict (a broken link or an unresolved reference fails). `make docs-serve` previews.
 docs: sync
 	$(VENV)/bin/python docs/plugins/build_hook_reference.py
+	$(VENV)/bin/python docs/build_api_reference.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+docs-serve: docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 sync: $(UV)
 	$(UV) sync --quiet --all-packages --all-extras --python $(PYTHON)

@@ -53,6 +53,7 @@ from skyward.errors import (
     WorkerLostError,
 )
 from skyward.events import (
+    BatchSubmitted,
     BootstrapCompleted,
     BootstrapProgress,
     BootstrapStarting,
@@ -69,6 +70,8 @@ from skyward.events import (
     PoolStopping,
     ProviderName,
     SkywardEvent,
+    TaskFinished,
+    TaskSubmitted,
 )
 from skyward.hookspecs import hookimpl
 from skyward.image import BootstrapStep, Image
@@ -105,6 +108,7 @@ __all__ = [
     "AllProvidersFailedError",
     "BudgetExceededError",
     "Allocation",
+    "BatchSubmitted",
     "AllocationLike",
     "BootstrapCompleted",
     "BootstrapProgress",
@@ -152,6 +156,8 @@ __all__ = [
     "SkywardError",
     "TaskTimeoutError",
     "SkywardEvent",
+    "TaskFinished",
+    "TaskSubmitted",
     "Volume",
     "WorkerLostError",
     "compose",

@@ -2,9 +2,13 @@
 
 :func:`make_display` returns a callback for one of three modes:
 
-- ``"log"``: one plain line per notable event (metrics are left out: too noisy).
-- ``"spinner"``: on a terminal, one spinner line that shows the current phase, with the
-  nodes' output and errors printed above it; elsewhere the same lines as ``"log"``.
+- ``"log"``: one plain line per notable event (metrics and task events are left out: too
+  noisy).
+- ``"spinner"``: on a terminal, a live view (see :mod:`skyward.live_view`): a spinner with
+  the current phase, then one line per node (state, bootstrap step, tasks running and
+  done, CPU/memory/GPU load), progress bars for nodes getting ready and for the calls
+  sent, and the cost so far; the nodes' output and errors print above it. Elsewhere
+  (a pipe, a file, Jupyter) the same lines as ``"log"``.
 - ``"quiet"``: nothing.
 
 Every display is a :data:`~skyward.callbacks.Callback` with a :meth:`Display.close` (also
@@ -28,6 +32,7 @@ from rich.text import Text
 
 from skyward.errors import ConfigurationError
 from skyward.events import (
+    BatchSubmitted,
     BootstrapCompleted,
     BootstrapProgress,
     BootstrapStarting,
@@ -43,7 +48,10 @@ from skyward.events import (
     Metrics,
     PoolStopping,
     SkywardEvent,
+    TaskFinished,
+    TaskSubmitted,
 )
+from skyward.live_view import LiveView, PoolState
 
 __all__ = [
     "Display",
@@ -169,7 +177,7 @@ def _describe(event: SkywardEvent, nodes: _Nodes) -> str | None:
             )
         case CostFinal():
             return _cost_final_line(event)
-        case Metrics():
+        case Metrics() | BatchSubmitted() | TaskSubmitted() | TaskFinished():
             return None
 
 
@@ -250,16 +258,19 @@ class LogDisplay(Display):
 
 
 class SpinnerDisplay(LogDisplay):
-    """A spinner whose text is the current phase, with node output and errors above it.
+    """A live view of the pool, with node output and errors printed above it.
 
     Only for terminals: :func:`make_display` gives a :class:`LogDisplay` otherwise. The
-    spinner starts at the first event and stops on ``CostFinal`` or :meth:`close`,
-    whichever comes first; events after that print as plain lines.
+    view starts at the first event and goes away on ``CostFinal`` or :meth:`close`,
+    whichever comes first, leaving one line with the task totals; events after that print
+    as plain lines.
     """
 
     def __init__(self, console: Console) -> None:
         super().__init__(console)
         self._spinner = Spinner("dots", text=Text("starting"), style="cyan")
+        self.state = PoolState()
+        self._view = LiveView(self.state, self._spinner)
         self._live: Live | None = None
         self._closed = False
         self._phase = "starting"
@@ -282,6 +293,7 @@ class SpinnerDisplay(LogDisplay):
             else:
                 self._start()
                 self._advance(event)
+                self.state.follow(event)
                 if self._closed or isinstance(event, LogLine | Error | CostFinal):
                     above = self._render(event)
                 self._spinner.update(text=Text(self._status()))
@@ -301,6 +313,13 @@ class SpinnerDisplay(LogDisplay):
             finally:
                 with _spinning_lock:
                     _spinning.discard(id(self.console))
+            with self.state.lock:
+                _, done, failed = self.state.tasks()
+            if done or failed:
+                summary = f"{done + failed} calls finished" + (
+                    f", {failed} failed" if failed else ""
+                )
+                self._print(Text(summary, style=_DIM_STYLE))
 
     @property
     def running(self) -> bool:
@@ -383,9 +402,9 @@ class SpinnerDisplay(LogDisplay):
         # to the same terminal anyway; never move a redirected stdout onto the terminal.
         on_tty = _isatty(self.console.file)
         live = Live(
-            self._spinner,
+            self._view,
             console=self.console,
-            refresh_per_second=12.5,
+            refresh_per_second=8,
             transient=True,
             redirect_stdout=on_tty and _isatty(sys.stdout),
             redirect_stderr=on_tty and _isatty(sys.stderr),

@@ -28,6 +28,9 @@ __all__ = [
     "PoolStopping",
     "ProviderName",
     "SkywardEvent",
+    "BatchSubmitted",
+    "TaskFinished",
+    "TaskSubmitted",
 ]
 
 ProviderName: TypeAlias = str
@@ -135,6 +138,43 @@ class GpuMetrics:
 
 
 @frozen
+class BatchSubmitted:
+    """``calls`` calls are about to be sent together (``&``, ``gather``, ``@ pool``, or
+    ``pool.map`` over sized iterables); their ``TaskSubmitted`` events follow as the
+    nodes take them, so a progress bar knows its total from the start."""
+
+    calls: int
+
+
+@frozen
+class TaskSubmitted:
+    """One attempt of a call was sent to ``node``; ``task`` numbers the pool's calls from 1.
+
+    A call retried after a failure is submitted again with the same ``task`` and the next
+    ``attempt``. ``worker`` is set when the call is pinned to one (``@ pool``).
+    """
+
+    task: int
+    node: int
+    attempt: int = 1
+    worker: int | None = None
+
+
+@frozen
+class TaskFinished:
+    """The outcome of one attempt arrived; ``ok`` is false when it raised (or was lost).
+
+    ``seconds`` is the wall time from submission to outcome, as the client saw it.
+    """
+
+    task: int
+    node: int
+    ok: bool
+    seconds: float
+    attempt: int = 1
+
+
+@frozen
 class LogLine:
     """One line a node wrote to stdout or stderr (bootstrap output or a function's prints)."""
 
@@ -208,6 +248,9 @@ SkywardEvent: TypeAlias = (
     | BootstrapProgress
     | BootstrapCompleted
     | Metrics
+    | BatchSubmitted
+    | TaskSubmitted
+    | TaskFinished
     | LogLine
     | PoolStopping
     | InstanceStopping

@@ -12,6 +12,7 @@ import collections
 import concurrent.futures
 import contextvars
 import functools
+import itertools
 import logging
 import signal
 import threading
@@ -19,7 +20,7 @@ import time
 import types
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
@@ -36,7 +37,15 @@ from skyward.errors import (
     PoolTimeoutError,
     WorkerLostError,
 )
-from skyward.events import CostFinal, Error, PoolStopping, SkywardEvent
+from skyward.events import (
+    BatchSubmitted,
+    CostFinal,
+    Error,
+    PoolStopping,
+    SkywardEvent,
+    TaskFinished,
+    TaskSubmitted,
+)
 from skyward.provisioning import AgentSettings, Cluster, provision
 from skyward.selection import SelectionLike, check_selection
 from skyward.spec import (
@@ -175,6 +184,7 @@ class ComputePool:
         # closes the pool) waits until everything is gone instead of returning at once.
         self._closing = threading.Lock()
         self._previous_sigterm: Any = None
+        self._task_numbers = itertools.count(1)
 
     # -- life -------------------------------------------------------------------------
 
@@ -314,14 +324,16 @@ class ComputePool:
 
     def _send(
         self, payload: messages.Payload, options: CallOptions, target: tuple[int, int] | None
-    ) -> Future[Any]:
-        """One attempt: to ``target`` (node, worker), or the least-loaded node."""
+    ) -> tuple[Future[Any], int]:
+        """One attempt: to ``target`` (node, worker), or the least-loaded node; returns the
+        attempt's future and the node it went to."""
         cluster, scheduler = self._active()
         if target is not None:
             node, worker = target
-            return cluster.clients[node].submit_payload(
+            future = cluster.clients[node].submit_payload(
                 payload, worker=worker, timeout=options.timeout
             )
+            return future, node
         index = scheduler.acquire()
         try:
             future = cluster.clients[index].submit_payload(payload, timeout=options.timeout)
@@ -329,7 +341,7 @@ class ComputePool:
             scheduler.release(index)
             raise
         future.add_done_callback(lambda _: scheduler.release(index))
-        return future
+        return future, index
 
     def _dispatch(
         self,
@@ -337,19 +349,28 @@ class ComputePool:
         options: CallOptions,
         target: tuple[int, int] | None = None,
     ) -> Future[Any]:
-        """Send a call, with its retries: the future holds the last attempt's outcome."""
+        """Send a call, with its retries: the future holds the last attempt's outcome.
+
+        Each attempt is reported as ``TaskSubmitted`` and ``TaskFinished`` (for the display's
+        task counts and progress)."""
         outcome: Future[Any] = Future()
+        task = next(self._task_numbers)
+        worker = target[1] if target is not None else None
 
         def attempt(number: int) -> None:
             try:
-                future = self._send(payload, options, target)
+                future, node = self._send(payload, options, target)
             except BaseException as error:
                 outcome.set_exception(self._explain(error, number))
                 return
-            future.add_done_callback(lambda done: settle(done, number))
+            sent = time.monotonic()
+            self._emit(TaskSubmitted(task, node, number, worker))
+            future.add_done_callback(lambda done: settle(done, number, node, sent))
 
-        def settle(done: Future[Any], number: int) -> None:
+        def settle(done: Future[Any], number: int, node: int, sent: float) -> None:
             error = done.exception()
+            seconds = time.monotonic() - sent
+            self._emit(TaskFinished(task, node, error is None, seconds, number))
             if error is None:
                 outcome.set_result(done.result())
             elif options.should_retry(error, number) and self.is_active:
@@ -397,6 +418,9 @@ class ComputePool:
         ``@sky.compute`` function or a plain one.
         """
         function = fn if isinstance(fn, ComputeFunction) else compute(fn)
+        sizes = [len(it) for it in iterables if isinstance(it, Sized)]
+        if sizes and len(sizes) == len(iterables):
+            self._emit(BatchSubmitted(min(sizes)))
         return self._map(function, zip(*iterables, strict=False), ordered)
 
     def _map(
@@ -442,12 +466,14 @@ class ComputePool:
         fails the batch before any of it runs.
         """
         payloads = [(_payload(p), p.options) for p in batch.computations]
+        self._emit(BatchSubmitted(len(payloads)))
         futures = [self._dispatch(payload, options) for payload, options in payloads]
         return tuple(self._result(f) for f in futures)
 
     def run_gather(self, gathered: PendingGather) -> tuple[Any, ...] | Iterator[Any]:
         """``gather(..., ordered=False / return_exceptions=True) >> pool``."""
         payloads = [(_payload(p), p.options) for p in gathered.batch.computations]
+        self._emit(BatchSubmitted(len(payloads)))
         futures = [self._dispatch(payload, options) for payload, options in payloads]
         if gathered.ordered:
             return tuple(self._outcome(f, gathered.return_exceptions) for f in futures)
