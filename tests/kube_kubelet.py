@@ -278,7 +278,13 @@ class FakeKubelet:
                     self._kill(run)
                 self._finalize_delete(meta)
                 return
-            if run is not None or pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            if run is not None:
+                # activeDeadlineSeconds may be shortened on a running pod.
+                deadline = spec.get("activeDeadlineSeconds")
+                if deadline is not None and run.started is not None and not run.finished:
+                    run.deadline = run.started + float(deadline)
+                return
+            if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                 return
             run = self._admit(pod)
             self.pods[uid] = run
