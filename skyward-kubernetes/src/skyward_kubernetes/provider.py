@@ -387,7 +387,12 @@ class KubernetesProvider:
         return [self._instance(pod, None, None) for pod in listing["items"]]
 
     def connect(self, infra: Infrastructure, instance: Instance) -> NodeTransport:
-        raise ProvisioningError(
-            self.name,
-            "reaching pods (exec and port-forward transport) is not implemented yet",
+        from skyward_kubernetes.transport import KubeTransport
+
+        return KubeTransport(
+            self.client,
+            instance.id,
+            pool_id=instance.tags.get(POOL_TAG, ""),
+            name=f"node{instance.id.rsplit('-', 1)[-1]}",
+            spec=self._spec,
         )

@@ -1,0 +1,191 @@
+"""Reaching pods through the API only: exec (stdin closed with v5, length-framed with v4),
+tar uploads, port-forward bulk traffic both ways at once, a refused port, a cut stream;
+then whole pools through ``sky.Kubernetes``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import skyward as sky
+from skyward.spec import build_spec
+from skyward_kubernetes import Kubernetes
+from skyward_kubernetes.provider import KubernetesProvider
+from skyward_kubernetes.streams import open_port_forward
+from skyward_kubernetes.transport import KubeTransport
+from tests.conftest import wait_until
+from tests.kube_fixtures import KubeCluster, kube, namespace
+from tests.test_kubernetes_provider import launch
+
+__all__ = ["kube", "namespace"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def provider(kube: KubeCluster, namespace: str) -> KubernetesProvider:
+    config = Kubernetes(kubeconfig=str(kube.plane.kubeconfig), namespace=namespace)
+    created = config.create()
+    assert isinstance(created, KubernetesProvider)
+    return created
+
+
+@pytest.fixture
+def pod(provider: KubernetesProvider) -> tuple[KubeTransport, Path]:
+    """One running pod (on the CPU node) and its directory on this machine."""
+    _, [instance] = launch(provider, build_spec(cpu=1), "sky-transport")
+    transport = provider.connect(None, instance)  # type: ignore[arg-type]
+    assert isinstance(transport, KubeTransport)
+    return transport, Path(transport.run("pwd").output.decode().strip())
+
+
+def test_exec_exit_code_and_stdin_v5(pod: tuple[KubeTransport, Path]) -> None:
+    transport, _ = pod
+    result = transport.run("cat; exit 3", stdin=b"hello")
+    assert (result.code, result.output, result.protocol) == (3, b"hello", "v5.channel.k8s.io")
+    lines: list[str] = []
+    assert transport.run("echo a; echo b >&2; printf c", on_line=lines.append).code == 0
+    assert lines == ["a", "b", "c"]
+
+
+def test_exec_v4_frames_stdin_by_length(kube: KubeCluster, pod: tuple[KubeTransport, Path]) -> None:
+    transport, _ = pod
+    kubelet = kube.kubelets["cpu-0"]
+    kubelet.protocols = ("v4.channel.k8s.io",)
+    try:
+        transport.v5 = None
+        result = transport.run("cat | wc -c", stdin=b"x" * 100_000)
+        assert result.protocol == "v4.channel.k8s.io"
+        assert (result.code, result.output.strip()) == (0, b"100000")
+    finally:
+        kubelet.protocols = ("v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io")
+
+
+def test_upload_integrity(pod: tuple[KubeTransport, Path], tmp_path: Path) -> None:
+    transport, home = pod
+    data = os.urandom(16 << 20)
+    (tmp_path / "blob").write_bytes(data)
+    (tmp_path / "small").write_text("x")
+    started = time.monotonic()
+    transport.upload([tmp_path / "blob", tmp_path / "small"], "up/dir")
+    elapsed = time.monotonic() - started
+    assert (
+        hashlib.sha256((home / "up/dir/blob").read_bytes()).digest()
+        == hashlib.sha256(data).digest()
+    )
+    assert (home / "up/dir/small").read_text() == "x"
+    print(f"16 MiB upload in {elapsed:.2f} s")
+
+
+def _echo_server(transport: KubeTransport, home: Path) -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    script = (
+        "import socket,threading\n"
+        f"s=socket.create_server(('127.0.0.1',{port}))\n"
+        "open('echo-up','w').close()\n"
+        "def serve(c):\n"
+        "    while d:=c.recv(1<<16): c.sendall(d)\n"
+        "    c.close()\n"
+        "while True:\n"
+        "    c,_=s.accept(); threading.Thread(target=serve,args=(c,),daemon=True).start()\n"
+    )
+    (home / "echo.py").write_text(script)
+    transport.run("nohup python3 echo.py >/dev/null 2>&1 &")
+    assert wait_until(lambda: (home / "echo-up").exists(), 20)
+    return port
+
+
+def test_port_forward_bulk_both_ways_at_once(pod: tuple[KubeTransport, Path]) -> None:
+    transport, home = pod
+    port = _echo_server(transport, home)
+    stream = open_port_forward(transport.client, transport.pod, port)
+    size = 64 << 20
+    block = os.urandom(1 << 20)
+    received = bytearray()
+
+    def read() -> None:
+        while len(received) < size:
+            data = stream.recv(1 << 20)
+            if not data:
+                return
+            received.extend(data)
+
+    reader = threading.Thread(target=read)
+    started = time.monotonic()
+    reader.start()
+    for _ in range(size // len(block)):
+        stream.sendall(block)
+    reader.join(120)
+    elapsed = time.monotonic() - started
+    stream.close()
+    assert len(received) == size
+    assert (
+        hashlib.sha256(received).digest() == hashlib.sha256(block * (size // len(block))).digest()
+    )
+    print(f"64 MiB each way at once in {elapsed:.2f} s")
+
+
+def test_refused_port_and_cut_stream(kube: KubeCluster, pod: tuple[KubeTransport, Path]) -> None:
+    transport, home = pod
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        unused = int(probe.getsockname()[1])
+    with pytest.raises(ConnectionRefusedError, match="refused"):
+        open_port_forward(transport.client, transport.pod, unused)
+    port = _echo_server(transport, home)
+    stream = open_port_forward(transport.client, transport.pod, port)
+    stream.sendall(b"ping")
+    assert stream.recv(4) == b"ping"
+    kube.kubelets["cpu-0"].drop_streams()
+    stream.settimeout(20)
+    assert stream.recv(4) == b""  # the cut reaches the caller as end of stream
+    stream.close()
+    again = open_port_forward(transport.client, transport.pod, port)  # and it reconnects
+    again.sendall(b"pong")
+    assert again.recv(4) == b"pong"
+    again.close()
+
+
+@sky.compute
+def where() -> dict[str, object]:
+    info = sky.instance_info()
+    return {
+        "node": info.node,
+        "total": info.total_nodes,
+        "head_addr": info.head_addr,
+        "pod_ip": os.environ.get("SKYWARD_POD_IP"),
+        "home": os.environ.get("HOME"),
+    }
+
+
+@sky.compute
+def square(x: int) -> int:
+    return x * x
+
+
+def test_whole_pool(kube: KubeCluster, namespace: str) -> None:
+    provider = Kubernetes(kubeconfig=str(kube.plane.kubeconfig), namespace=namespace)
+    events: list[object] = []
+    started = time.monotonic()
+    with sky.ComputePool(
+        provider=provider, nodes=2, cpu=1, display="quiet", on_event=events.append
+    ) as pool:
+        entered = time.monotonic() - started
+        assert square(7) >> pool == 49
+        infos = where() @ pool
+        assert [i["node"] for i in infos] == [0, 1]
+        assert {i["head_addr"] for i in infos} == {infos[0]["pod_ip"]}
+        assert infos[0]["home"] != infos[1]["home"]
+        results = sky.gather(*(square(i) for i in range(200))) >> pool
+        assert list(results) == [i * i for i in range(200)]
+    print(f"2-pod pool entered in {entered:.1f} s")
+    assert wait_until(lambda: not kube.api.get(f"/api/v1/namespaces/{namespace}/pods")["items"], 30)
+    assert not kube.api.get(f"/api/v1/namespaces/{namespace}/services")["items"]
