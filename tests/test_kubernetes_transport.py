@@ -189,3 +189,103 @@ def test_whole_pool(kube: KubeCluster, namespace: str) -> None:
     print(f"2-pod pool entered in {entered:.1f} s")
     assert wait_until(lambda: not kube.api.get(f"/api/v1/namespaces/{namespace}/pods")["items"], 30)
     assert not kube.api.get(f"/api/v1/namespaces/{namespace}/services")["items"]
+
+
+@sky.compute
+def serve_or_call(port: int) -> str:
+    """Node 0 listens on its pod IP; the others connect to ``head_addr``: pod-to-pod."""
+    info = sky.instance_info()
+    if info.node == 0:
+        with socket.create_server((info.head_addr, port)) as server:
+            server.settimeout(30)
+            connection, _ = server.accept()
+            with connection:
+                return connection.recv(64).decode()
+    for _ in range(100):
+        try:
+            with socket.create_connection((info.head_addr, port), timeout=5) as client:
+                client.sendall(f"hello from {info.node}".encode())
+                return "sent"
+        except ConnectionRefusedError:
+            time.sleep(0.1)
+    return "head never listened"
+
+
+@sky.compute
+def fail() -> None:
+    raise RuntimeError("boom")
+
+
+def test_pool_traffic_on_pod_ips_and_teardown_on_error(kube: KubeCluster, namespace: str) -> None:
+    from tests.conftest import agent_processes
+
+    provider = Kubernetes(kubeconfig=str(kube.plane.kubeconfig), namespace=namespace)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    pool_id = ""
+    pool = sky.ComputePool(provider=provider, nodes=2, cpu=1, display="quiet")
+
+    def use() -> None:
+        nonlocal pool_id
+        with pool:
+            pool_id = pool.pool_id
+            assert serve_or_call(port) @ pool == ("hello from 1", "sent")
+            fail() >> pool
+
+    with pytest.raises(RuntimeError, match="boom"):  # the pool's exception exit path
+        use()
+    assert wait_until(lambda: not kube.api.get(f"/api/v1/namespaces/{namespace}/pods")["items"], 30)
+    assert not kube.api.get(
+        f"/api/v1/namespaces/{namespace}/configmaps", labelSelector="skyward/managed=true"
+    )["items"]
+    assert not agent_processes(pool_id)
+
+
+def test_skyward_down_cli_sweeps_the_context_namespace(kube: KubeCluster, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    # The CLI builds sky.Kubernetes() with defaults: KUBECONFIG, its current context and
+    # that context's namespace ("default").
+    env = {**os.environ, "KUBECONFIG": str(kube.plane.kubeconfig)}
+    provider = Kubernetes(kubeconfig=str(kube.plane.kubeconfig)).create()
+    assert isinstance(provider, KubernetesProvider)
+    launch(provider, build_spec(cpu=1, nodes=2), "sky-cli-orphan")
+    down = subprocess.run(
+        [sys.executable, "-m", "skyward.cli", "down", "--provider", "kubernetes"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert down.returncode == 0, down.stderr
+    assert "sky-cli-orphan-0" in down.stdout
+    assert "2 instance(s) terminated" in down.stderr
+    assert wait_until(lambda: not kube.api.get("/api/v1/namespaces/default/pods")["items"], 30)
+    assert not kube.api.get(
+        "/api/v1/namespaces/default/services", labelSelector="skyward/managed=true"
+    )["items"]
+
+
+def test_docs_example_runs(kube: KubeCluster, tmp_path: Path) -> None:
+    import re
+    import subprocess
+    import sys
+
+    page = (Path(__file__).parents[1] / "docs" / "providers-kubernetes.md").read_text()
+    example = re.search(r"## Example\n\n```python\n(.*?)```", page, re.S)
+    assert example is not None
+    script = tmp_path / "example.py"
+    script.write_text(example.group(1))
+    env = {**os.environ, "KUBECONFIG": str(kube.plane.kubeconfig)}
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("node ")]
+    assert lines[0].startswith("node 0 of 2, head at 127.0.100.")
+    assert lines[1].startswith("node 1 of 2, head at 127.0.100.")
+    assert wait_until(lambda: not kube.api.get("/api/v1/namespaces/default/pods")["items"], 30)
