@@ -186,6 +186,12 @@ def test_whole_pool(kube: KubeCluster, namespace: str) -> None:
         assert infos[0]["home"] != infos[1]["home"]
         results = sky.gather(*(square(i) for i in range(200))) >> pool
         assert list(results) == [i * i for i in range(200)]
+        # Every port-forward cut at once (an apiserver restart, a load balancer's idle
+        # cut): the client reconnects through new port-forwards and carries on.
+        for kubelet in kube.kubelets.values():
+            kubelet.drop_streams()
+        assert square(9) >> pool == 81
+        assert list(square(3) @ pool) == [9, 9]
     print(f"2-pod pool entered in {entered:.1f} s")
     assert wait_until(lambda: not kube.api.get(f"/api/v1/namespaces/{namespace}/pods")["items"], 30)
     assert not kube.api.get(f"/api/v1/namespaces/{namespace}/services")["items"]
@@ -289,3 +295,50 @@ def test_docs_example_runs(kube: KubeCluster, tmp_path: Path) -> None:
     assert lines[0].startswith("node 0 of 2, head at 127.0.100.")
     assert lines[1].startswith("node 1 of 2, head at 127.0.100.")
     assert wait_until(lambda: not kube.api.get("/api/v1/namespaces/default/pods")["items"], 30)
+
+
+def test_exec_plugin_credentials(kube: KubeCluster, namespace: str, tmp_path: Path) -> None:
+    """A kubeconfig whose user is an exec plugin (as EKS and GKE write them): the token
+    comes from the plugin, for REST calls and for the exec/port-forward websockets."""
+    import json
+    import sys
+
+    calls = tmp_path / "calls"
+    plugin = tmp_path / "token-plugin.py"
+    credential = {
+        "apiVersion": "client.authentication.k8s.io/v1beta1",
+        "kind": "ExecCredential",
+        "status": {"token": kube.plane.token},
+    }
+    plugin.write_text(
+        "import json, sys\n"
+        f"open({str(calls)!r}, 'a').write('x')\n"
+        f"print(json.dumps({credential!r}))\n"
+    )
+    assert kube.plane.certs is not None
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {
+                    "server": kube.plane.server,
+                    "certificate-authority": str(kube.plane.certs.ca)}}],
+                "users": [{"name": "u", "user": {"exec": {
+                    "apiVersion": "client.authentication.k8s.io/v1beta1",
+                    "command": sys.executable, "args": [str(plugin)],
+                    "interactiveMode": "Never"}}}],
+                "contexts": [{"name": "plugged", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "plugged",
+            }
+        )
+    )  # fmt: skip
+    provider = Kubernetes(kubeconfig=str(config), namespace=namespace).create()
+    assert isinstance(provider, KubernetesProvider)
+    assert provider.offers(build_spec(cpu=1))
+    _, [instance] = launch(provider, build_spec(cpu=1), "sky-plugged")
+    transport = provider.connect(None, instance)  # type: ignore[arg-type]
+    assert isinstance(transport, KubeTransport)
+    assert transport.run("echo through-exec").output.strip() == b"through-exec"
+    assert calls.read_text()  # the plugin was asked
