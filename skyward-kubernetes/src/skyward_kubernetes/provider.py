@@ -328,16 +328,20 @@ class KubernetesProvider:
         )
 
     def describe(self, instances: Sequence[Instance]) -> Sequence[Instance]:
+        """One list call per pool (by label), whatever the number of pods."""
         from attrs import evolve
 
+        found: dict[str, JSON] = {}
+        for pool_id in {i.tags.get(POOL_TAG, "") for i in instances}:
+            selector = pool_selector(pool_id or None)
+            try:
+                listing = self.client.get(self.client.ns_path("pods"), labelSelector=selector)
+            except KubeAPIError as error:
+                raise self._error("listing pods", error) from None
+            found.update({p["metadata"]["name"]: p for p in listing["items"]})
         described = []
         for instance in instances:
-            try:
-                pod: JSON | None = self.client.get(self.client.ns_path("pods", instance.id))
-            except KubeAPIError as error:
-                if error.status != 404:
-                    raise self._error(f"reading pod {instance.id}", error) from None
-                pod = None
+            pod = found.get(instance.id)
             described.append(
                 evolve(
                     instance,
