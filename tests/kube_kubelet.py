@@ -2,7 +2,8 @@
 
 Each :class:`FakeKubelet` registers one Node (capacity, GPU resources, labels and taints as
 the test asks), renews its Lease, watches the pods the real scheduler binds to it and runs
-each pod's container command as a local process in its own session and directory. It
+each pod's container command as a local process in its own session and directory, as
+the pod's own unix user (``skk<session pid>p<n>``, removed with the pod). It
 reports pod status (Pending with a waiting reason for images it cannot "pull", Running and
 Ready, Succeeded/Failed with the exit code), honours deletion (kill, then the final
 ``DELETE`` with grace 0 and a uid precondition, as a kubelet does) and
@@ -15,10 +16,10 @@ channel 3, port-forward with the port-number prelude, a refused port reported on
 error channel. The apiserver verifies this server's certificate against the test CA and
 this server verifies the apiserver's client certificate.
 
-What a real node has and this does not (yet): network, PID and user namespaces per pod
-(pods share the host's loopback; each gets a distinct 127.0.100.x pod IP that nothing
-routes), cgroups and resource enforcement, images (an allow-list maps ``python:3.X``
-images to this host's interpreter), container logs.
+What a real node has and this does not (yet): network and PID namespaces per pod (pods
+share the host's loopback; each gets a distinct 127.0.100.x pod IP, an address of the
+loopback network that a process can bind), cgroups and resource enforcement, images (an
+allow-list maps ``python:3.X`` images to this host's interpreter), container logs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import datetime
 import itertools
 import json
 import os
+import pwd
 import re
 import shutil
 import ssl
@@ -52,6 +54,11 @@ POD_MARKER = "SKYWARD_FAKE_POD_UID"
 """Environment variable every process of a fake pod carries, so its processes (the
 container's and those started by exec) can be found and killed with the pod."""
 _POD_IPS = itertools.count(1)
+USER_PREFIX = "skk"
+"""Pod users are ``skk<test session pid>p<n>``: unique per session, so concurrent sessions
+never share one, and a dead session's users can be recognised and removed."""
+_USER = re.compile(rf"{USER_PREFIX}(\d+)p\d+")
+USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 _HOST_MINOR = f"{sys.version_info.major}.{sys.version_info.minor}"
 _IMAGE_NAME = re.compile(
     r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
@@ -96,6 +103,9 @@ class PodRun:
     deadline: float | None = None
     finished: bool = False
     waiting: str | None = None
+    user: str = ""
+    uid_gid: tuple[int, int] | None = None
+    """The pod's own unix user (root's processes only when ``users=False``)."""
 
 
 @dataclass
@@ -120,6 +130,8 @@ class FakeKubelet:
     _threads: list[threading.Thread] = field(default_factory=list)
     _loop: asyncio.AbstractEventLoop | None = None
     _refuse_streams: bool = False
+    users: bool = True
+    """Run each pod as its own unix user (needs root, as the harness does)."""
 
     @property
     def api(self) -> KubeAPI:
@@ -137,7 +149,11 @@ class FakeKubelet:
     # ---------------------------------------------------------------- lifecycle
 
     def start(self, timeout: float = 60.0) -> None:
+        remove_stale_users()
         self.root.mkdir(parents=True, exist_ok=True)
+        # Pod users must traverse down to their own directories (which stay 0700).
+        for directory in (self.cluster.root, self.root.parent, self.root):
+            directory.chmod(0o711)
         self.port = free_port()
         self._start_server()
         self._register()
@@ -163,6 +179,7 @@ class FakeKubelet:
         with self._lock:
             for run in list(self.pods.values()):
                 self._kill(run)
+                _remove_user(run.user)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if delete_node:
@@ -300,11 +317,23 @@ class FakeKubelet:
         meta, spec = pod["metadata"], pod["spec"]
         directory = self.root / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         directory.mkdir(parents=True, exist_ok=True)
+        (self.root / "pods").chmod(0o711)
         index = next(_POD_IPS)
         ip = f"127.0.100.{index % 250 + 1}"
+        user, uid_gid = "", None
+        if self.users:
+            user = f"{USER_PREFIX}{os.getpid()}p{index}"
+            add = ["useradd", "-M", "-N", "-g", "nogroup", "-s", "/bin/sh", "-d", str(directory)]
+            subprocess.run([*add, user], check=True, capture_output=True)
+            entry = pwd.getpwnam(user)
+            uid_gid = (entry.pw_uid, entry.pw_gid)
+            os.chown(directory, *uid_gid)
+            directory.chmod(0o700)
         env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "PATH": USER_PATH if self.users else os.environ.get("PATH", USER_PATH),
             "HOME": str(directory),
+            "USER": user or "root",
+            "LOGNAME": user or "root",
             "HOSTNAME": spec.get("hostname") or meta["name"],
             POD_MARKER: meta["uid"],
         }
@@ -329,7 +358,7 @@ class FakeKubelet:
         return PodRun(
             uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], ip=ip,
             directory=directory, env=env,
-            deadline=spec.get("activeDeadlineSeconds"),
+            deadline=spec.get("activeDeadlineSeconds"), user=user, uid_gid=uid_gid,
         )  # fmt: skip
 
     def _run(self, run: PodRun, pod: JSON) -> None:
@@ -340,7 +369,7 @@ class FakeKubelet:
             run.process = subprocess.Popen(
                 argv, cwd=container.get("workingDir") or run.directory, env=run.env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, **_as_user(run),
             )  # fmt: skip
         except OSError as error:
             run.finished = True
@@ -488,6 +517,7 @@ class FakeKubelet:
             run = self.pods.pop(uid, None)
         if run is not None:
             self._kill(run)
+            _remove_user(run.user)
 
     def running_pod(self, namespace: str, name: str) -> PodRun | None:
         with self._lock:
@@ -581,6 +611,7 @@ class FakeKubelet:
             *query.get("command", ["sh"]),
             cwd=run.directory,
             env=run.env,
+            **_as_user(run),
             stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -683,3 +714,27 @@ class FakeKubelet:
         assert loop is not None
         for task in asyncio.all_tasks(loop):
             loop.call_soon_threadsafe(task.cancel)
+
+
+def _as_user(run: PodRun) -> dict[str, Any]:
+    if run.uid_gid is None:
+        return {}
+    return {"user": run.uid_gid[0], "group": run.uid_gid[1], "extra_groups": []}
+
+
+def _remove_user(user: str) -> None:
+    if user:
+        subprocess.run(["userdel", user], check=False, capture_output=True)
+
+
+def remove_stale_users() -> None:
+    """Users of pods whose test session died (its pid is gone): kill and remove them."""
+    for entry in pwd.getpwall():
+        match = _USER.fullmatch(entry.pw_name)
+        if match is None or psutil.pid_exists(int(match.group(1))):
+            continue
+        for process in psutil.process_iter(["uids"]):
+            with contextlib.suppress(psutil.Error):
+                if process.info["uids"] and process.info["uids"].real == entry.pw_uid:
+                    process.kill()
+        _remove_user(entry.pw_name)

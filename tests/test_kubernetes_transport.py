@@ -4,6 +4,7 @@ then whole pools through ``sky.Kubernetes``."""
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
 import socket
@@ -163,6 +164,7 @@ def where() -> dict[str, object]:
         "head_addr": info.head_addr,
         "pod_ip": os.environ.get("SKYWARD_POD_IP"),
         "home": os.environ.get("HOME"),
+        "user": getpass.getuser(),
     }
 
 
@@ -184,6 +186,9 @@ def test_whole_pool(kube: KubeCluster, namespace: str) -> None:
         assert [i["node"] for i in infos] == [0, 1]
         assert {i["head_addr"] for i in infos} == {infos[0]["pod_ip"]}
         assert infos[0]["home"] != infos[1]["home"]
+        users = {i["user"] for i in infos}
+        assert len(users) == 2, "each pod runs as its own unix user"
+        assert "root" not in users
         results = sky.gather(*(square(i) for i in range(200))) >> pool
         assert list(results) == [i * i for i in range(200)]
         # Every port-forward cut at once (an apiserver restart, a load balancer's idle
