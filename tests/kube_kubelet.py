@@ -3,7 +3,8 @@
 Each :class:`FakeKubelet` registers one Node (capacity, GPU resources, labels and taints as
 the test asks), renews its Lease, watches the pods the real scheduler binds to it and runs
 each pod's container command as a local process in its own session and directory, as
-the pod's own unix user (``skk<session pid>p<n>``, removed with the pod). It
+PID 1 of its own PID (and mount) namespace, as the pod's own unix user
+(``skk<session pid>p<n>``, removed with the pod); exec enters the same namespace and user. It
 reports pod status (Pending with a waiting reason for images it cannot "pull", Running and
 Ready, Succeeded/Failed with the exit code), honours deletion (kill, then the final
 ``DELETE`` with grace 0 and a uid precondition, as a kubelet does) and
@@ -16,7 +17,7 @@ channel 3, port-forward with the port-number prelude, a refused port reported on
 error channel. The apiserver verifies this server's certificate against the test CA and
 this server verifies the apiserver's client certificate.
 
-What a real node has and this does not (yet): network and PID namespaces per pod (pods
+What a real node has and this does not (yet): a network namespace per pod (pods
 share the host's loopback; each gets a distinct 127.0.100.x pod IP, an address of the
 loopback network that a process can bind), cgroups and resource enforcement, images (an
 allow-list maps ``python:3.X`` images to this host's interpreter), container logs.
@@ -104,6 +105,8 @@ class PodRun:
     finished: bool = False
     waiting: str | None = None
     user: str = ""
+    ns_pid: int | None = None
+    """This machine's PID of the pod's PID-namespace init (its PID 1)."""
     uid_gid: tuple[int, int] | None = None
     """The pod's own unix user (root's processes only when ``users=False``)."""
 
@@ -130,8 +133,11 @@ class FakeKubelet:
     _threads: list[threading.Thread] = field(default_factory=list)
     _loop: asyncio.AbstractEventLoop | None = None
     _refuse_streams: bool = False
+    _deleting: set[str] = field(default_factory=set)
     users: bool = True
     """Run each pod as its own unix user (needs root, as the harness does)."""
+    pid_namespaces: bool = True
+    """Run each pod in its own PID namespace, so ``kill 1`` in a pod stays in the pod."""
 
     @property
     def api(self) -> KubeAPI:
@@ -291,9 +297,13 @@ class FakeKubelet:
         with self._lock:
             run = self.pods.get(uid)
             if meta.get("deletionTimestamp"):
-                if run is not None:
-                    self._kill(run)
-                self._finalize_delete(meta)
+                if uid not in self._deleting:
+                    # Off the watch thread: a grace period must not hold up other pods.
+                    self._deleting.add(uid)
+                    grace = float(meta.get("deletionGracePeriodSeconds") or 0)
+                    threading.Thread(
+                        target=self._delete, args=(run, meta, grace), daemon=True
+                    ).start()
                 return
             if run is not None:
                 # activeDeadlineSeconds may be shortened on a running pod.
@@ -364,13 +374,19 @@ class FakeKubelet:
     def _run(self, run: PodRun, pod: JSON) -> None:
         container = pod["spec"]["containers"][0]
         argv = [*(container.get("command") or ["python3"]), *(container.get("args") or [])]
+        if self.pid_namespaces:
+            # The container's first process is PID 1 of its own PID (and mount, for /proc)
+            # namespace, dropping to the pod's user only inside it.
+            argv = ["unshare", "--pid", "--fork", "--mount-proc", "--", *_setpriv(run), *argv]
         log = open(run.directory / "container.log", "wb")  # noqa: SIM115 - the child owns it
         try:
             run.process = subprocess.Popen(
                 argv, cwd=container.get("workingDir") or run.directory, env=run.env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, **_as_user(run),
+                start_new_session=True, **({} if self.pid_namespaces else _as_user(run)),
             )  # fmt: skip
+            if self.pid_namespaces:
+                run.ns_pid = _namespace_init(run.process)
         except OSError as error:
             run.finished = True
             self._report_terminated(run, container, 128, "StartError", str(error))
@@ -454,31 +470,36 @@ class FakeKubelet:
     def _tick(self) -> None:
         """Notice exited containers and expired deadlines."""
         while not self._stopping.wait(0.1):
+            # The apiserver may be gone when the session ends: never die on that.
+            with contextlib.suppress(KubeAPIError, OSError):
+                self._tick_once()
+
+    def _tick_once(self) -> None:
+        with self._lock:
+            runs = [r for r in self.pods.values() if r.process is not None and not r.finished]
+        for run in runs:
+            assert run.process is not None
+            code = run.process.poll()
+            expired = run.deadline is not None and time.monotonic() > run.deadline
+            if code is None and not expired:
+                continue
             with self._lock:
-                runs = [r for r in self.pods.values() if r.process is not None and not r.finished]
-            for run in runs:
-                assert run.process is not None
-                code = run.process.poll()
-                expired = run.deadline is not None and time.monotonic() > run.deadline
-                if code is None and not expired:
+                if run.finished:
                     continue
-                with self._lock:
-                    if run.finished:
-                        continue
-                    run.finished = True
-                self._kill(run)
-                container = {"name": "node", "image": ""}
-                try:
-                    pod = self.api.get(f"/api/v1/namespaces/{run.namespace}/pods/{run.name}")
-                    container = pod["spec"]["containers"][0]
-                except KubeAPIError:
-                    continue
-                if code is None:
-                    self._report_terminated(run, container, 137, "DeadlineExceeded")
-                else:
-                    exit_code = code if code >= 0 else 128 - code
-                    reason = "Completed" if exit_code == 0 else "Error"
-                    self._report_terminated(run, container, exit_code, reason)
+                run.finished = True
+            self._kill(run)
+            container = {"name": "node", "image": ""}
+            try:
+                pod = self.api.get(f"/api/v1/namespaces/{run.namespace}/pods/{run.name}")
+                container = pod["spec"]["containers"][0]
+            except KubeAPIError:
+                continue
+            if code is None:
+                self._report_terminated(run, container, 137, "DeadlineExceeded")
+            else:
+                exit_code = code if code >= 0 else 128 - code
+                reason = "Completed" if exit_code == 0 else "Error"
+                self._report_terminated(run, container, exit_code, reason)
 
     def _processes(self, run: PodRun) -> list[psutil.Process]:
         found = []
@@ -488,14 +509,21 @@ class FakeKubelet:
                     found.append(process)
         return found
 
-    def _kill(self, run: PodRun) -> None:
-        """SIGTERM every process of the pod, SIGKILL what is left after a moment."""
+    def _delete(self, run: PodRun | None, meta: JSON, grace: float) -> None:
+        with contextlib.suppress(KubeAPIError, OSError, psutil.Error):
+            if run is not None:
+                self._kill(run, grace)
+            self._finalize_delete(meta)
+
+    def _kill(self, run: PodRun, grace: float = 2.0) -> None:
+        """SIGTERM every process of the pod, SIGKILL what is left after the grace period
+        (at most 2 s here; a PID-namespace init without a handler ignores SIGTERM)."""
         run.finished = True
         processes = self._processes(run)
         for process in processes:
             with contextlib.suppress(psutil.Error):
                 process.terminate()
-        _, alive = psutil.wait_procs(processes, timeout=2.0)
+        _, alive = psutil.wait_procs(processes, timeout=min(grace, 2.0))
         for process in alive:
             with contextlib.suppress(psutil.Error):
                 process.kill()
@@ -607,11 +635,23 @@ class FakeKubelet:
             return
         # The apiserver renames the client's stdin/stdout/stderr to input/output/error.
         with_stdin = (query.get("input") or query.get("stdin") or ["0"])[0] in ("true", "1")
+        command = query.get("command", ["sh"])
+        if self.pid_namespaces:
+            # Into the pod's PID and mount namespaces (where its keeper is PID 1), then
+            # down to its user. Never run a pod's command in this machine's namespace.
+            if run.ns_pid is None:
+                await self._send_status(websocket, {"status": "Failure", "message": "no pid ns"})
+                await websocket.close()
+                return
+            command = [
+                "nsenter", "-t", str(run.ns_pid), "-p", "-m", "-w", "--",
+                *_setpriv(run), *command,
+            ]  # fmt: skip
         process = await asyncio.create_subprocess_exec(
-            *query.get("command", ["sh"]),
+            *command,
             cwd=run.directory,
             env=run.env,
-            **_as_user(run),
+            **({} if self.pid_namespaces else _as_user(run)),
             stdin=asyncio.subprocess.PIPE if with_stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -722,9 +762,28 @@ def _as_user(run: PodRun) -> dict[str, Any]:
     return {"user": run.uid_gid[0], "group": run.uid_gid[1], "extra_groups": []}
 
 
+def _setpriv(run: PodRun) -> list[str]:
+    if run.uid_gid is None:
+        return []
+    uid, gid = run.uid_gid
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+
+
+def _namespace_init(process: subprocess.Popen[bytes], timeout: float = 5.0) -> int | None:
+    """The child ``unshare --fork`` made: PID 1 of the new namespace, seen from here."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(process.pid).children()
+            if children:
+                return int(children[0].pid)
+        time.sleep(0.01)
+    return None
+
+
 def _remove_user(user: str) -> None:
     if user:
-        subprocess.run(["userdel", user], check=False, capture_output=True)
+        subprocess.run(["userdel", "-f", user], check=False, capture_output=True)
 
 
 def remove_stale_users() -> None:

@@ -321,3 +321,24 @@ def test_port_forward_bulk_both_ways_and_refused_port(kube: KubeCluster, namespa
     assert errors
     assert b"connection refused" in errors[0].lower()
     ws.close()
+
+
+def test_pod_has_its_own_pid_namespace_and_user(kube: KubeCluster, namespace: str) -> None:
+    create_pod(kube.api, namespace, pod_body("ns", ["sleep", "60"]))
+    wait_pod(kube.api, namespace, "ns", lambda p: phase(p) == "Running")
+    protocols = ["v5.channel.k8s.io"]
+    command = ["sh", "-c", "tr '\\0' ' ' < /proc/1/cmdline; echo; id -un; echo $$"]
+    code, out, _ = _exec(kube, namespace, "ns", command, None, protocols)
+    init, user, shell_pid = out.decode().split("\n")[:3]
+    assert code == 0
+    assert init.strip() == "sleep 60"  # the container's command is PID 1 of the pod
+    assert user.startswith("skk")
+    assert int(shell_pid) < 100  # a fresh PID space, not this machine's
+    # `kill 1` in a pod reaches the pod's own init, which has no handler: nothing happens
+    # (without the namespace it would have signalled this machine's init).
+    code, _, _ = _exec(kube, namespace, "ns", ["sh", "-c", "kill -TERM 1"], None, protocols)
+    assert code == 0
+    time.sleep(0.5)
+    pod = get_pod(kube.api, namespace, "ns")
+    assert pod is not None
+    assert phase(pod) == "Running"

@@ -8,7 +8,6 @@ every failure path, the anchor's garbage collection and the ``skyward down`` swe
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from skyward.provider import InstanceState, LaunchRequest
 from skyward.spec import ComputeSpec, build_spec
 from skyward_kubernetes import Kubernetes
 from skyward_kubernetes.provider import KubeInfrastructure, KubernetesProvider
+from skyward_kubernetes.transport import KubeTransport
 from tests.conftest import wait_until
 from tests.kube_fixtures import KubeCluster, kube, namespace
 
@@ -246,7 +246,11 @@ def test_poweroff_command_ends_the_pod(
         ][0]["env"]
         if e["name"] == "SKYWARD_POWEROFF_CMD"
     )
-    subprocess.run(["sh", "-c", command], env=run.env, check=True, timeout=10)
+    # Inside the pod, as the agent would (through exec: the pod's PID namespace, where the
+    # keeper is PID 1 — never from this machine's namespace).
+    transport = provider.connect(None, instance)  # type: ignore[arg-type]
+    assert isinstance(transport, KubeTransport)
+    transport.run(command, timeout=10)
     assert wait_until(
         lambda: (
             kube.api.get(f"/api/v1/namespaces/{namespace}/pods/{instance.id}")["status"]["phase"]
