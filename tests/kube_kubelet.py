@@ -101,7 +101,10 @@ class PodRun:
     env: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
     started: float | None = None
+    active_deadline: float | None = None
+    """``activeDeadlineSeconds`` as the pod spec says (seconds from start)."""
     deadline: float | None = None
+    """When the deadline passes (monotonic clock); set only once the container started."""
     finished: bool = False
     waiting: str | None = None
     user: str = ""
@@ -307,9 +310,11 @@ class FakeKubelet:
                 return
             if run is not None:
                 # activeDeadlineSeconds may be shortened on a running pod.
-                deadline = spec.get("activeDeadlineSeconds")
-                if deadline is not None and run.started is not None and not run.finished:
-                    run.deadline = run.started + float(deadline)
+                seconds = spec.get("activeDeadlineSeconds")
+                if seconds is not None:
+                    run.active_deadline = float(seconds)
+                    if run.started is not None and not run.finished:
+                        run.deadline = run.started + float(seconds)
                 return
             if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
                 return
@@ -368,7 +373,7 @@ class FakeKubelet:
         return PodRun(
             uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], ip=ip,
             directory=directory, env=env,
-            deadline=spec.get("activeDeadlineSeconds"), user=user, uid_gid=uid_gid,
+            active_deadline=spec.get("activeDeadlineSeconds"), user=user, uid_gid=uid_gid,
         )  # fmt: skip
 
     def _run(self, run: PodRun, pod: JSON) -> None:
@@ -394,8 +399,8 @@ class FakeKubelet:
         finally:
             log.close()
         run.started = time.monotonic()
-        if run.deadline is not None:
-            run.deadline = run.started + float(run.deadline)
+        if run.active_deadline is not None:
+            run.deadline = run.started + float(run.active_deadline)
         ready = [
             {"type": t, "status": "True", "lastTransitionTime": now()}
             for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")

@@ -43,7 +43,10 @@ def pod(provider: KubernetesProvider) -> tuple[KubeTransport, Path]:
     _, [instance] = launch(provider, build_spec(cpu=1), "sky-transport")
     transport = provider.connect(None, instance)  # type: ignore[arg-type]
     assert isinstance(transport, KubeTransport)
-    return transport, Path(transport.run("pwd").output.decode().strip())
+    home = Path(transport.run("pwd").output.decode().strip())
+    assert home.is_absolute(), home  # never write into the test's own directory
+    assert home.is_dir()
+    return transport, home
 
 
 def test_exec_exit_code_and_stdin_v5(pod: tuple[KubeTransport, Path]) -> None:
