@@ -50,30 +50,29 @@ def test_site_builds_in_strict_mode(tmp_path: Path) -> None:
 
 
 def test_pending_pages_are_dropped_only_while_absent(tmp_path: Path) -> None:
-    (tmp_path / "gpus.md").write_text("# GPUs\n")
     absent = HOOK["missing"](tmp_path)
-    assert "gpus.md" not in absent
-    assert "providers/verda.md" in absent
+    assert "reliability.md" in absent
+    (tmp_path / "reliability.md").write_text("# Reliability\n")
+    assert "reliability.md" not in HOOK["missing"](tmp_path)
+    (tmp_path / "reliability.md").unlink()
     config = {
         "docs_dir": str(tmp_path),
         "nav": [
             {"Home": "index.md"},
-            {"GPUs": "gpus.md"},
-            {"Providers": ["providers/index.md", {"Verda": "providers/verda.md"}]},
+            {"More": ["concepts.md", {"Reliability": "reliability.md"}]},
             {"Other": "not-pending.md"},
         ],
     }
     HOOK["on_config"](config)
     assert config["nav"] == [
         {"Home": "index.md"},
-        {"GPUs": "gpus.md"},
-        {"Providers": ["providers/index.md"]},
+        {"More": ["concepts.md"]},
         {"Other": "not-pending.md"},  # a missing page that is not pending stays: strict fails
     ]
-    page = SimpleNamespace(file=SimpleNamespace(src_uri="providers/index.md"))
-    text = "[Verda](verda.md), [GPUs](../gpus.md#mig), [SSH](ssh.md)"
+    page = SimpleNamespace(file=SimpleNamespace(src_uri="concepts.md"))
+    text = "[Reliability](reliability.md), [GPUs](gpus.md#mig)"
     assert HOOK["on_page_markdown"](text, page) == (
-        "Verda (not yet in this build), [GPUs](../gpus.md#mig), [SSH](ssh.md)"
+        "Reliability (not yet in this build), [GPUs](gpus.md#mig)"
     )
 
 

@@ -16,15 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-PENDING = frozenset(
-    {
-        "providers/digitalocean.md",
-        "providers/verda.md",
-        "providers/kubernetes.md",
-        "gpus.md",
-        "reliability.md",
-    }
-)
+PENDING = frozenset({"reliability.md"})
 
 _log = logging.getLogger("mkdocs.hooks.pending_pages")
 _LINK = re.compile(r"\[([^\]]+)\]\(([^)#\s]+\.md)(#[^)\s]*)?\)")

@@ -1,0 +1,227 @@
+"""``KubeTransport``: bootstrap a pod, start its agent and tunnel to it, through the API.
+
+The same steps as core's ``SSHTransport`` (uv when the platform matches, wheels once per
+fingerprint, ``Image.bootstrap()`` through ``sh -s`` on stdin with its ``::skyward:``
+markers, the agent with its environment on stdin), over ``pods/exec`` instead of an SSH
+session, and ``pods/portforward`` to the agent's loopback port instead of a
+``direct-tcpip`` channel. No sshd in the image, no port opened.
+
+This duplicates the shape of ``SSHTransport.bootstrap``/``start_agent`` (about 60 lines)
+rather than generalising it over a remote-shell protocol: core's transport is being changed
+in parallel; folding the two together is the next step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import platform
+import shlex
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from skyward import plugins
+from skyward.errors import ProvisioningError
+from skyward.messages import READY_PREFIX
+from skyward.provider import AgentConfig, AgentEndpoint, BootstrapReporter, Stream
+from skyward.ssh.transport import stop_group_command
+from skyward.wheels import build_node_wheels
+from skyward_kubernetes.api import KubeClient
+from skyward_kubernetes.streams import ExecResult, exec_command, open_port_forward
+
+if TYPE_CHECKING:
+    from skyward.image import Image
+    from skyward.spec import ComputeSpec
+
+__all__ = ["KubeTransport"]
+
+HOME = ".skyward"  # relative to the container's $HOME, like the SSH transport's
+_TAIL = 25
+
+
+class KubeTransport:
+    """A :class:`~skyward.provider.NodeTransport` for one pod."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        pod: str,
+        *,
+        pool_id: str,
+        name: str,
+        spec: ComputeSpec | None = None,
+        agent_timeout: float = 60.0,
+    ) -> None:
+        self.client = client
+        self.pod = pod
+        self.pool_id = pool_id
+        self.name = name
+        self.spec = spec
+        self.agent_timeout = agent_timeout
+        self.python = ""
+        self.endpoint: AgentEndpoint | None = None
+        self.v5: bool | None = None
+        """Whether the server closes stdin (v5.channel.k8s.io); learned on first exec."""
+
+    @property
+    def workdir(self) -> str:
+        return f"{HOME}/pools/{self.pool_id}/{self.name}"
+
+    def _fail(self, message: str) -> ProvisioningError:
+        return ProvisioningError("kubernetes", f"pod {self.pod}: {message}")
+
+    def run(
+        self,
+        command: str,
+        *,
+        stdin: bytes | None = None,
+        on_line: Callable[[str], None] | None = None,
+        timeout: float | None = None,
+        until: Callable[[bytes], bool] | None = None,
+    ) -> ExecResult:
+        """``sh -c command`` in the container's home directory; output merged.
+
+        Without v5 stdin is never closed, so ``head -c <length>`` ends it.
+        """
+        if stdin is not None and self.v5 is None:
+            self.run("true")
+        if stdin is not None and not self.v5:
+            command = f"head -c {len(stdin)} | {{ {command}\n}}"
+        pending = b""
+
+        def on_output(chunk: bytes) -> None:
+            nonlocal pending
+            if on_line is None:
+                return
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                on_line(line.decode(errors="replace").rstrip("\r"))
+
+        result = exec_command(
+            self.client,
+            self.pod,
+            # stderr joins stdout in the shell, so lines stay whole and in order.
+            ["sh", "-c", f'cd "$HOME" && {{ {command}\n}} 2>&1'],
+            stdin=stdin,
+            on_output=on_output,
+            timeout=timeout,
+            until=until,
+        )
+        if pending and on_line is not None:
+            on_line(pending.decode(errors="replace"))
+        self.v5 = result.protocol.startswith("v5")
+        return result
+
+    def upload(self, files: list[Path], remote_dir: str) -> None:
+        """Files into ``remote_dir`` (created if missing) as one tar stream over exec."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for path in files:
+                archive.add(str(path), arcname=path.name)
+        quoted = shlex.quote(remote_dir)
+        result = self.run(f"mkdir -p {quoted} && tar xf - -C {quoted}", stdin=buffer.getvalue())
+        if result.code != 0:
+            raise self._fail(f"upload to {remote_dir} failed: {result.output[-2000:]!r}")
+
+    # -- bootstrap --------------------------------------------------------------------
+
+    def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
+        same_platform = self._upload_uv(reporter)
+        wheels = build_node_wheels(include_binary=same_platform)
+        remote_wheels = f"{HOME}/wheels/{wheels.fingerprint}"
+        if self.run(f"test -f {remote_wheels}/.complete").code == 0:
+            reporter.step("upload", cached=True)
+        else:
+            reporter.step("upload")
+            self.upload(wheels.files, remote_wheels)
+            self.run(f"touch {remote_wheels}/.complete")
+        script = image.bootstrap(0, steps=plugins.bootstrap_steps(image, self.spec))
+        tail: list[str] = []
+        step = "start"
+
+        def on_line(line: str) -> None:
+            nonlocal step
+            if line.startswith("::skyward:step "):
+                step = line.split(maxsplit=1)[1]
+                reporter.step(step)
+            elif line.startswith("::skyward:cached "):
+                reporter.step(line.split(maxsplit=1)[1], cached=True)
+            elif line.startswith("::skyward:python "):
+                self.python = line.split(maxsplit=1)[1]
+            else:
+                tail.append(line)
+                del tail[:-_TAIL]
+                reporter.log(line)
+
+        command = f'SKYWARD_WHEELS="$HOME/{remote_wheels}" exec sh -s'
+        result = self.run(command, stdin=script.encode(), on_line=on_line)
+        if result.code != 0:
+            output = "\n".join(tail)
+            raise self._fail(f"bootstrap step {step!r} failed (exit {result.code}):\n{output}")
+        if not self.python:
+            raise self._fail("bootstrap finished without naming the agent's Python")
+
+    def _upload_uv(self, reporter: BootstrapReporter) -> bool:
+        probe = self.run(f"uname -sm; test -x {HOME}/bin/uv && echo has-uv")
+        lines = probe.output.decode(errors="replace").split()
+        remote = " ".join(lines[:2])
+        local = f"{platform.system()} {platform.machine()}"
+        if remote != local:
+            reporter.log(f"pod is {remote}, client {local}: the pod installs uv itself")
+            return False
+        if "has-uv" not in lines:
+            from skyward.providers.local_env import find_uv
+
+            self.upload([Path(find_uv())], f"{HOME}/bin")
+            self.run(f"chmod 755 {HOME}/bin/uv")
+        return True
+
+    # -- the agent --------------------------------------------------------------------
+
+    def start_agent(self, config: AgentConfig) -> AgentEndpoint:
+        if not self.python:
+            raise self._fail("start_agent called before bootstrap")
+        argv = " ".join(shlex.quote(a) for a in config.argv())
+        command = (
+            f"mkdir -p {self.workdir} && cd {self.workdir} && "
+            f"exec {shlex.quote(self.python)} -m skyward.agent {argv} --env-stdin 2>&1"
+        )
+        line = config.stdin_line()  # the pool key and the environment, never argv
+
+        def ready(output: bytes) -> bool:
+            at = output.find(READY_PREFIX.encode())
+            return at >= 0 and b"\n" in output[at:]
+
+        # The env line needs no EOF (the agent reads one line), so no length prefix either.
+        result = exec_command(
+            self.client,
+            self.pod,
+            ["sh", "-c", f'cd "$HOME" && {command}'],
+            stdin=line,
+            timeout=self.agent_timeout,
+            until=ready,
+        )
+        for text in result.output.decode(errors="replace").splitlines():
+            if text.startswith(READY_PREFIX):
+                _, port, pid = text.split()
+                self.endpoint = AgentEndpoint(port=int(port), pid=int(pid))
+                return self.endpoint
+        output = result.output.decode(errors="replace")[-4000:]
+        raise self._fail(f"the node agent did not start:\n{output}")
+
+    def open_stream(self, endpoint: AgentEndpoint) -> Stream:
+        return open_port_forward(self.client, self.pod, endpoint.port)
+
+    def close(self) -> None:
+        """Stop the agent (if still running) and remove this pool's directory; keep caches."""
+        stop = ""
+        if self.endpoint is not None and self.endpoint.pid:
+            pid = self.endpoint.pid
+            stop = f"{stop_group_command(pid)}; "  # the same dash-proof kill as over SSH
+        pool_dir = f"{HOME}/pools/{self.pool_id}"
+        # The pod may be gone already; its deadline and the agent's watchdog remain.
+        with contextlib.suppress(Exception):
+            self.run(f"{stop}rm -rf {self.workdir}; rmdir {pool_dir} 2>/dev/null; true", timeout=30)
