@@ -8,6 +8,7 @@ starts a 600 s call and waits: the test delivers the signal while that call runs
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 import skyward as sky
@@ -15,6 +16,9 @@ from tests.fault_matrix import record, target_named
 
 
 def main(spec_text: str) -> None:
+    # Python leaves SIGINT ignored when it starts ignored (a test run started in the
+    # background by a non-interactive shell): a user's program at a terminal has Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     spec = json.loads(spec_text)
     provider = target_named(spec["target"]).client_provider(spec["args"])
     ledger = spec["ledger"]
