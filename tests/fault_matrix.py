@@ -63,7 +63,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -256,18 +256,14 @@ class Target:
     def leftovers(self, pool_id: str) -> dict[str, list[str]]:
         raise NotImplementedError
 
-    @contextlib.contextmanager
-    def partial_launch(self) -> Iterator[None]:
+    def partial_launch(self) -> contextlib.AbstractContextManager[None]:
         """While active, a pool's launch fails part-way."""
         raise NotApplicableError
-        yield
 
-    @contextlib.contextmanager
-    def api_faults(self, phase: str) -> Iterator[None]:
+    def api_faults(self, phase: str) -> contextlib.AbstractContextManager[None]:
         """While active, the provider API answers throttling/5xx during ``phase``
         (``"launch"`` or ``"teardown"``); on exit, checks every armed fault was answered."""
         raise NotApplicableError
-        yield
 
     def lose_node(self, pool: sky.ComputePool, node: int) -> None:
         """Node ``node`` of ``pool`` is lost (its machine or its agent dies) now."""
@@ -482,12 +478,12 @@ class _ReloadedHost(SSHTestHost):
         ), f"sshd of {self.target} did not reload"
 
 
-def register_cloud_init(hosts: list[SSHTestHost], scratch: Path) -> Any:
+def register_cloud_init(hosts: Sequence[SSHTestHost], scratch: Path) -> Any:
     """Register the AWS tests' connection hook (``tests/test_aws_pool.CloudInit``)."""
     from skyward import plugins
     from tests.test_aws_pool import CloudInit
 
-    hook = CloudInit(hosts, scratch)
+    hook = CloudInit(list(hosts), scratch)
     plugins.get_plugin_manager().register(hook, name="test-cloud-init")
     plugins.reset(plugins.get_plugin_manager())
     return hook
@@ -566,7 +562,7 @@ class AWSTarget(Target):
             host.restart()
 
     def config(self) -> ProviderConfig:
-        return sky.AWS(ssh_cidr="127.0.0.1/32", instance_timeout=15)  # type: ignore[attr-defined,no-any-return]
+        return sky.AWS(ssh_cidr="127.0.0.1/32", instance_timeout=15)  # type: ignore[no-any-return]
 
     def pool_options(self) -> dict[str, Any]:
         return {"cpu": 2, "env": {"SKYWARD_POWEROFF_CMD": "true"}}
@@ -589,7 +585,7 @@ class AWSTarget(Target):
             host.sshd = int(data["sshd_pid"])
             hosts.append(host)
         register_cloud_init(hosts, Path(args["scratch"]))
-        return sky.AWS(ssh_cidr="127.0.0.1/32", instance_timeout=15)  # type: ignore[attr-defined,no-any-return]
+        return sky.AWS(ssh_cidr="127.0.0.1/32", instance_timeout=15)  # type: ignore[no-any-return]
 
     def _ec2(self) -> Any:
         import boto3

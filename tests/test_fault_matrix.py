@@ -19,6 +19,7 @@ import pytest
 import skyward as sky
 from tests.conftest import wait_until
 from tests.fault_matrix import (
+    FAULT_CHECKS,
     TARGETS,
     Client,
     Fault,
@@ -30,7 +31,7 @@ from tests.fault_matrix import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-LEFTOVER_WAIT = 12.0  # a loaded 2-core machine: agents and API calls may lag a little
+LEFTOVER_WAIT = 8.0  # teardown is synchronous; this covers a loaded 2-core machine's lag
 CALLS = [f"call{i}" for i in range(4)]
 
 Runner = Callable[[Target, Fault, Ledger, list[str]], None]
@@ -250,6 +251,31 @@ def test_cell(
 
 def test_every_fault_has_a_runner_and_a_description() -> None:
     assert set(RUNNERS) == set(Fault)
+    assert set(FAULT_CHECKS) == set(Fault)
+    for target in TARGETS:
+        assert not set(target.not_applicable) & set(target.known_bugs), target.name
+
+
+def test_the_ledger_catches_lost_doubled_and_unfinished_calls(ledger: Ledger) -> None:
+    """The checks the cells rely on can fail: a ledger written by hand, as nodes would."""
+    (ledger.directory / "once").write_text("start 0\nend 0\n")
+    (ledger.directory / "doubled").write_text("start 0\nend 0\nstart 1\nend 1\n")
+    (ledger.directory / "cut").write_text("start 1\n")
+    (ledger.directory / "rerun").write_text("start 0\nstart 1\n")
+    ledger.assert_once("once")
+    ledger.assert_cut_short("cut")
+    assert ledger.node_of("cut") == 1
+    checks: list[tuple[Callable[[str], None], str]] = [
+        (ledger.assert_once, "doubled"),
+        (ledger.assert_once, "cut"),
+        (ledger.assert_once, "lost"),
+        (ledger.assert_cut_short, "rerun"),
+        (ledger.assert_cut_short, "once"),
+        (ledger.assert_cut_short, "lost"),
+    ]
+    for check, call_id in checks:
+        with pytest.raises(AssertionError, match=call_id):
+            check(call_id)
 
 
 def test_the_reliability_doc_is_current() -> None:
