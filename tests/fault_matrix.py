@@ -508,7 +508,8 @@ class AWSTarget(Target):
     injections: ClassVar[Mapping[Fault, str]] = {
         Fault.PARTIAL_LAUNCH: "EC2 Fleet has capacity for 1 of the 2 instances "
         "(`InsufficientInstanceCapacity` in `Errors`, moto fake)",
-        Fault.API_FAULTS_LAUNCH: "`CreateFleet` throttled twice (`RequestLimitExceeded`), "
+        Fault.API_FAULTS_LAUNCH: "Price List `GetProducts` and `DescribeSpotPriceHistory` "
+        "throttled once, `CreateFleet` throttled twice (`RequestLimitExceeded`), "
         "`ImportKeyPair` answered 500 `InternalError`, `CreateLaunchTemplate` 503 "
         "`Unavailable`",
         Fault.API_FAULTS_TEARDOWN: "`TerminateInstances` throttled twice, `DeleteKeyPair` "
@@ -654,6 +655,7 @@ class AWSTarget(Target):
         # (action, times, error code, HTTP status); no code: the throttling error
         armed: list[tuple[str, int, str | None, int | None]] = (
             [
+                ("DescribeSpotPriceHistory", 1, None, None),
                 ("CreateFleet", 2, None, None),
                 ("ImportKeyPair", 1, "InternalError", 500),
                 ("CreateLaunchTemplate", 1, "Unavailable", 503),
@@ -667,8 +669,13 @@ class AWSTarget(Target):
         )
         for action, times, code, status in armed:
             moto.throttle_next("ec2", action, times=times, code=code, status=status)
-        before = len(moto.calls)
+        pricing = self.aws_env.pricing
+        if phase == "launch":
+            pricing.throttle_next("GetProducts")
+        before, prices_before = len(moto.calls), pricing.count()
         yield
+        if phase == "launch":  # the throttled price query, then the one that got through
+            assert pricing.count() - prices_before >= 2, "GetProducts was not retried"
         answered = [c.action for c in moto.calls[before:] if c.throttled]
         for action, times, _, _ in armed:
             assert answered.count(action) == times, f"{action}: {answered}"
