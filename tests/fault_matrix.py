@@ -50,6 +50,29 @@ and implements, for a running cell:
     only what applies to it.
 :meth:`Target.cleanup` (``pool_id``)
     Remove what a failed (or known-bug) cell left, so the next cell starts clean.
+
+A new provider's target, in outline (``AWSTarget`` below is the complete model: a fake API
+driven by the real SDK, instances mapped onto SSH test hosts by ``resolve_ssh_host``)::
+
+    class DigitalOceanTarget(Target):
+        name, provider = "DigitalOcean", "digitalocean"
+        resources = ("droplets tagged with the pool", "SSH keys `skyward-<pool>`", ...)
+        injections = {Fault.PARTIAL_LAUNCH: "the fake refuses the second droplet", ...}
+
+        def setup(self, request, fault):  # the fake API, hosts, the cloud-init hook
+            self.fake = request.getfixturevalue("do_fake")
+        def config(self): return sky.DigitalOcean(token="fake", ...)
+        def client_args(self): return {...}          # JSON for the client program
+        @staticmethod
+        def client_provider(args): ...               # same config, in that program
+        def leftovers(self, pool_id): return {"droplets": [...], "ssh keys": [...]}
+        @contextlib.contextmanager
+        def partial_launch(self): ...                # and api_faults, lose_node, ...
+
+    TARGETS = (LocalTarget, SSHTarget, AWSTarget, DigitalOceanTarget)
+
+then ``make reliability-doc`` (the doc grows a column; its test fails until it is
+regenerated).
 """
 
 from __future__ import annotations
