@@ -531,8 +531,8 @@ class AWSTarget(Target):
     injections: ClassVar[Mapping[Fault, str]] = {
         Fault.PARTIAL_LAUNCH: "EC2 Fleet has capacity for 1 of the 2 instances "
         "(`InsufficientInstanceCapacity` in `Errors`, moto fake)",
-        Fault.API_FAULTS_LAUNCH: "Price List `GetProducts` and `DescribeSpotPriceHistory` "
-        "throttled once, `CreateFleet` throttled twice (`RequestLimitExceeded`), "
+        Fault.API_FAULTS_LAUNCH: "Price List `GetProducts` throttled once, `CreateFleet` "
+        "throttled twice (`RequestLimitExceeded`), "
         "`ImportKeyPair` answered 500 `InternalError`, `CreateLaunchTemplate` 503 "
         "`Unavailable`",
         Fault.API_FAULTS_TEARDOWN: "`TerminateInstances` throttled twice, `DeleteKeyPair` "
@@ -678,7 +678,6 @@ class AWSTarget(Target):
         # (action, times, error code, HTTP status); no code: the throttling error
         armed: list[tuple[str, int, str | None, int | None]] = (
             [
-                ("DescribeSpotPriceHistory", 1, None, None),
                 ("CreateFleet", 2, None, None),
                 ("ImportKeyPair", 1, "InternalError", 500),
                 ("CreateLaunchTemplate", 1, "Unavailable", 503),
