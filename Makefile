@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: example test lint typecheck pytest sync docs docs-serve bench bench-quick bench-env
+.PHONY: example test lint typecheck pytest sync docs docs-serve reliability-doc bench bench-quick bench-env
 
 example: sync
 	$(VENV)/bin/python examples/hello.py
@@ -34,6 +34,11 @@ docs: sync
 
 docs-serve: docs
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+# Runs the fault matrix (tests/test_fault_matrix.py, a few minutes) and rewrites
+# docs/reliability.md from its outcomes.
+reliability-doc: sync
+	$(VENV)/bin/python docs/build_reliability.py $(PYTEST_ARGS)
 
 sync: $(UV)
 	$(UV) sync --quiet --all-packages --all-extras --python $(PYTHON)

@@ -1,0 +1,871 @@
+"""The fault matrix: every provider x every way a pool can end or break.
+
+``tests/test_fault_matrix.py`` runs one test per cell (a :class:`Target` x a :class:`Fault`)
+and checks two things after each: **nothing is left** (what the target's
+:meth:`Target.leftovers` lists is empty) and **no task was lost or doubled** (every call
+appends a line to its own file in a :class:`Ledger` directory on the node side, when it
+starts and when it ends, so a test counts executions where they happen, not where the
+client believes they happened). ``docs/reliability.md`` is rendered from the same
+declarations and a run of the suite (``make reliability-doc``).
+
+The protocol a provider joins by
+================================
+
+A provider joins the matrix by adding ONE class to :data:`TARGETS`: a subclass of
+:class:`Target` (its fake, its environment and its faults). The suite never names a
+provider. A target declares:
+
+``name``, ``provider``
+    The cell's column title and the registry name ``skyward down --provider`` takes.
+``resources``
+    What :meth:`Target.leftovers` looks for, in words (the doc prints it).
+``nodes``
+    Nodes per pool (2 unless the fault needs one, see :meth:`Target.nodes_for`).
+``not_applicable``
+    ``{Fault: reason}``: a fault that cannot happen on this provider (no API to throttle
+    on a machine you own). The cell is documented "n/a" with the reason and not run;
+    every other cell must really run.
+``known_bugs``
+    ``{Fault: text}``: a cell that fails today because of a known defect; it runs as a
+    strict ``xfail`` (it fails the suite the day it starts passing, so the marker goes)
+    and the doc shows the defect.
+``injections``
+    ``{Fault: text}``: how this target injects each fault (for the doc).
+
+and implements, for a running cell:
+
+:meth:`Target.setup` (``request``, ``fault``)
+    Bring up its fake and hosts through pytest fixtures (``request.getfixturevalue``).
+:meth:`Target.config` / :meth:`Target.pool_options`
+    The ``ProviderConfig`` of a pool and any extra ``ComputePool`` options.
+:meth:`Target.client_args` / :meth:`Target.client_env` and the static
+:meth:`Target.client_provider`
+    How a separate client program (``tests/fault_client.py``, for Ctrl-C, SIGTERM and
+    SIGKILL) builds the same provider: JSON-able arguments in, a config out.
+:meth:`Target.leftovers` (``pool_id``)
+    ``{kind: [what is left]}`` for every kind in ``resources``.
+:meth:`Target.partial_launch`, :meth:`Target.api_faults` (``phase``),
+:meth:`Target.lose_node` (``pool``, ``node``), :meth:`Target.partition` (``seconds``)
+    Inject a fault. The defaults raise :class:`NotApplicableError`: a target overrides
+    only what applies to it.
+:meth:`Target.cleanup` (``pool_id``)
+    Remove what a failed (or known-bug) cell left, so the next cell starts clean.
+
+A new provider's target, in outline (``AWSTarget`` below is the complete model: a fake API
+driven by the real SDK, instances mapped onto SSH test hosts by ``resolve_ssh_host``)::
+
+    class DigitalOceanTarget(Target):
+        name, provider = "DigitalOcean", "digitalocean"
+        resources = ("droplets tagged with the pool", "SSH keys `skyward-<pool>`", ...)
+        injections = {Fault.PARTIAL_LAUNCH: "the fake refuses the second droplet", ...}
+
+        def setup(self, request, fault):  # the fake API, hosts, the cloud-init hook
+            self.fake = request.getfixturevalue("do_fake")
+        def config(self): return sky.DigitalOcean(token="fake", ...)
+        def client_args(self): return {...}          # JSON for the client program
+        @staticmethod
+        def client_provider(args): ...               # same config, in that program
+        def leftovers(self, pool_id): return {"droplets": [...], "ssh keys": [...]}
+        @contextlib.contextmanager
+        def partial_launch(self): ...                # and api_faults, lose_node, ...
+
+    TARGETS = (LocalTarget, SSHTarget, AWSTarget, DigitalOceanTarget)
+
+then ``make reliability-doc`` (the doc grows a column; its test fails until it is
+regenerated).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psutil
+import pytest
+
+import skyward as sky
+from skyward.provider import ProviderConfig
+from tests.conftest import agent_processes, wait_until
+from tests.ssh_hosts import ClientKey, NamespaceHost, SSHTestHost, kill_user_processes
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Fault(enum.Enum):
+    """The rows of the matrix; each value is its title in the doc."""
+
+    RETURN = "normal return"
+    EXCEPTION = "exception"
+    CTRL_C = "Ctrl-C"
+    SIGTERM = "SIGTERM"
+    SIGKILL_DOWN = "client SIGKILL, then `skyward down`"
+    PARTIAL_LAUNCH = "partial launch failure"
+    API_FAULTS_LAUNCH = "API throttling and 5xx during launch"
+    API_FAULTS_TEARDOWN = "API throttling and 5xx during teardown"
+    NODE_LOSS = "node loss mid-call"
+    PARTITION = "network partition mid-call"
+
+
+# What the suite does and checks in each row, whatever the provider (rendered in the doc).
+FAULT_CHECKS: dict[Fault, str] = {
+    Fault.RETURN: "4 calls as one batch over 2 nodes, then the `with` block ends: each "
+    "call started and ended exactly once, the results came back.",
+    Fault.EXCEPTION: "one call, then a call that raises, then the block is left by the "
+    "exception: the caller gets the remote `RuntimeError`; each call ran exactly once.",
+    Fault.CTRL_C: "a client program opens the pool, runs a call, starts a 600 s call and "
+    "gets SIGINT while it runs: it exits with `KeyboardInterrupt`; the first call ran "
+    "once, the interrupted one started once and never ended (not re-run).",
+    Fault.SIGTERM: "as Ctrl-C, with SIGTERM: exit status 143, same ledger checks.",
+    Fault.SIGKILL_DOWN: "as Ctrl-C, but the client is SIGKILLed (agents' heartbeat "
+    "timeout 300 s, so only the sweep can clean up); then `skyward down --provider P "
+    "--pool ID` runs and must exit 0; the ledger as for Ctrl-C.",
+    Fault.PARTIAL_LAUNCH: "a 2-node pool whose second node cannot be had: opening the "
+    "pool raises; no call ran.",
+    Fault.API_FAULTS_LAUNCH: "throttling and 5xx answers armed on the launch calls: the "
+    "pool still opens (retries), every armed fault was really answered, 4 calls ran "
+    "exactly once.",
+    Fault.API_FAULTS_TEARDOWN: "the pool runs 4 calls (each once), then throttling and "
+    "5xx answers are armed on the teardown calls before the block ends: every armed "
+    "fault was answered and teardown still removed everything.",
+    Fault.NODE_LOSS: "the node of a 30 s call is lost while the call runs: the caller gets "
+    "`WorkerLostError` (no hang), the call started once and was not re-run; 4 more calls "
+    "then run exactly once on the pool.",
+    Fault.PARTITION: "1-node pool; the link to the node is cut for 3 s during a 5 s "
+    "call: the call completes, once; one more call runs once.",
+}
+
+LEAVES_NOTHING = "0 resources left"
+
+
+class NotApplicableError(Exception):
+    """Raised by a target's injector for a fault it cannot have."""
+
+
+# -- the node-side ledger --------------------------------------------------------------
+
+
+def _note(ledger: str, call_id: str, word: str) -> None:
+    """Append ``<word> <node>`` to ``<ledger>/<call_id>`` (runs on the node)."""
+    import os as os_
+
+    import skyward as sky_
+
+    node = sky_.instance_info().node
+    fd = os_.open(os_.path.join(ledger, call_id), os_.O_WRONLY | os_.O_APPEND | os_.O_CREAT)
+    try:
+        with contextlib.suppress(PermissionError):
+            os_.fchmod(fd, 0o666)  # another node's user may append (a doubled call)
+        os_.write(fd, f"{word} {node}\n".encode())
+    finally:
+        os_.close(fd)
+
+
+@sky.compute
+def record(ledger: str, call_id: str, seconds: float = 0.0) -> str:
+    """Note the call's start, nap ``seconds``, note its end."""
+    import time as time_
+
+    _note(ledger, call_id, "start")
+    time_.sleep(seconds)
+    _note(ledger, call_id, "end")
+    return call_id
+
+
+@sky.compute
+def record_then_fail(ledger: str, call_id: str) -> None:
+    _note(ledger, call_id, "start")
+    _note(ledger, call_id, "end")
+    raise RuntimeError("inside the pool")
+
+
+class Ledger:
+    """A directory every node's user may write: one file per call id."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o777)
+
+    @classmethod
+    def fresh(cls) -> Ledger:
+        return cls(Path(tempfile.mkdtemp(prefix="skyward-ledger-")))
+
+    def __str__(self) -> str:
+        return str(self.directory)
+
+    def lines(self, call_id: str) -> list[str]:
+        path = self.directory / call_id
+        return path.read_text().splitlines() if path.exists() else []
+
+    def count(self, call_id: str, word: str) -> int:
+        return sum(1 for line in self.lines(call_id) if line.split()[0] == word)
+
+    def node_of(self, call_id: str) -> int:
+        return int(self.lines(call_id)[0].split()[1])
+
+    def wait_started(self, call_id: str, timeout: float = 60.0) -> None:
+        assert wait_until(lambda: self.count(call_id, "start") > 0, timeout), (
+            f"call {call_id} never started"
+        )
+
+    def assert_once(self, *call_ids: str) -> None:
+        for call_id in call_ids:
+            assert (self.count(call_id, "start"), self.count(call_id, "end")) == (1, 1), (
+                f"call {call_id} should have run exactly once: {self.lines(call_id)}"
+            )
+
+    def assert_cut_short(self, call_id: str) -> None:
+        """Started exactly once and never ended: neither lost before it ran nor re-run."""
+        assert (self.count(call_id, "start"), self.count(call_id, "end")) == (1, 0), (
+            f"call {call_id} should have started once and been cut short: {self.lines(call_id)}"
+        )
+
+    def call_ids(self) -> list[str]:
+        return sorted(p.name for p in self.directory.iterdir())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# -- the protocol ------------------------------------------------------------------------
+
+
+class Target:
+    """One provider's column of the matrix. See the module docstring for the protocol."""
+
+    name: ClassVar[str]
+    provider: ClassVar[str]
+    resources: ClassVar[tuple[str, ...]]
+    not_applicable: ClassVar[Mapping[Fault, str]] = {}
+    known_bugs: ClassVar[Mapping[Fault, str]] = {}
+    injections: ClassVar[Mapping[Fault, str]] = {}
+
+    def nodes_for(self, fault: Fault) -> int:
+        return 1 if fault is Fault.PARTITION else 2
+
+    def setup(self, request: pytest.FixtureRequest, fault: Fault) -> None:
+        """Bring up the fake and the hosts for one cell."""
+
+    def config(self) -> ProviderConfig:
+        raise NotImplementedError
+
+    def pool_options(self) -> dict[str, Any]:
+        return {}
+
+    def client_args(self) -> dict[str, Any]:
+        """JSON-able arguments from which :meth:`client_provider` rebuilds :meth:`config`."""
+        return {}
+
+    def client_env(self) -> dict[str, str]:
+        """Extra environment for the client program and ``skyward down``."""
+        return {}
+
+    def down_args(self) -> list[str]:
+        """Extra arguments ``skyward down --provider P`` needs for this target."""
+        return []
+
+    @staticmethod
+    def client_provider(args: dict[str, Any]) -> ProviderConfig:
+        """Run in the client program: the provider config (register any hook here)."""
+        raise NotImplementedError
+
+    def leftovers(self, pool_id: str) -> dict[str, list[str]]:
+        raise NotImplementedError
+
+    def partial_launch(self) -> contextlib.AbstractContextManager[None]:
+        """While active, a pool's launch fails part-way."""
+        raise NotApplicableError
+
+    def api_faults(self, phase: str) -> contextlib.AbstractContextManager[None]:
+        """While active, the provider API answers throttling/5xx during ``phase``
+        (``"launch"`` or ``"teardown"``); on exit, checks every armed fault was answered."""
+        raise NotApplicableError
+
+    def lose_node(self, pool: sky.ComputePool, node: int) -> None:
+        """Node ``node`` of ``pool`` is lost (its machine or its agent dies) now."""
+        raise NotApplicableError
+
+    def partition(self, seconds: float) -> None:
+        """Cut the link to node 0 for ``seconds`` (blocks until healed)."""
+        raise NotApplicableError
+
+    def cleanup(self, pool_id: str) -> None:
+        """Remove what a failed cell left behind."""
+
+
+def _agents_on(host: SSHTestHost, pool_id: str) -> list[str]:
+    found = []
+    for process in host.processes():
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(process.cmdline())
+            if "skyward.agent" in cmdline and f"--job-id={pool_id}" in cmdline:
+                found.append(f"{host.user}:{process.pid}")
+    return found
+
+
+def _host_from_dict(data: dict[str, Any]) -> SSHTestHost:
+    return SSHTestHost(
+        data["user"],
+        data["address"],
+        int(data["port"]),
+        Path(data["home"]),
+        data["host_key_public"],
+        Path(data["state_dir"]),
+    )
+
+
+def _host_to_dict(host: SSHTestHost) -> dict[str, Any]:
+    return {
+        "user": host.user,
+        "address": host.address,
+        "port": host.port,
+        "home": str(host.home),
+        "host_key_public": host.host_key_public,
+        "state_dir": str(host.state_dir),
+        "sshd_pid": host.sshd_pid,
+    }
+
+
+# -- Local -------------------------------------------------------------------------------
+
+
+class LocalTarget(Target):
+    name = "Local"
+    provider = "local"
+    resources = ("agent processes of the pool", "node directories (the pool's temp dir)")
+    not_applicable: ClassVar[Mapping[Fault, str]] = {
+        Fault.PARTIAL_LAUNCH: "launch only makes directories on this machine; there is "
+        "no machine to be refused",
+        Fault.API_FAULTS_LAUNCH: "no provider API: nodes are processes on this machine",
+        Fault.API_FAULTS_TEARDOWN: "no provider API: nodes are processes on this machine",
+        Fault.PARTITION: "client and nodes share this machine's loopback: no link to cut",
+    }
+    injections: ClassVar[Mapping[Fault, str]] = {
+        Fault.NODE_LOSS: "the node's agent process is SIGKILLed",
+    }
+
+    def config(self) -> ProviderConfig:
+        return sky.Local()
+
+    @staticmethod
+    def client_provider(args: dict[str, Any]) -> ProviderConfig:
+        return sky.Local()
+
+    def leftovers(self, pool_id: str) -> dict[str, list[str]]:
+        return {
+            "agents": [str(p.pid) for p in agent_processes(pool_id)],
+            "node directories": [
+                str(p) for p in Path(tempfile.gettempdir()).glob(f"skyward-{pool_id}-*")
+            ],
+        }
+
+    def lose_node(self, pool: sky.ComputePool, node: int) -> None:
+        (agent,) = [
+            p
+            for p in agent_processes(pool.pool_id)
+            if p.environ().get("SKYWARD_INSTANCE_ID") == f"{pool.pool_id}-node{node}"
+        ]
+        agent.kill()
+
+    def cleanup(self, pool_id: str) -> None:
+        for process in agent_processes(pool_id):
+            with contextlib.suppress(psutil.Error):
+                os.killpg(process.pid, signal.SIGKILL)
+        for path in Path(tempfile.gettempdir()).glob(f"skyward-{pool_id}-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# -- SSH ---------------------------------------------------------------------------------
+
+
+class SSHTarget(Target):
+    name = "SSH"
+    provider = "ssh"
+    resources = (
+        "agent processes of the pool on every host",
+        "node directories (`~/.skyward/pools/<pool>` on every host)",
+    )
+    not_applicable: ClassVar[Mapping[Fault, str]] = {
+        Fault.API_FAULTS_LAUNCH: "the hosts are the user's machines: no provider API",
+        Fault.API_FAULTS_TEARDOWN: "the hosts are the user's machines: no provider API",
+    }
+    injections: ClassVar[Mapping[Fault, str]] = {
+        Fault.PARTIAL_LAUNCH: "the second host's sshd is stopped (connection refused)",
+        Fault.NODE_LOSS: "the node's agent process is SIGKILLed on its host",
+        Fault.PARTITION: "the node is an sshd in a network namespace; its veth link is "
+        "set down (packets dropped both ways), then up",
+    }
+
+    hosts: list[SSHTestHost]
+    key: ClientKey
+    known_hosts: Path
+    netns: NamespaceHost | None = None
+
+    def setup(self, request: pytest.FixtureRequest, fault: Fault) -> None:
+        self.key = request.getfixturevalue("ssh_client_key")
+        if fault is Fault.PARTITION:
+            self.netns = request.getfixturevalue("netns_host")
+            self.hosts = [self.netns]
+            self.known_hosts = request.getfixturevalue("tmp_path") / "known_hosts"
+            self.known_hosts.write_text(self.netns.known_hosts_line + "\n")
+        else:
+            self.hosts = request.getfixturevalue("ssh_hosts")(2)
+            self.known_hosts = request.getfixturevalue("ssh_known_hosts")
+
+    def config(self) -> ProviderConfig:
+        return self.client_provider(self.client_args())
+
+    def client_args(self) -> dict[str, Any]:
+        return {
+            "hosts": [[h.address, h.user, h.port] for h in self.hosts],
+            "key": str(self.key.private_path),
+            "known_hosts": str(self.known_hosts),
+        }
+
+    def down_args(self) -> list[str]:
+        """The hosts, the key and the known_hosts: ``skyward down`` cannot guess them."""
+        hosts = [arg for h in self.hosts for arg in ("--host", f"{h.user}@{h.address}:{h.port}")]
+        return [
+            *hosts,
+            "--identity",
+            str(self.key.private_path),
+            "--known-hosts",
+            str(self.known_hosts),
+        ]
+
+    @staticmethod
+    def client_provider(args: dict[str, Any]) -> ProviderConfig:
+        return sky.SSH(
+            hosts=[
+                sky.SSHHost(address, user=user, port=port, identity_file=args["key"])
+                for address, user, port in args["hosts"]
+            ],
+            known_hosts=args["known_hosts"],
+            connect_timeout=5,
+        )
+
+    def leftovers(self, pool_id: str) -> dict[str, list[str]]:
+        return {
+            "agents": [a for h in self.hosts for a in _agents_on(h, pool_id)],
+            "node directories": [
+                f"{h.user}:{d}"
+                for h in self.hosts
+                if (d := h.home / ".skyward" / "pools" / pool_id).exists()
+            ],
+        }
+
+    @contextlib.contextmanager
+    def partial_launch(self) -> Iterator[None]:
+        self.hosts[1].stop(drop_sessions=True)
+        try:
+            yield
+        finally:
+            self.hosts[1].start()
+
+    def lose_node(self, pool: sky.ComputePool, node: int) -> None:
+        host = self.hosts[node]
+        for process in host.processes():
+            with contextlib.suppress(psutil.Error):
+                if "skyward.agent" in " ".join(process.cmdline()):
+                    process.kill()
+
+    def partition(self, seconds: float) -> None:
+        assert self.netns is not None
+        self.netns.partition(seconds).wait()
+
+    def cleanup(self, pool_id: str) -> None:
+        for host in self.hosts:
+            host.kill_processes()
+            shutil.rmtree(host.home / ".skyward" / "pools" / pool_id, ignore_errors=True)
+
+
+# -- AWS ---------------------------------------------------------------------------------
+
+
+class _ReloadedHost(SSHTestHost):
+    """A test host whose sshd belongs to another process (the test's): a client program
+    reloads it with SIGHUP (new host key, same sessions), as ``restart()`` would."""
+
+    sshd: int = 0
+
+    def restart(self, drop_sessions: bool = False) -> None:
+        listening = self.log_path.read_text().count("Server listening")
+        os.kill(self.sshd, signal.SIGHUP)
+        assert wait_until(
+            lambda: self.log_path.read_text().count("Server listening") > listening, 10, 0.02
+        ), f"sshd of {self.target} did not reload"
+
+
+def register_cloud_init(hosts: Sequence[SSHTestHost], scratch: Path) -> Any:
+    """Register the clouds' connection hook (``tests/cloud_init.CloudInit``) for EC2."""
+    from skyward import plugins
+    from tests.aws_fakes import ec2_user_data
+    from tests.cloud_init import CloudInit
+
+    hook = CloudInit(list(hosts), scratch, ec2_user_data)
+    plugins.get_plugin_manager().register(hook, name="test-cloud-init")
+    plugins.reset(plugins.get_plugin_manager())
+    return hook
+
+
+class AWSTarget(Target):
+    name = "AWS"
+    provider = "aws"
+    resources = (
+        "instances (pending, running, stopping, stopped) tagged with the pool",
+        "launch templates `skyward-<pool>`",
+        "key pairs `skyward-<pool>`",
+        "volumes tagged with the pool",
+        "security groups tagged with the pool (the VPC's shared group is kept by design)",
+        "agent processes of the pool on the hosts of instances not terminated (a "
+        "terminated instance takes its processes and disk with it)",
+    )
+    injections: ClassVar[Mapping[Fault, str]] = {
+        Fault.PARTIAL_LAUNCH: "EC2 Fleet has capacity for 1 of the 2 instances "
+        "(`InsufficientInstanceCapacity` in `Errors`, moto fake)",
+        Fault.API_FAULTS_LAUNCH: "Price List `GetProducts` throttled once, `CreateFleet` "
+        "throttled twice (`RequestLimitExceeded`), "
+        "`ImportKeyPair` answered 500 `InternalError`, `CreateLaunchTemplate` 503 "
+        "`Unavailable`",
+        Fault.API_FAULTS_TEARDOWN: "`TerminateInstances` throttled twice, `DeleteKeyPair` "
+        "answered 503 `Unavailable`, `DescribeVolumes` 500 `InternalError`",
+        Fault.NODE_LOSS: "the instance is terminated in the EC2 API and its machine "
+        "disappears (sshd stopped, every process killed), as in a spot interruption. "
+        "Note: the loss is reported only after the SSH reconnect gives up "
+        "(`instance_timeout`, 15 s here, 300 s by default) and closing the pool spends "
+        "that long again on the dead node; nothing asks EC2 whether the instance is gone",
+        Fault.PARTITION: "the instance is an sshd in a network namespace; its veth link "
+        "is set down, then up",
+    }
+
+    hosts: list[SSHTestHost]
+    netns: NamespaceHost | None = None
+    hook: Any = None
+    saved: dict[str, tuple[bytes, bytes, bytes]]
+    scratch: Path
+
+    def setup(self, request: pytest.FixtureRequest, fault: Fault) -> None:
+        request.getfixturevalue("fresh_plugins")
+        self.aws_env = request.getfixturevalue("aws_env")
+        if fault is Fault.PARTITION:
+            self.netns = request.getfixturevalue("netns_host")
+            self.hosts = [self.netns]
+        else:
+            self.hosts = request.getfixturevalue("ssh_hosts")(2)
+        self.scratch = request.getfixturevalue("tmp_path") / "cloud-init"
+        self.saved = {}
+        for host in self.hosts:
+            key_file = host.state_dir / "ssh_host_ed25519_key"
+            self.saved[host.user] = (
+                key_file.read_bytes(),
+                key_file.with_suffix(".pub").read_bytes(),
+                (host.home / ".ssh" / "authorized_keys").read_bytes(),
+            )
+        self.hook = register_cloud_init(self.hosts, self.scratch)
+        request.addfinalizer(self._restore)
+
+    def _restore(self) -> None:
+        from skyward import plugins
+
+        with contextlib.suppress(ValueError):
+            plugins.get_plugin_manager().unregister(name="test-cloud-init")
+        for host in self.hosts:
+            key, public, authorized = self.saved[host.user]
+            key_file = host.state_dir / "ssh_host_ed25519_key"
+            key_file.write_bytes(key)
+            key_file.with_suffix(".pub").write_bytes(public)
+            (host.home / ".ssh" / "authorized_keys").write_bytes(authorized)
+            host.restart()
+
+    def config(self) -> ProviderConfig:
+        return sky.AWS(ssh_cidr="127.0.0.1/32", instance_timeout=15)  # type: ignore[no-any-return]
+
+    def pool_options(self) -> dict[str, Any]:
+        return {"cpu": 2, "env": {"SKYWARD_POWEROFF_CMD": "true"}}
+
+    def client_args(self) -> dict[str, Any]:
+        return {"hosts": [_host_to_dict(h) for h in self.hosts], "scratch": str(self.scratch)}
+
+    def client_env(self) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "SKYWARD_CACHE"))}
+
+    @staticmethod
+    def client_provider(args: dict[str, Any]) -> ProviderConfig:
+        hosts = []
+        for data in args["hosts"]:
+            base = _host_from_dict(data)
+            host = _ReloadedHost(
+                base.user, base.address, base.port, base.home, base.host_key_public,
+                base.state_dir,
+            )  # fmt: skip
+            host.sshd = int(data["sshd_pid"])
+            hosts.append(host)
+        register_cloud_init(hosts, Path(args["scratch"]))
+        return sky.AWS(ssh_cidr="127.0.0.1/32", instance_timeout=15)  # type: ignore[no-any-return]
+
+    def _ec2(self) -> Any:
+        import boto3
+
+        return boto3.client("ec2", region_name="us-east-1")
+
+    def _live_instances(self, pool_id: str) -> list[str]:
+        reservations = self._ec2().describe_instances(
+            Filters=[
+                {"Name": "tag:skyward:pool", "Values": [pool_id]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped"],
+                },
+            ]
+        )["Reservations"]
+        return [i["InstanceId"] for r in reservations for i in r["Instances"]]
+
+    def _mapped(self) -> dict[str, SSHTestHost]:
+        """Instance id → host, as this process's hook or a client program's mapped them."""
+        mapped: dict[str, SSHTestHost] = dict(self.hook.mapped) if self.hook else {}
+        if self.scratch.exists():  # a client program's cloud-init ran there, in order
+            booted = sorted(self.scratch.iterdir(), key=lambda p: p.stat().st_mtime)
+            for index, path in enumerate(booted):
+                mapped.setdefault(path.name, self.hosts[index % len(self.hosts)])
+        return mapped
+
+    def leftovers(self, pool_id: str) -> dict[str, list[str]]:
+        ec2 = self._ec2()
+        tag = [{"Name": "tag:skyward:pool", "Values": [pool_id]}]
+        live = self._live_instances(pool_id)
+        templates = ec2.describe_launch_templates()["LaunchTemplates"]
+        mapped = self._mapped()
+        return {
+            "instances": live,
+            "launch templates": [
+                t["LaunchTemplateName"]
+                for t in templates
+                if t["LaunchTemplateName"] == f"skyward-{pool_id}"
+            ],
+            "key pairs": [
+                k["KeyName"]
+                for k in ec2.describe_key_pairs()["KeyPairs"]
+                if k["KeyName"] == f"skyward-{pool_id}"
+            ],
+            "volumes": [v["VolumeId"] for v in ec2.describe_volumes(Filters=tag)["Volumes"]],
+            "security groups": [
+                g["GroupId"] for g in ec2.describe_security_groups(Filters=tag)["SecurityGroups"]
+            ],
+            "agents": [
+                a
+                for instance, host in mapped.items()
+                if instance in live
+                for a in _agents_on(host, pool_id)
+            ],
+        }
+
+    @contextlib.contextmanager
+    def partial_launch(self) -> Iterator[None]:
+        with self.aws_env.moto.make_capacity_unavailable(lifecycle=None, available=1):
+            yield
+
+    @contextlib.contextmanager
+    def api_faults(self, phase: str) -> Iterator[None]:
+        moto = self.aws_env.moto
+        # (action, times, error code, HTTP status); no code: the throttling error
+        armed: list[tuple[str, int, str | None, int | None]] = (
+            [
+                ("CreateFleet", 2, None, None),
+                ("ImportKeyPair", 1, "InternalError", 500),
+                ("CreateLaunchTemplate", 1, "Unavailable", 503),
+            ]
+            if phase == "launch"
+            else [
+                ("TerminateInstances", 2, None, None),
+                ("DeleteKeyPair", 1, "Unavailable", 503),
+                ("DescribeVolumes", 1, "InternalError", 500),
+            ]
+        )
+        for action, times, code, status in armed:
+            moto.throttle_next("ec2", action, times=times, code=code, status=status)
+        pricing = self.aws_env.pricing
+        if phase == "launch":
+            pricing.throttle_next("GetProducts")
+        before, prices_before = len(moto.calls), pricing.count()
+        yield
+        if phase == "launch":  # the throttled price query, then the one that got through
+            assert pricing.count() - prices_before >= 2, "GetProducts was not retried"
+        answered = [c.action for c in moto.calls[before:] if c.throttled]
+        for action, times, _, _ in armed:
+            assert answered.count(action) == times, f"{action}: {answered}"
+
+    def lose_node(self, pool: sky.ComputePool, node: int) -> None:
+        cluster = pool._cluster
+        assert cluster is not None
+        instance = cluster.instances[node].id
+        host = self.hook.mapped[instance]
+        self._ec2().terminate_instances(InstanceIds=[instance])
+        host.stop(drop_sessions=True)  # the machine is gone: nothing answers on it
+        kill_user_processes(host.user)
+
+    def partition(self, seconds: float) -> None:
+        assert self.netns is not None
+        self.netns.partition(seconds).wait()
+
+    def cleanup(self, pool_id: str) -> None:
+        from skyward_aws import AWS
+
+        provider = AWS(ssh_cidr="127.0.0.1/32").create()
+        with contextlib.suppress(Exception):
+            provider.terminate(provider.list_by_tag(pool_id))
+        ec2 = self._ec2()
+        with contextlib.suppress(Exception):
+            ec2.delete_key_pair(KeyName=f"skyward-{pool_id}")
+        for host in self.hosts:
+            host.kill_processes()
+
+
+# Every target of the matrix. A provider joins by adding its Target subclass here.
+TARGETS: tuple[type[Target], ...] = (LocalTarget, SSHTarget, AWSTarget)
+
+
+def target_named(name: str) -> type[Target]:
+    (found,) = [t for t in TARGETS if t.name == name]
+    return found
+
+
+# -- the client program (Ctrl-C, SIGTERM, SIGKILL) ----------------------------------------
+
+
+@dataclass
+class Client:
+    """A client program (``tests/fault_client.py``) with a pool open and a call in flight."""
+
+    process: subprocess.Popen[str]
+    pool_id: str
+    env: dict[str, str]
+
+    @classmethod
+    def start(cls, target: Target, nodes: int, ledger: Ledger, heartbeat: float) -> Client:
+        spec = {
+            "target": target.name,
+            "args": target.client_args(),
+            "nodes": nodes,
+            "ledger": str(ledger),
+            "options": target.pool_options(),
+        }
+        env = {
+            **os.environ,
+            **target.client_env(),
+            "PYTHONPATH": str(ROOT),
+            "SKYWARD_HEARTBEAT_TIMEOUT": str(heartbeat),
+        }
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.fault_client", json.dumps(spec)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            _, err = process.communicate(timeout=30)
+            raise AssertionError(f"the client program failed to open its pool:\n{err}")
+        return cls(process, json.loads(line)["pool"], env)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        _, err = self.process.communicate(timeout=timeout)
+        return self.process.returncode, err
+
+    def down(self, provider: str, extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "skyward.cli", "down", "--provider", provider]
+        return subprocess.run(
+            [*command, "--pool", self.pool_id, *extra],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=120,
+            check=False,
+        )
+
+
+# -- the doc ---------------------------------------------------------------------------
+
+
+def expected_outcome(target: type[Target], fault: Fault) -> str:
+    if fault in target.not_applicable:
+        return "n/a"
+    if fault in target.known_bugs:
+        return "known bug"
+    return "pass"
+
+
+def render(outcomes: Mapping[tuple[str, Fault], str] | None = None) -> str:
+    """``docs/reliability.md``; ``outcomes`` ``(target name, fault) → pass / known bug /
+    n/a / FAIL`` come from a run (``None``: what the declarations expect)."""
+
+    def outcome(target: type[Target], fault: Fault) -> str:
+        if outcomes is None:
+            return expected_outcome(target, fault)
+        return outcomes.get((target.name, fault), "not run")
+
+    out = [
+        "# Reliability: the fault matrix",
+        "",
+        "<!-- Generated by `make reliability-doc` (docs/build_reliability.py) from a run of",
+        "     tests/test_fault_matrix.py; do not edit. tests/test_fault_matrix.py checks it. -->",
+        "",
+        "Every provider x every way a pool can end or break. After each cell the suite checks",
+        "that **nothing is left** (the provider's resources below) and that **no task was lost",
+        "or doubled**: each call appends `start <node>` and `end <node>` to its own file on",
+        "the node side, so executions are counted where they happen.",
+        "",
+        "A provider joins by adding one `Target` to `tests/fault_matrix.py` (its fake, how to",
+        "list what is left, how to inject each fault); the protocol is documented there.",
+        "",
+        "## The matrix",
+        "",
+        "| fault | " + " | ".join(t.name for t in TARGETS) + " |",
+        "|---|" + "---|" * len(TARGETS),
+    ]
+    for fault in Fault:
+        cells = [outcome(t, fault) for t in TARGETS]
+        out.append(f"| {fault.value} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "`pass`: ran, left nothing, no task lost or doubled. `n/a`: the fault cannot happen",
+        "on that provider (reason below). `known bug`: runs as a strict `xfail` against a",
+        "defect named below; it fails the suite the day it passes.",
+        "",
+        "## What each row does and checks",
+        "",
+    ]
+    for fault in Fault:
+        out.append(f"- **{fault.value}**: {FAULT_CHECKS[fault]}")
+    for target in TARGETS:
+        out += ["", f"## {target.name}", "", "Counted as left after every cell:", ""]
+        out += [f"- {resource}" for resource in target.resources]
+        out += ["", "| fault | result | how the fault is made |", "|---|---|---|"]
+        for fault in Fault:
+            result = outcome(target, fault)
+            if fault in target.not_applicable:
+                how = target.not_applicable[fault]
+            else:
+                how = target.injections.get(fault, "as described above")
+            if result == "known bug":
+                how += f". **Known bug:** {target.known_bugs[fault]}"
+            out.append(f"| {fault.value} | {result} | {how} |")
+    return "\n".join(out) + "\n"
+
+
+def cell_ids() -> list[tuple[type[Target], Fault]]:
+    return [(t, f) for t in TARGETS for f in Fault]
