@@ -7,7 +7,6 @@ import runpy
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -15,7 +14,6 @@ import skyward as sky
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-HOOK = runpy.run_path(str(DOCS / "site_hooks" / "pending_pages.py"))
 
 
 def test_api_reference_is_up_to_date_and_lists_every_public_name() -> None:
@@ -47,33 +45,6 @@ def test_site_builds_in_strict_mode(tmp_path: Path) -> None:
     troubleshooting = (tmp_path / "site" / "troubleshooting" / "index.html").read_text()
     for name in sky.errors.__all__:
         assert name in troubleshooting, f"Troubleshooting does not explain {name}"
-
-
-def test_pending_pages_are_dropped_only_while_absent(tmp_path: Path) -> None:
-    absent = HOOK["missing"](tmp_path)
-    assert "reliability.md" in absent
-    (tmp_path / "reliability.md").write_text("# Reliability\n")
-    assert "reliability.md" not in HOOK["missing"](tmp_path)
-    (tmp_path / "reliability.md").unlink()
-    config = {
-        "docs_dir": str(tmp_path),
-        "nav": [
-            {"Home": "index.md"},
-            {"More": ["concepts.md", {"Reliability": "reliability.md"}]},
-            {"Other": "not-pending.md"},
-        ],
-    }
-    HOOK["on_config"](config)
-    assert config["nav"] == [
-        {"Home": "index.md"},
-        {"More": ["concepts.md"]},
-        {"Other": "not-pending.md"},  # a missing page that is not pending stays: strict fails
-    ]
-    page = SimpleNamespace(file=SimpleNamespace(src_uri="concepts.md"))
-    text = "[Reliability](reliability.md), [GPUs](gpus.md#mig)"
-    assert HOOK["on_page_markdown"](text, page) == (
-        "Reliability (not yet in this build), [GPUs](gpus.md#mig)"
-    )
 
 
 def test_every_page_is_in_the_nav() -> None:
