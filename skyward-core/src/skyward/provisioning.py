@@ -9,11 +9,13 @@ down exactly once, on every exit path.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from attrs import define, field
 
@@ -59,6 +61,7 @@ __all__ = ["AgentSettings", "Cluster", "provision"]
 _log = logging.getLogger("skyward.provisioning")
 
 Emit = Callable[[SkywardEvent], None]
+T = TypeVar("T")
 
 HEARTBEAT_TIMEOUT_ENV = "SKYWARD_HEARTBEAT_TIMEOUT"
 METRICS_INTERVAL_ENV = "SKYWARD_METRICS_INTERVAL"
@@ -125,12 +128,11 @@ class Cluster:
             return
         self._closed = True
         self._stop.set()
-        for client in self.clients:
-            client.close()
+        # Every node at once: each may wait a few seconds for its agent to flush and go.
+        _each(self.clients, lambda client: client.close(), "closing a node client")
         for instance in self.instances:
             self.emit(InstanceStopping(instance.id))
-        for transport in self.transports:
-            _quietly(transport.close, "closing a node transport")
+        _each(self.transports, lambda transport: transport.close(), "closing a node transport")
         if self.instances:
             _quietly(lambda: self.provider.terminate(self.instances), "terminating instances")
             _quietly(lambda: self._wait_terminated(ready_timeout), "waiting for termination")
@@ -150,6 +152,15 @@ class Cluster:
                 self.emit(Error(f"instances not terminated after {timeout:g}s: {ids}"))
                 return
             time.sleep(0.2)
+
+
+def _each(items: Sequence[T], action: Callable[[T], object], what: str) -> None:
+    """``action`` on every item in parallel; one failing does not stop the others."""
+    if not items:
+        return
+    with ThreadPoolExecutor(max_workers=min(len(items), 32)) as executor:
+        for item in items:
+            executor.submit(_quietly, functools.partial(action, item), what)
 
 
 def _quietly(action: Callable[[], object], what: str) -> None:
