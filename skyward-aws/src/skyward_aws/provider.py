@@ -18,6 +18,7 @@ from skyward.offers import Offer
 from skyward.provider import (
     MANAGED_TAG,
     POOL_TAG,
+    AccessCheck,
     Infrastructure,
     Instance,
     InstanceState,
@@ -273,6 +274,14 @@ class AWSProvider:
                 if error.response["Error"]["Code"] != "InvalidInstanceID.NotFound":
                     raise
 
+    # -- skyward doctor ---------------------------------------------------------------
+
+    def check_access(self) -> list[AccessCheck]:
+        """The identity, and a dry run of each call a pool makes (see :mod:`.doctor`)."""
+        from skyward_aws.doctor import check_access
+
+        return check_access(self.clients, self.config.region)
+
     # -- skyward down: every region, every kind of resource -------------------------------
 
     def _region_clients(self) -> dict[str, Any]:
@@ -300,6 +309,8 @@ class AWSProvider:
                     ip=item.get("PublicIpAddress") or item.get("PrivateIpAddress"),
                     region=region,
                     tags={t["Key"]: t["Value"] for t in item.get("Tags", [])},
+                    spot=item.get("InstanceLifecycle") == "spot",
+                    launched_at=_epoch(item.get("LaunchTime")),
                 )
                 for page in pages
                 for reservation in page["Reservations"]
@@ -490,3 +501,9 @@ def _block_devices(spec: ComputeSpec) -> list[dict[str, Any]]:
             }
         )
     return devices
+
+
+def _epoch(when: object) -> float | None:
+    """boto3 parses ``LaunchTime`` into a timezone-aware datetime."""
+    timestamp = getattr(when, "timestamp", None)
+    return float(timestamp()) if callable(timestamp) else None
