@@ -29,12 +29,12 @@ COLUMNS = [
     ("instance_type", "Machine"),
     ("accelerators", "Accelerators"),
     ("vcpus", "vCPUs"),
-    ("memory_gb", "Memory GiB"),
+    ("memory_gb", "GiB"),
     ("price_spot", "Spot $/h"),
-    ("price_on_demand", "On-demand $/h"),
+    ("price_on_demand", "On-dem. $/h"),
     ("pool_hourly", "Pool $/h"),
     ("region", "Region"),
-    ("available", "Available"),
+    ("available", "Avail."),
 ]
 UNAVAILABLE_COLUMNS = [("provider", "Provider"), ("reason", "Why not")]
 

@@ -78,14 +78,24 @@ class Output:
 
     def _text(self, table: Table) -> None:
         if self.rich:
+            from rich import box
             from rich.console import Console
             from rich.table import Table as RichTable
 
-            drawn = RichTable(title=table.title, title_justify="left")
-            for _, heading in table.columns:
-                drawn.add_column(heading)
+            title = table.title.replace("_", " ").capitalize()
+            drawn = RichTable(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+            # On a screen, a column empty in every row (no accelerators, no spot price)
+            # only takes width; scripts read the plain form, whose columns never change.
+            shown = [
+                (key, heading)
+                for key, heading in table.columns
+                if any(row.get(key) not in (None, "") for row in table.rows)
+            ]
+            for _, heading in shown:
+                # Wrap, never cut: an instance id or a fix cut short is no use.
+                drawn.add_column(heading, overflow="fold")
             for row in table.rows:
-                drawn.add_row(*(_cell(row.get(key)) for key, _ in table.columns))
+                drawn.add_row(*(_cell(row.get(key)) for key, _ in shown))
             Console(file=self.stream).print(drawn)
             return
         print(f"# {table.title}", file=self.stream)
