@@ -242,6 +242,11 @@ def test_ls_and_down_on_digitalocean_and_verda(
     assert code == 0
     pools = {(r["provider"], r["pool"]) for r in document["resources"] if r["kind"] == "instance"}
     assert pools == {("digitalocean", "sky-dotest001"), ("verda", "sky-vdtest001")}
+    for row in document["resources"]:
+        if row["kind"] == "instance":  # both report launch time and price
+            assert row["age_seconds"] is not None, row
+            assert row["hourly_price"] > 0, row
+            assert row["cost_so_far"] >= 0, row
 
     code, document = run_json(capsys, "down", "--dry-run", *flags)
     assert code == 0
