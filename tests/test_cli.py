@@ -212,6 +212,8 @@ def test_ls_on_aws_finds_instances_and_leftovers_in_every_region(
     assert instances[west]["pool"] == "sky-west"
     assert instances[west]["state"] == "running"
     assert instances[west]["age_seconds"] is not None
+    assert instances[east]["hourly_price"] == pytest.approx(0.0104)  # the fake price table
+    assert instances[east]["cost_so_far"] is not None
     keys = {r["id"] for r in document["resources"] if r["kind"] == "key-pair"}
     assert {"skyward-sky-east", "skyward-sky-west"} <= keys
 

@@ -322,8 +322,34 @@ class AWSProvider:
             if isinstance(result, BaseException):
                 self._unscanned[region] = str(result)
             else:
-                found += result
+                found += self._priced(clients[region], region, result)
         return found
+
+    def _priced(self, ec2: Any, region: str, instances: list[Instance]) -> list[Instance]:
+        """The instances with what they bill per hour (``skyward ls`` shows cost so far).
+        Best effort: a price that cannot be read leaves the instance unpriced, never fails
+        the listing (``skyward down`` relies on it)."""
+        if not instances:
+            return instances
+        types = sorted({i.instance_type for i in instances if i.instance_type})
+        try:
+            pricing_client = self.clients("pricing", pricing.PRICING_REGION)
+            on_demand = pricing.on_demand_prices(pricing_client, region, types, cache_dir())
+        except Exception:
+            on_demand = {}
+        spot_types = [i.instance_type for i in instances if i.spot]
+        try:
+            spot = pricing.spot_prices(ec2, region, spot_types) if spot_types else {}
+        except Exception:
+            spot = {}
+        return [
+            evolve(
+                i,
+                price_on_demand=on_demand.get(i.instance_type),
+                price_spot=spot.get(i.instance_type),
+            )
+            for i in instances
+        ]
 
     def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
         """Key pairs, launch templates, unattached volumes and unused security groups
