@@ -466,3 +466,27 @@ def test_a_terminal_gets_a_table_and_a_pipe_gets_plain_lines(tmp_path: Path) -> 
     piped = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     assert "local\tsky.Local" in piped.stdout
     assert "─" not in piped.stdout
+
+
+@pytest.mark.parametrize(
+    ("code", "ok", "fix"),
+    [
+        ("DryRunOperation", True, ""),
+        ("UnauthorizedOperation", False, "IAM policy"),
+        ("AuthFailure", False, "aws configure"),
+        ("InvalidGroup.NotFound", True, ""),  # past the permission check
+    ],
+)
+def test_aws_dry_run_answers_map_to_allowed_or_denied(code: str, ok: bool, fix: str) -> None:
+    """What EC2 answers a dry run with (moto only ever allows, so the denials are the
+    SDK's own error objects, as botocore raises them)."""
+    from botocore.exceptions import ClientError
+
+    from skyward_aws.doctor import _try
+
+    def call() -> None:
+        raise ClientError({"Error": {"Code": code, "Message": "m"}}, "RunInstances")
+
+    check = _try("ec2:RunInstances", call)
+    assert check.ok is ok
+    assert fix in check.fix
