@@ -490,3 +490,18 @@ def test_aws_dry_run_answers_map_to_allowed_or_denied(code: str, ok: bool, fix: 
     check = _try("ec2:RunInstances", call)
     assert check.ok is ok
     assert fix in check.fix
+
+
+def test_offers_in_several_regions_side_by_side(
+    aws_env: AwsEnv, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--provider", "aws", "--region", "us-east-1", "--region", "us-west-2"]
+    code, document = run_json(capsys, "offers", "--cpu", "2", *flags)
+    assert code == 0
+    assert {o["region"] for o in document["offers"]} == {"us-east-1", "us-west-2"}
+
+    code, document = run_json(capsys, "offers", "--provider", "aws", "--region", "mars-1")
+    assert code == 1, "the provider was named and cannot answer there"
+    (why,) = document["unavailable_providers"]
+    assert why["region"] == "mars-1"
+    assert "region" in why["reason"]

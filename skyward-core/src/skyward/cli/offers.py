@@ -36,7 +36,7 @@ COLUMNS = [
     ("region", "Region"),
     ("available", "Avail."),
 ]
-UNAVAILABLE_COLUMNS = [("provider", "Provider"), ("reason", "Why not")]
+UNAVAILABLE_COLUMNS = [("provider", "Provider"), ("region", "Region"), ("reason", "Why not")]
 
 
 def spec_from(options: argparse.Namespace) -> ComputeSpec:
@@ -96,8 +96,10 @@ def row(rank: int, offer: Offer, spec: ComputeSpec) -> dict[str, Any]:
     }
 
 
-def _ask(name: str, options: argparse.Namespace, spec: ComputeSpec) -> tuple[Provider, list[Offer]]:
-    provider = chosen.build(name, options)
+def _ask(
+    name: str, region: str | None, options: argparse.Namespace, spec: ComputeSpec
+) -> tuple[Provider, list[Offer]]:
+    provider = chosen.build(name, argparse.Namespace(**{**vars(options), "region": region}))
     try:
         return provider, offers_for(provider, spec)
     except Exception as error:
@@ -113,13 +115,22 @@ def run(options: argparse.Namespace, out: Output) -> int:
         return EXIT_USAGE
     unavailable: list[dict[str, Any]] = []
     answered: list[tuple[Provider, list[Offer]]] = []
-    with ThreadPoolExecutor(max_workers=max(1, len(names))) as threads:
-        futures = {name: threads.submit(_ask, name, options, spec) for name in names}
-        for name, future in futures.items():  # the order given: rank_across breaks ties by it
+    # Each region asked for is asked of every provider that has regions (one provider
+    # per region); the others are asked once.
+    regions: list[str | None] = list(options.region) or [None]
+    jobs = [
+        (name, region)
+        for name in names
+        for region in (regions if chosen.has_regions(name) else [None])
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(jobs)))) as threads:
+        futures = [(job, threads.submit(_ask, *job, options, spec)) for job in jobs]
+        for (name, region), future in futures:  # in order: rank_across breaks ties by it
             try:
                 answered.append(future.result())
             except chosen.CannotUse as error:
-                unavailable.append({"provider": name, "reason": str(error)})
+                item = {"provider": name, "reason": str(error), "region": region}
+                unavailable.append(item)
     ranked = rank_across(answered, spec)
     if options.limit:
         ranked = ranked[: options.limit]
@@ -163,7 +174,12 @@ def add_parser(commands: Any) -> None:
     buy.add_argument("--spot", action="store_true", help="spot only, ranked by spot price")
     buy.add_argument("--on-demand", action="store_true", help="ranked by on-demand price")
     offers.add_argument("--provider", action="append", default=[], help="only this provider")
-    offers.add_argument("--region", default=None, help="for providers with regions")
+    offers.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        help="ask providers with regions about this one (repeat for several)",
+    )
     offers.add_argument("--limit", type=int, default=0, help="show at most this many offers")
     offers.add_argument("--host", action="append", default=[], help=argparse.SUPPRESS)
     offers.set_defaults(run=run)

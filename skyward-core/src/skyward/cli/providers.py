@@ -12,7 +12,7 @@ import attrs
 from skyward.plugins import get_registry
 from skyward.provider import Provider, ProviderConfig
 
-__all__ = ["CannotUse", "UnknownProvider", "build", "names", "registered"]
+__all__ = ["CannotUse", "UnknownProvider", "build", "has_regions", "names", "registered"]
 
 
 class UnknownProvider(Exception):
@@ -44,6 +44,11 @@ def _fields(config_class: object) -> dict[str, attrs.Attribute]:  # type: ignore
     if isinstance(config_class, type) and attrs.has(config_class):
         return dict(attrs.fields_dict(config_class))
     return {}
+
+
+def has_regions(name: str) -> bool:
+    """Whether the provider's configuration takes a ``region``."""
+    return "region" in _fields(get_registry().providers[name])
 
 
 def _config(name: str, options: argparse.Namespace) -> ProviderConfig:
