@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from skyward.cli import completion, doctor, down, ls, offers
-from skyward.cli.output import EXIT_OK, Output, Table
+from skyward.cli.output import EXIT_OK, Output, Table, help_text
 from skyward.plugins import get_registry
 
 __all__ = ["build_parser", "main"]
@@ -55,7 +55,9 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="skyward", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="skyward",
+        description=help_text(__doc__),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"skyward {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -15,7 +15,7 @@ import argparse
 from typing import Any
 
 from skyward.cli import providers as chosen
-from skyward.cli.output import EXIT_OK, Output
+from skyward.cli.output import EXIT_OK, Output, help_text
 
 __all__ = ["SHELLS", "add_parser", "script"]
 
@@ -106,7 +106,7 @@ def add_parser(commands: Any, parser: argparse.ArgumentParser) -> None:
     completion = commands.add_parser(
         "completion",
         help="print a shell completion script",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     completion.add_argument("shell", choices=SHELLS)

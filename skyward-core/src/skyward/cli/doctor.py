@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from skyward.cli import providers as chosen
-from skyward.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Output, Table
+from skyward.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Output, Table, help_text
 from skyward.provider import AccessCheck, AccessChecker
 
 __all__ = ["add_parser", "local_checks", "run"]
@@ -190,7 +190,7 @@ def add_parser(commands: Any) -> None:
     doctor = commands.add_parser(
         "doctor",
         help="check credentials, permissions and local prerequisites",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     doctor.add_argument("--provider", action="append", default=[], help="only this provider")

@@ -22,7 +22,7 @@ from typing import Any
 from attrs import define, field
 
 from skyward.cli import providers as chosen
-from skyward.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Output, Table
+from skyward.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Output, Table, help_text
 from skyward.provider import POOL_TAG, Instance, Leftover, LeftoverSweeper, Provider
 from skyward.provider import SharedInfrastructure as Shared
 
@@ -207,7 +207,7 @@ def add_parser(commands: Any) -> None:
     down = commands.add_parser(
         "down",
         help="remove machines and resources left by dead clients",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     down.add_argument("--provider", action="append", default=[], help="only this provider")

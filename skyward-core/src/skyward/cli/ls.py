@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from skyward.cli import providers as chosen
-from skyward.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Output, Table
+from skyward.cli.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Output, Table, help_text
 from skyward.provider import POOL_TAG, Instance, LeftoverSweeper, SharedInfrastructure
 
 __all__ = ["add_parser", "age", "run"]
@@ -133,7 +133,7 @@ def add_parser(commands: Any) -> None:
     ls = commands.add_parser(
         "ls",
         help="list every machine and resource Skyward manages",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ls.add_argument("--provider", action="append", default=[], help="only this provider")

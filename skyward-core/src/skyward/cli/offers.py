@@ -14,7 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from skyward.cli import providers as chosen
-from skyward.cli.output import EXIT_FAILED, EXIT_NOTHING, EXIT_OK, EXIT_USAGE, Output, Table
+from skyward.cli.output import (
+    EXIT_FAILED,
+    EXIT_NOTHING,
+    EXIT_OK,
+    EXIT_USAGE,
+    Output,
+    Table,
+    help_text,
+)
 from skyward.errors import ConfigurationError
 from skyward.offers import Offer
 from skyward.provider import Provider
@@ -162,7 +170,7 @@ def add_parser(commands: Any) -> None:
     offers = commands.add_parser(
         "offers",
         help="live offers of every provider, best first",
-        description=__doc__,
+        description=help_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     offers.add_argument("--accelerator", "-a", default=None, help='e.g. H100, "A100:8"')

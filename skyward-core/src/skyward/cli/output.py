@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from attrs import define, field
 
-__all__ = ["EXIT_FAILED", "EXIT_NOTHING", "EXIT_OK", "EXIT_USAGE", "Output", "Table"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_NOTHING",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "Output",
+    "Table",
+    "help_text",
+]
 
 EXIT_OK = 0
 """Everything asked for was done (or found)."""
@@ -35,6 +44,13 @@ class Table:
     columns: Sequence[tuple[str, str]]
     """(key, heading) of each column shown on a terminal or in plain text."""
     rows: list[dict[str, Any]] = field(factory=list)
+
+
+def help_text(doc: str | None) -> str:
+    """A module docstring as ``--help`` shows it: Sphinx roles and double backticks are
+    for the API pages, not a terminal."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"`\1`", doc or "")
+    return text.replace("``", "`")
 
 
 def _cell(value: object) -> str:
