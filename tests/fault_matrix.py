@@ -787,7 +787,7 @@ class Client:
         return self.process.returncode, err
 
     def down(self, provider: str, extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "skyward.cli", "down", "--provider", provider]
+        command = [sys.executable, "-m", "skyward.cli", "down", "--yes", "--provider", provider]
         return subprocess.run(
             [*command, "--pool", self.pool_id, *extra],
             capture_output=True,

@@ -676,7 +676,7 @@ def test_shared_infrastructure_is_listed_and_removed_by_skyward_down(aws_env: Aw
     assert kinds == ["iam-role", "instance-profile", "s3-bucket", "security-group"]
     assert main(["down", "--provider", "aws", "--shared", "--dry-run"]) == 0
     assert len(provider.list_shared()) == 4, "--dry-run removes nothing"
-    assert main(["down", "--provider", "aws", "--shared"]) == 0
+    assert main(["down", "--provider", "aws", "--shared", "--yes"]) == 0
     assert provider.list_shared() == []
 
 

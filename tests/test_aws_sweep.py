@@ -109,7 +109,7 @@ def test_down_sweeps_every_region_and_every_kind(
     assert "security-group" not in listed, "a group is in use until its instance is gone"
 
     aws_env.moto.reset_calls()
-    assert main(["down", "--provider", "aws"]) == 0
+    assert main(["down", "--provider", "aws", "--yes"]) == 0
     for region in REGIONS:
         assert nothing_left(region), (region, left(region))
     scanned = {c.region for c in aws_env.moto.calls if c.action == "DescribeKeyPairs"}
@@ -126,7 +126,7 @@ def test_down_sweeps_every_region_and_every_kind(
 def test_down_for_one_pool_leaves_the_others(aws_env: AwsEnv) -> None:
     seed("us-west-2", "sky-gone")
     seed("us-west-2", "sky-alive")
-    assert main(["down", "--provider", "aws", "--pool", "sky-gone"]) == 0
+    assert main(["down", "--provider", "aws", "--pool", "sky-gone", "--yes"]) == 0
     assert nothing_left("us-west-2", "sky-gone")
     still = left("us-west-2", "sky-alive")
     assert still["instances"]
@@ -138,7 +138,7 @@ def test_a_group_a_user_instance_still_uses_is_kept(aws_env: AwsEnv) -> None:
     ids = seed("us-west-2", "sky-shared-group")
     ec2 = boto3.client("ec2", region_name="us-west-2")
     ec2.run_instances(ImageId=AMI, MinCount=1, MaxCount=1, SecurityGroupIds=[ids["group"]])
-    assert main(["down", "--provider", "aws"]) == 0
+    assert main(["down", "--provider", "aws", "--yes"]) == 0
     groups = left("us-west-2")["groups"]
     assert groups == [ids["group"]]
 
@@ -150,7 +150,7 @@ def test_what_cannot_be_removed_fails_the_command_and_is_named(
     aws_env.moto.throttle_next(
         "ec2", "DeleteKeyPair", times=50, code="UnauthorizedOperation", status=403
     )
-    assert main(["down", "--provider", "aws"]) == 1
+    assert main(["down", "--provider", "aws", "--yes"]) == 1
     err = capsys.readouterr().err
     assert "key-pair skyward-sky-stuck in us-west-2" in err
     assert "UnauthorizedOperation" in err

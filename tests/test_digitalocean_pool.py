@@ -154,7 +154,7 @@ def test_a_client_killed_mid_launch_is_cleaned_by_skyward_down(
     assert do_fake.firewalls
     assert main(["down", "--provider", "digitalocean", "--dry-run"]) == 0
     assert len(do_fake.live()) == 2
-    assert main(["down", "--provider", "digitalocean"]) == 0
+    assert main(["down", "--provider", "digitalocean", "--yes"]) == 0
     out = capsys.readouterr()
     assert "2 instance(s) terminated" in out.err
     assert pool_tag.removeprefix("skyward:pool:") in out.out

@@ -267,7 +267,7 @@ def test_skyward_down_cli_sweeps_the_context_namespace(kube: KubeCluster, tmp_pa
     assert isinstance(provider, KubernetesProvider)
     launch(provider, build_spec(cpu=1, nodes=2), "sky-cli-orphan")
     down = subprocess.run(
-        [sys.executable, "-m", "skyward.cli", "down", "--provider", "kubernetes"],
+        [sys.executable, "-m", "skyward.cli", "down", "--yes", "--provider", "kubernetes"],
         env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert down.returncode == 0, down.stderr

@@ -71,7 +71,17 @@ def test_skyward_down_removes_a_killed_clients_directory(tmp_path: Path) -> None
     assert f"local\tnode-dir\t{root}" in listed.stdout
     assert root.exists()
     swept = subprocess.run(
-        [sys.executable, "-m", "skyward.cli", "down", "--provider", "local", "--pool", pool_id],
+        [
+            sys.executable,
+            "-m",
+            "skyward.cli",
+            "down",
+            "--provider",
+            "local",
+            "--pool",
+            pool_id,
+            "--yes",
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -119,7 +119,7 @@ def test_transport_close_kills_the_agents_whole_group(
 
 def down(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "skyward.cli", "down", *args],
+        [sys.executable, "-m", "skyward.cli", "down", "--yes", *args],
         capture_output=True,
         text=True,
         timeout=120,

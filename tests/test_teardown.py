@@ -137,7 +137,7 @@ def test_skyward_down_sweeps_orphans_of_a_killed_client(tmp_path: Path) -> None:
         _sweep_and_check(pool_id)
     finally:  # a failed assertion must not leave agents for 300 s
         subprocess.run(
-            [sys.executable, "-m", "skyward.cli", "down", "--pool", pool_id], check=False
+            [sys.executable, "-m", "skyward.cli", "down", "--pool", pool_id, "--yes"], check=False
         )
 
 
@@ -153,7 +153,17 @@ def _sweep_and_check(pool_id: str) -> None:
     assert f"{pool_id}-node0" in listed.stdout
     assert len(agent_processes(pool_id)) == 2, "--dry-run only lists"
     subprocess.run(
-        [sys.executable, "-m", "skyward.cli", "down", "--provider", "local", "--pool", pool_id],
+        [
+            sys.executable,
+            "-m",
+            "skyward.cli",
+            "down",
+            "--provider",
+            "local",
+            "--pool",
+            pool_id,
+            "--yes",
+        ],
         capture_output=True,
         check=True,
     )

@@ -159,7 +159,7 @@ def test_client_killed_mid_launch_then_skyward_down(
         client.wait()
     assert len(verda_env.keys) == len(verda_env.scripts) == 1
     verda_env.ordered_seconds = 0.2  # Verda gets on with them; deletes were refused until now
-    assert cli.main(["down", "--provider", "verda"]) == 0
+    assert cli.main(["down", "--provider", "verda", "--yes"]) == 0
     assert "2 instance(s) terminated" in capsys.readouterr().err
     _nothing_left(verda_env)
 

@@ -377,7 +377,7 @@ def test_offline_instances_are_found_and_deleted_by_skyward_down(
     assert sorted(i.id for i in found) == sorted(i.id for i in instances)
     assert {i.tags[POOL_TAG] for i in found} == {"sky-dead0001"}
     assert len(_provider().list_by_tag()) == 3
-    assert cli.main(["down", "--provider", "verda", "--pool", "sky-dead0001"]) == 0
+    assert cli.main(["down", "--provider", "verda", "--pool", "sky-dead0001", "--yes"]) == 0
     assert "2 instance(s) terminated" in capsys.readouterr().err
     left = verda_env.live_instances()
     assert [i["hostname"] for i in left] == ["skyward-sky-other001-0"]
@@ -392,7 +392,7 @@ def test_leftovers_without_instances_go_with_down_shared(
     provider = _provider()
     provider.prepare(build_spec(cpu=2), "sky-early001")  # killed before any node existed
     assert provider.list_shared() == [("scripts", "sky-early001"), ("ssh-keys", "sky-early001")]
-    assert cli.main(["down", "--provider", "verda", "--shared"]) == 0
+    assert cli.main(["down", "--provider", "verda", "--shared", "--yes"]) == 0
     _nothing_left(verda_env)
 
 

@@ -18,6 +18,7 @@ from skyward.offers import Offer
 from skyward.provider import (
     MANAGED_TAG,
     POOL_TAG,
+    AccessCheck,
     Infrastructure,
     Instance,
     InstanceState,
@@ -273,6 +274,14 @@ class AWSProvider:
                 if error.response["Error"]["Code"] != "InvalidInstanceID.NotFound":
                     raise
 
+    # -- skyward doctor ---------------------------------------------------------------
+
+    def check_access(self) -> list[AccessCheck]:
+        """The identity, and a dry run of each call a pool makes (see :mod:`.doctor`)."""
+        from skyward_aws.doctor import check_access
+
+        return check_access(self.clients, self.config.region)
+
     # -- skyward down: every region, every kind of resource -------------------------------
 
     def _region_clients(self) -> dict[str, Any]:
@@ -300,6 +309,8 @@ class AWSProvider:
                     ip=item.get("PublicIpAddress") or item.get("PrivateIpAddress"),
                     region=region,
                     tags={t["Key"]: t["Value"] for t in item.get("Tags", [])},
+                    spot=item.get("InstanceLifecycle") == "spot",
+                    launched_at=_epoch(item.get("LaunchTime")),
                 )
                 for page in pages
                 for reservation in page["Reservations"]
@@ -311,8 +322,34 @@ class AWSProvider:
             if isinstance(result, BaseException):
                 self._unscanned[region] = str(result)
             else:
-                found += result
+                found += self._priced(clients[region], region, result)
         return found
+
+    def _priced(self, ec2: Any, region: str, instances: list[Instance]) -> list[Instance]:
+        """The instances with what they bill per hour (``skyward ls`` shows cost so far).
+        Best effort: a price that cannot be read leaves the instance unpriced, never fails
+        the listing (``skyward down`` relies on it)."""
+        if not instances:
+            return instances
+        types = sorted({i.instance_type for i in instances if i.instance_type})
+        try:
+            pricing_client = self.clients("pricing", pricing.PRICING_REGION)
+            on_demand = pricing.on_demand_prices(pricing_client, region, types, cache_dir())
+        except Exception:
+            on_demand = {}
+        spot_types = [i.instance_type for i in instances if i.spot]
+        try:
+            spot = pricing.spot_prices(ec2, region, spot_types) if spot_types else {}
+        except Exception:
+            spot = {}
+        return [
+            evolve(
+                i,
+                price_on_demand=on_demand.get(i.instance_type),
+                price_spot=spot.get(i.instance_type),
+            )
+            for i in instances
+        ]
 
     def list_leftovers(self, pool_id: str | None = None) -> list[Leftover]:
         """Key pairs, launch templates, unattached volumes and unused security groups
@@ -490,3 +527,9 @@ def _block_devices(spec: ComputeSpec) -> list[dict[str, Any]]:
             }
         )
     return devices
+
+
+def _epoch(when: object) -> float | None:
+    """boto3 parses ``LaunchTime`` into a timezone-aware datetime."""
+    timestamp = getattr(when, "timestamp", None)
+    return float(timestamp()) if callable(timestamp) else None

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from skyward.spec import ComputeSpec
 
 __all__ = [
+    "AccessCheck",
+    "AccessChecker",
     "AgentConfig",
     "AgentEndpoint",
     "BootstrapReporter",
@@ -86,6 +88,9 @@ class Instance:
     price_spot: float | None = None
     tags: Mapping[str, str] = field(factory=dict)
     """Tags as set on the provider; always includes the pool and managed tags."""
+    launched_at: float | None = None
+    """When the machine was launched (seconds since the epoch), when the provider says;
+    ``skyward ls`` shows the age and cost so far from it."""
 
     @property
     def hourly_price(self) -> float:
@@ -320,6 +325,32 @@ class LeftoverSweeper(Protocol):
     def remove_leftovers(self, leftovers: Sequence[Leftover]) -> list[tuple[Leftover, str]]:
         """Remove them (after :meth:`Provider.terminate` of the instances); return each
         one that could not be removed with the reason."""
+
+
+@frozen
+class AccessCheck:
+    """One thing ``skyward doctor`` checked about a provider: whether the credentials
+    found are valid and allowed to do one thing a pool does."""
+
+    name: str
+    """What was checked, e.g. ``"ec2:RunInstances"`` or ``"identity"``."""
+    ok: bool
+    detail: str = ""
+    """What was found (the identity, the error)."""
+    fix: str = ""
+    """How to fix it, when it failed."""
+    required: bool = True
+    """Whether every pool needs it (else only some features do: volumes, SSM)."""
+
+
+@runtime_checkable
+class AccessChecker(Protocol):
+    """Optional: providers that can say precisely whether their credentials are allowed
+    to do what a pool needs (an identity call and dry runs, changing nothing). Providers
+    without it are checked by one read call (:meth:`Provider.list_by_tag`)."""
+
+    def check_access(self) -> list[AccessCheck]:
+        """Every check, passed or not. Creates and changes nothing."""
 
 
 class ProviderConfig(Protocol):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Literal, TypeAlias, cast
+from typing import Literal, TypeAlias, TypeVar, cast
 
 from skyward import plugins
 from skyward.allocation import AllocationStrategy, AlwaysSpot, OnDemandAllocation
@@ -23,6 +23,7 @@ __all__ = [
     "SelectionLike",
     "check_selection",
     "offers_for",
+    "rank_across",
     "rank_offers",
     "select_available",
     "select_cheapest",
@@ -31,6 +32,9 @@ __all__ = [
 
 ProviderSelector: TypeAlias = Callable[[tuple[Provider, ...], ComputeSpec], Provider]
 """A custom strategy: given the live providers and the spec, the one to try first."""
+
+_P = TypeVar("_P")
+
 SelectionLike: TypeAlias = Literal["first", "cheapest", "available"] | ProviderSelector
 
 
@@ -107,14 +111,26 @@ def _offers_or_none(provider: Provider, spec: ComputeSpec) -> list[Offer]:
         return []
 
 
+def rank_across(
+    offers: Sequence[tuple[_P, Sequence[Offer]]], spec: ComputeSpec
+) -> list[tuple[_P, Offer]]:
+    """Every provider's offers in one list, best first: available before not, then the
+    price for the allocation; a tie goes to the provider given first, and each provider's
+    own offers keep :func:`rank_offers`' order. ``selection="cheapest"`` takes the first
+    one's provider, and ``skyward offers`` shows this list: one ranking for both."""
+    entries = [
+        (not offer.available, _price(offer, spec.allocation), index, position, owner, offer)
+        for index, (owner, found) in enumerate(offers)
+        for position, offer in enumerate(rank_offers(found, spec))
+    ]
+    entries.sort(key=lambda e: e[:4])
+    return [(e[4], e[5]) for e in entries]
+
+
 def select_cheapest(providers: tuple[Provider, ...], spec: ComputeSpec) -> Provider:
-    """The provider whose best offer is cheapest."""
-
-    def best(provider: Provider) -> float:
-        ranked = rank_offers(_offers_or_none(provider, spec), spec)
-        return _price(ranked[0], spec.allocation) if ranked else math.inf
-
-    return min(providers, key=best)
+    """The provider whose best offer is cheapest (an available one before any other)."""
+    ranked = rank_across([(p, _offers_or_none(p, spec)) for p in providers], spec)
+    return ranked[0][0] if ranked else providers[0]
 
 
 def select_available(providers: tuple[Provider, ...], spec: ComputeSpec) -> Provider:

@@ -413,6 +413,8 @@ class DigitalOceanProvider:
                 private_ip=droplets.private_ip(d),
                 region=str((d.get("region") or {}).get("slug", "")),
                 tags=droplets.instance_tags(d.get("tags") or []),
+                launched_at=_epoch(d.get("created_at")),
+                price_on_demand=_price((d.get("size") or {}).get("price_hourly")),
             )
             for d in droplets.tagged(self.api, tag)
             if d.get("status") in ("new", "active", "off")
@@ -500,3 +502,21 @@ class DigitalOceanProvider:
         return SSHTransport(
             connection, pool_id=instance.tags.get(POOL_TAG, ""), name=instance.id, spec=self._spec
         )
+
+
+def _epoch(text: object) -> float | None:
+    """An API timestamp (ISO 8601, ``Z`` for UTC) in seconds since the epoch, for the age
+    and cost so far ``skyward ls`` shows; ``None`` when absent or unreadable."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(text)).timestamp() if text else None
+    except ValueError:
+        return None
+
+
+def _price(value: object) -> float | None:
+    try:
+        return float(value) if value is not None else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None

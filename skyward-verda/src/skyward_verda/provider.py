@@ -323,6 +323,7 @@ class VerdaProvider:
             if pool is None or (pool_id is not None and pool != pool_id):
                 continue
             status = str(item.get("status"))
+            price = _price(item.get("price_per_hour"))
             found.append(
                 Instance(
                     id=str(item["id"]),
@@ -333,6 +334,10 @@ class VerdaProvider:
                     spot=bool(item.get("is_spot")),
                     region=str(item.get("location") or ""),
                     tags={MANAGED_TAG: "true", POOL_TAG: pool},
+                    launched_at=_epoch(item.get("created_at")),
+                    # Verda reports the price the instance bills at (spot or not).
+                    price_spot=price if item.get("is_spot") else None,
+                    price_on_demand=None if item.get("is_spot") else price,
                 )
             )
         return found
@@ -376,3 +381,21 @@ class VerdaProvider:
             provider=self.name,
         )
         return SSHTransport(connection, pool_id=infra_.pool_id, name=instance.id, spec=self._spec)
+
+
+def _epoch(text: object) -> float | None:
+    """An API timestamp (ISO 8601, ``Z`` for UTC) in seconds since the epoch, for the age
+    and cost so far ``skyward ls`` shows; ``None`` when absent or unreadable."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(str(text)).timestamp() if text else None
+    except ValueError:
+        return None
+
+
+def _price(value: object) -> float | None:
+    try:
+        return float(value) if value is not None else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None

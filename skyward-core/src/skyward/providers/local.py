@@ -238,6 +238,8 @@ class LocalProvider:
                     instance_type="local",
                     ip="127.0.0.1",
                     tags={"skyward:pool": owner, "pid": str(process.pid)},
+                    launched_at=process.create_time(),
+                    price_on_demand=0.0,
                 )
             )
         return found

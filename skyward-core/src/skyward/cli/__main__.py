@@ -1,0 +1,5 @@
+"""``python -m skyward.cli``."""
+
+from skyward.cli import main
+
+raise SystemExit(main())
