@@ -23,10 +23,13 @@ __all__ = [
     "EXIT_REASON_FILE",
     "READY_PREFIX",
     "Ack",
+    "Cancel",
+    "Credit",
     "Failure",
     "GpuSample",
     "Heartbeat",
     "Hello",
+    "Item",
     "Log",
     "Payload",
     "Result",
@@ -100,6 +103,10 @@ class Task:
     """Run on this worker of the node (``@ pool`` reaches every worker); any when ``None``."""
     timeout: float | None = None
     """Seconds the call may run; past it the call fails with ``TaskTimeoutError``."""
+    window: int = 0
+    """A streamed call (a generator function) when above 0: the node sends its items as
+    :class:`Item` frames, at most ``window`` beyond what the client said it consumed
+    (:class:`Credit`), then a :class:`Result` of ``None`` (or the failure) ends the stream."""
 
 
 @frozen
@@ -155,6 +162,32 @@ class Result:
     id: int
     value: Payload | None = None
     failure: Failure | None = None
+
+
+@frozen
+class Item:
+    """Agent → client: item ``seq`` (0, 1, ...) that streamed task ``id`` yielded."""
+
+    id: int
+    seq: int
+    value: Payload
+
+
+@frozen
+class Credit:
+    """Client → agent: the consumer of stream ``id`` has taken its items below ``consumed``;
+    the node may send up to ``consumed + window``. Cumulative, so sending it again (after a
+    reconnect) is harmless; it also lets the agent forget the items below ``consumed``."""
+
+    id: int
+    consumed: int
+
+
+@frozen
+class Cancel:
+    """Client → agent: the consumer closed stream ``id``; stop its generator."""
+
+    id: int
 
 
 @frozen

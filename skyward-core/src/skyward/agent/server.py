@@ -36,6 +36,7 @@ from skyward.agent.children import (
 )
 from skyward.agent.metrics import sample
 from skyward.agent.output import OutputCapture
+from skyward.agent.streams import Streams
 from skyward.agent.workers import EXECUTORS, TaskBoard, make_slots
 from skyward.cluster import InstanceInfo
 from skyward.errors import AgentAuthenticationError
@@ -83,6 +84,7 @@ class Agent:
         # after a result was written (but before it arrived) loses nothing.
         self._inflight: set[int] = set()
         self._retained: dict[int, messages.Result] = {}
+        self.streams = Streams(self._send_item)
 
     # -- outbound ---------------------------------------------------------------------
 
@@ -97,6 +99,14 @@ class Agent:
         except OSError:
             self._backlog.append(message)
 
+    def _send_item(self, item: object) -> None:
+        # No backlog: the stream keeps its unconsumed items and replays them on greeting.
+        with self._lock:
+            writer = self._current
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                writer.send(item)
+
     def _complete(self, result: messages.Result) -> None:
         if self.output is not None:
             # Lines the task printed travel before its result, so a caller that closes
@@ -108,6 +118,7 @@ class Agent:
             self._inflight.discard(result.id)
             self._retained[result.id] = result
             writer = self._current
+        self.streams.end(result.id)
         if writer is not None:
             # A failed write is fine: the result is retained for the next connection.
             with contextlib.suppress(OSError):
@@ -140,7 +151,8 @@ class Agent:
                 )
             )
             backlog, self._backlog = list(self._backlog), collections.deque(maxlen=_LOG_BACKLOG)
-            for message in [*retained, *backlog]:
+            # A stream's items before its end (a retained result), as they were produced.
+            for message in [*self.streams.replay(), *retained, *backlog]:
                 writer.send(message)
 
     def _connection(self, conn: socket.socket) -> None:
@@ -167,6 +179,9 @@ class Agent:
                     with self._lock:
                         for task_id in message.ids:
                             self._retained.pop(task_id, None)
+                    self.streams.forget(message.ids)
+                elif isinstance(message, messages.Credit | messages.Cancel):
+                    self.streams.on_message(message)
                 elif isinstance(message, messages.Shutdown):
                     self.shutdown(0, "the client closed the pool")
         except (EOFError, OSError):
@@ -181,7 +196,7 @@ class Agent:
 
     def start_workers(self) -> None:
         for slot in self.slots:
-            slot.start(self.board, self._complete)
+            slot.start(self.board, self._complete, self.streams)
 
     def wait_workers_ready(self, timeout: float) -> None:
         """Workers start in parallel; the node is ready when they all are."""
@@ -195,6 +210,8 @@ class Agent:
             self._inflight.add(task.id)
         if duplicate:
             return
+        if task.window > 0:
+            self.streams.open(task)
         if task.worker is not None and not 0 <= task.worker < len(self.slots):
             error = ValueError(f"this node has workers 0..{len(self.slots) - 1}, not {task.worker}")
             self._complete(messages.Result(task.id, failure=messages.Failure.of(error)))

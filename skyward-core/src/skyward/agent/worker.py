@@ -47,7 +47,38 @@ def main(argv: list[str] | None = None) -> None:
             task = reader.read()
         except EOFError:
             return  # the agent closed our socket: we are done
-        writer.send(run_task(task))
+        if not isinstance(task, messages.Task):
+            continue  # credit or cancellation for a stream that has ended: moot
+        if task.window:
+            writer.send(run_task(task, _SocketGate(task, reader), writer.send))
+        else:
+            writer.send(run_task(task))
+
+
+class _SocketGate:
+    """A streamed task's credit, as the agent forwards it over the worker's socket."""
+
+    def __init__(self, task: messages.Task, reader: wire.FrameReader) -> None:
+        self._id = task.id
+        self._window = task.window
+        self._reader = reader
+        self._consumed = 0
+        self._cancelled = False
+
+    def wait(self, seq: int) -> bool:
+        # Take what already arrived (a cancellation must not wait for the credit to run
+        # out), then block only while out of credit.
+        while not self._cancelled and self._reader.ready():
+            self._apply(self._reader.read())
+        while not self._cancelled and seq >= self._consumed + self._window:
+            self._apply(self._reader.read())
+        return not self._cancelled
+
+    def _apply(self, message: object) -> None:
+        if isinstance(message, messages.Credit) and message.id == self._id:
+            self._consumed = max(self._consumed, message.consumed)
+        elif isinstance(message, messages.Cancel) and message.id == self._id:
+            self._cancelled = True
 
 
 if __name__ == "__main__":
