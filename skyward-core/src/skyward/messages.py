@@ -13,9 +13,10 @@ import pickle
 import traceback
 from typing import Any
 
+import attrs
 from attrs import frozen
 
-from skyward import wire
+from skyward import refs, wire
 
 __all__ = [
     "EXIT_LIFETIME",
@@ -32,6 +33,8 @@ __all__ = [
     "Item",
     "Log",
     "Payload",
+    "Put",
+    "Release",
     "Result",
     "Sample",
     "Shutdown",
@@ -55,12 +58,16 @@ class Payload:
 
     data: bytes
     buffers: tuple[Any, ...] = ()
+    refs: tuple[Any, ...] = attrs.field(default=(), eq=False, repr=False)
+    """The :class:`~skyward.refs.Ref` objects pickled inside (by id): the client sends
+    them to a node before this payload. Never on the wire (see ``__reduce__``)."""
 
     @classmethod
     def of(cls, obj: object) -> Payload:
         """Pickle ``obj``; raises :class:`~skyward.errors.SerializationError`."""
-        data, buffers = wire.dumps(obj)
-        return cls(data, tuple(buffers))
+        with refs.collecting() as found:
+            data, buffers = wire.dumps(obj)
+        return cls(data, tuple(buffers), tuple({id(r): r for r in found}.values()))
 
     def open(self) -> Any:
         return wire.loads(self.data, self.buffers)
@@ -91,6 +98,8 @@ class Hello:
     """Workers on this node (``instance_info().workers_per_node``)."""
     executor: str = "thread"
     """``"process"`` or ``"thread"``."""
+    refs: tuple[str, ...] = ()
+    """Ids of the :class:`~skyward.refs.Ref` values the node holds."""
 
 
 @frozen
@@ -188,6 +197,21 @@ class Cancel:
     """Client → agent: the consumer closed stream ``id``; stop its generator."""
 
     id: int
+
+
+@frozen
+class Put:
+    """Client → agent: keep ref ``id``'s value for the calls that name it."""
+
+    id: str
+    payload: Payload
+
+
+@frozen
+class Release:
+    """Client → agent (→ worker processes): forget these refs."""
+
+    ids: tuple[str, ...]
 
 
 @frozen

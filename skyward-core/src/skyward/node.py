@@ -90,6 +90,8 @@ class _Pending:
     future: Future[Any]
     parts: wire.Parts
     stream: _Stream | None = None
+    refs: tuple[Any, ...] = ()
+    """The :class:`~skyward.refs.Ref` values the task names: on the node before it."""
 
 
 class NodeClient:
@@ -126,6 +128,11 @@ class NodeClient:
         self.workers = 1
         """Workers on the node, as its agent said in its greeting."""
         self._reading_done = threading.Event()
+        # sky.put values the agent holds (by id). Held while a Put is written, so a task
+        # that names a ref never overtakes the Put that carries it.
+        self._refs: set[str] = set()
+        self._refs_lock = threading.RLock()
+        self._bytes_before = 0
         self._restart_cause: str | None = None
         # A restarted agent gets what is left of this one's lifetime, not a fresh one.
         self._lifetime_end = None if config.lifetime is None else time.monotonic() + config.lifetime
@@ -160,6 +167,8 @@ class NodeClient:
         with self._lock:
             restarted = not first and hello.pid != self._agent_pid
             self._agent_pid = hello.pid
+            if self._writer is not None:
+                self._bytes_before += self._writer.written
             self._stream, self._writer = stream, writer
             self._generation += 1
             generation = self._generation
@@ -182,6 +191,9 @@ class NodeClient:
                         cause,
                     )
                 )
+        with self._refs_lock:
+            # What the agent really holds: a Put lost with the old connection is sent again.
+            self._refs = set() if restarted else set(hello.refs)
         threading.Thread(
             target=self._read_loop,
             args=(reader, generation),
@@ -189,7 +201,9 @@ class NodeClient:
             name=f"skyward-node{self.node}",
         ).start()
         for pending in resend:  # never reached the agent: safe to send again
-            writer.write(pending.parts)
+            with self._refs_lock:
+                self._send_refs(pending.refs, writer)
+                writer.write(pending.parts)
         with self._lock:
             streams = [(i, p.stream) for i, p in self._pending.items() if p.stream is not None]
         for task_id, open_stream in streams:  # credit and cancellation may have been lost
@@ -314,14 +328,39 @@ class NodeClient:
                 raise WorkerLostError(self.node, f"the node is unreachable: {self._dead}")
             if self._closing:
                 raise WorkerLostError(self.node, "the pool is shutting down")
-            self._pending[task_id] = _Pending(future, parts, stream)
+            self._pending[task_id] = _Pending(future, parts, stream, payload.refs)
             writer = self._writer
         if writer is not None:
             # While reconnecting the write fails; the greeting will show the task missing
-            # and it is sent then.
-            with contextlib.suppress(OSError, EOFError):
+            # and it is sent then (its refs first).
+            with contextlib.suppress(OSError, EOFError), self._refs_lock:
+                self._send_refs(payload.refs, writer)
                 writer.write(parts)
         return task_id, future
+
+    def _send_refs(self, refs: tuple[Any, ...], writer: wire.FrameWriter) -> None:
+        """Put each ref the node lacks (the caller holds ``_refs_lock``)."""
+        for ref in refs:
+            if ref.id in self._refs:
+                continue
+            parts = wire.encode(messages.Put(ref.id, ref.payload()))
+            writer.write(parts)
+            self._refs.add(ref.id)
+            ref.held_by(self)
+
+    def release_refs(self, ids: tuple[str, ...]) -> None:
+        """``ref.release()``: the agent (and its workers) forget these refs."""
+        with self._refs_lock:
+            held = tuple(i for i in ids if i in self._refs)
+            self._refs.difference_update(held)
+        if held:
+            self._send_quietly(messages.Release(held))
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written to the node's connections (every frame; for tests and benches)."""
+        writer = self._writer
+        return self._bytes_before + (0 if writer is None else writer.written)
 
     def heartbeat(self) -> None:
         """Tell the agent we are here, acknowledging results received since last time."""

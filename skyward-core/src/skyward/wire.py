@@ -91,11 +91,14 @@ class FrameWriter:
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self.written = 0
+        """Bytes written so far (whole frames)."""
 
     def write(self, parts: Parts) -> None:
         with self._lock:
             for part in parts:
                 self._stream.sendall(part)
+                self.written += len(part) if isinstance(part, bytes) else part.nbytes
 
     def send(self, obj: object) -> None:
         """Encode and write ``obj``; encoding errors surface before anything is written."""

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from skyward import cluster, handshake, messages, wire
+from skyward import cluster, handshake, messages, refs, wire
 from skyward.agent.children import (
     NODE_MARKER_ENV,
     become_subreaper,
@@ -148,6 +148,7 @@ class Agent:
                     completed=tuple(r.id for r in retained),
                     workers=len(self.slots),
                     executor=self.options.executor,
+                    refs=refs.stored(),
                 )
             )
             backlog, self._backlog = list(self._backlog), collections.deque(maxlen=_LOG_BACKLOG)
@@ -182,6 +183,12 @@ class Agent:
                     self.streams.forget(message.ids)
                 elif isinstance(message, messages.Credit | messages.Cancel):
                     self.streams.on_message(message)
+                elif isinstance(message, messages.Put):
+                    refs.store(message.id, message.payload)
+                elif isinstance(message, messages.Release):
+                    refs.remove(message.ids)
+                    for slot in self.slots:
+                        slot.release_refs(message.ids)
                 elif isinstance(message, messages.Shutdown):
                     self.shutdown(0, "the client closed the pool")
         except (EOFError, OSError):
@@ -247,6 +254,7 @@ class Agent:
         with contextlib.suppress(OSError):
             Path(EXIT_REASON_FILE).write_text(f"{code} {reason}\n")
         kill_descendants()
+        refs.remove_all()
         sys.stdout.flush()
         sys.stderr.flush()
         if self.output is not None:
@@ -371,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     become_subreaper()
     # A Ctrl-C meant for the client must not reach the agent; the client stops it itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Where sky.put values are kept: the node's directory, shared with the worker processes.
+    os.environ[refs.REFS_DIR_ENV] = str(refs.directory())
+    refs.remove_all()  # a crashed predecessor's: its client sends what it needs again
     agent = Agent(options, key)
     cluster.set_node_info(agent.info)
 

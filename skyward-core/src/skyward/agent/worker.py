@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 
-from skyward import cluster, messages, wire
+from skyward import cluster, messages, refs, wire
 from skyward.agent.output import line_buffered
 from skyward.agent.tasks import run_task
 
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
             task = reader.read()
         except EOFError:
             return  # the agent closed our socket: we are done
+        if isinstance(task, messages.Release):
+            refs.forget(task.ids)
+            continue
         if not isinstance(task, messages.Task):
             continue  # credit or cancellation for a stream that has ended: moot
         if task.window:
@@ -79,6 +82,8 @@ class _SocketGate:
             self._consumed = max(self._consumed, message.consumed)
         elif isinstance(message, messages.Cancel) and message.id == self._id:
             self._cancelled = True
+        elif isinstance(message, messages.Release):
+            refs.forget(message.ids)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,9 @@ class Slot:
     def prepare(self) -> None:
         """Get ready before the first task (start the worker process)."""
 
+    def release_refs(self, ids: tuple[str, ...]) -> None:
+        """Refs released: a worker process drops its opened values of them."""
+
     def run(self, task: messages.Task, complete: Complete) -> messages.Result | None:
         raise NotImplementedError
 
@@ -152,6 +155,12 @@ class ProcessSlot(Slot):
 
     def prepare(self) -> None:
         self._spawn()
+
+    def release_refs(self, ids: tuple[str, ...]) -> None:
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(OSError):  # a dead worker held nothing
+                writer.send(messages.Release(ids))
 
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
