@@ -52,6 +52,11 @@ EXIT_LIFETIME = 4
 """Exit code of an agent that reached the pool's lifetime (timeout or budget)."""
 
 
+SEND_FUNCTIONS_ONCE = True
+"""Send a call's function once per node, then its hash (False: by value in every call;
+kept for benchmarks that compare the two)."""
+
+
 @frozen
 class Payload:
     """An inner pickle with its out-of-band buffers."""
@@ -68,6 +73,21 @@ class Payload:
         with refs.collecting() as found:
             data, buffers = wire.dumps(obj)
         return cls(data, tuple(buffers), tuple({id(r): r for r in found}.values()))
+
+    @classmethod
+    def call(cls, fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Payload:
+        """Pickle a call: its function as a :class:`~skyward.refs.FunctionBlob` (sent to a
+        node once, then named by its hash), then the arguments. Opens to ``(fn, args,
+        kwargs)`` like ``Payload.of((fn, args, kwargs))``."""
+        if not SEND_FUNCTIONS_ONCE:
+            return cls.of((fn, args, kwargs))
+        pickled = cls.of(fn)
+        function = refs.FunctionBlob(pickled)
+        with refs.collecting() as found:
+            data, buffers = wire.dumps((function, args, kwargs))
+        # Refs the function closes over travel (once) as well as those in its arguments.
+        unique = {id(r): r for r in (*pickled.refs, *found)}
+        return cls(data, tuple(buffers), (function, *unique.values()))
 
     def open(self) -> Any:
         return wire.loads(self.data, self.buffers)

@@ -253,7 +253,7 @@ class NodeClient:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[Any]:
         """Send one task. Pickling errors raise here, before anything is sent."""
-        return self.submit_payload(messages.Payload.of((fn, args, kwargs)))
+        return self.submit_payload(messages.Payload.call(fn, args, kwargs))
 
     def submit_payload(
         self, payload: messages.Payload, *, worker: int | None = None, timeout: float | None = None

@@ -501,7 +501,7 @@ class ComputePool:
 
 def _payload(pending: PendingCompute[Any]) -> messages.Payload:
     """Pickle a call; raises :class:`~skyward.errors.SerializationError` before sending."""
-    return messages.Payload.of((pending.fn, pending.args, pending.kwargs))
+    return messages.Payload.call(pending.fn, pending.args, pending.kwargs)
 
 
 class _SigintDeferred:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import mmap
 import os
 import shutil
@@ -105,6 +106,37 @@ class Ref(Generic[T]):
     def __repr__(self) -> str:
         state = " (released)" if self._released else ""
         return f"<sky.Ref {self.id[:12]}{state}>"
+
+
+class FunctionBlob:
+    """A call's function, pickled by value, named by the hash of its pickle.
+
+    It travels like a ref (a ``Put`` once per node, then its id), but the client builds a
+    new one for every call: pickling again is what proves the function unchanged (an
+    edited function, or globals it captured that changed, give another hash and so are
+    sent again). On the node it is unpickled once per process and reused.
+    """
+
+    __slots__ = ("_payload", "id")
+
+    def __init__(self, payload: Payload) -> None:
+        digest = hashlib.blake2b(payload.data, digest_size=16)
+        for buffer in payload.buffers:
+            digest.update(memoryview(buffer).cast("B"))
+        self.id = f"fn-{digest.hexdigest()}"
+        self._payload = payload
+
+    def payload(self) -> Payload:
+        return self._payload
+
+    def held_by(self, holder: _Holder) -> None:
+        """Functions stay on the node until the pool closes."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_resolve, (self.id,))
+
+    def __repr__(self) -> str:
+        return f"<function blob {self.id[:15]}>"
 
 
 def put(value: T) -> Ref[T]:
