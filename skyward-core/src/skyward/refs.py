@@ -20,6 +20,7 @@ import contextvars
 import hashlib
 import mmap
 import os
+import pickle
 import shutil
 import struct
 import threading
@@ -117,17 +118,19 @@ class FunctionBlob:
     sent again). On the node it is unpickled once per process and reused.
     """
 
-    __slots__ = ("_payload", "id")
+    __slots__ = ("_buffers", "_data", "id")
 
-    def __init__(self, payload: Payload) -> None:
-        digest = hashlib.blake2b(payload.data, digest_size=16)
-        for buffer in payload.buffers:
-            digest.update(memoryview(buffer).cast("B"))
+    def __init__(self, data: bytes, buffers: list[pickle.PickleBuffer]) -> None:
+        digest = hashlib.blake2b(data, digest_size=16)
+        for buffer in buffers:
+            digest.update(buffer.raw())
         self.id = f"fn-{digest.hexdigest()}"
-        self._payload = payload
+        self._data, self._buffers = data, tuple(buffers)
 
     def payload(self) -> Payload:
-        return self._payload
+        from skyward.messages import Payload
+
+        return Payload(self._data, self._buffers)
 
     def held_by(self, holder: _Holder) -> None:
         """Functions stay on the node until the pool closes."""
