@@ -7,6 +7,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,3 +164,35 @@ def test_a_dropped_connection_loses_no_item_of_an_open_stream(
         got.extend(items)
         assert got == list(range(300)), "no item lost or doubled"
         assert square(4) >> pool == 16
+
+
+@sky.compute(timeout=1.5)
+def slow_to_consume(log: str) -> Iterator[int]:
+    for i in range(1000):
+        with open(log, "a") as handle:
+            handle.write(f"{i}\n")
+        yield i
+
+
+@EXECUTORS
+def test_a_stream_past_its_timeout_fails_where_it_stands(
+    local_pool_factory: Factory, tmp_path: Path, executor: str
+) -> None:
+    log = tmp_path / "produced"
+    with local_pool_factory(nodes=1, executor=executor) as pool:
+        pool.stream_window = 2
+        items = slow_to_consume(str(log)) >> pool
+        assert next(items) == 0
+        time.sleep(2.5)  # the consumer stalls past the call's timeout
+        got = list(_until_error(items))
+        assert got[:-1] == list(range(1, len(got)))
+        assert isinstance(got[-1], sky.TaskTimeoutError)
+        assert square(2) >> pool == 4, "the worker is free again"
+        assert _produced(log) <= 1 + 2 + 1
+
+
+def _until_error(items: Iterator[Any]) -> Iterator[Any]:
+    try:
+        yield from items
+    except Exception as error:
+        yield error
