@@ -196,3 +196,26 @@ def _until_error(items: Iterator[Any]) -> Iterator[Any]:
         yield from items
     except Exception as error:
         yield error
+
+
+@sky.compute
+def big_items(log: str) -> Iterator[bytes]:
+    for i in range(40):
+        with open(log, "a") as handle:
+            handle.write(f"{i}\n")
+        yield bytes(16 * 1024 * 1024)
+
+
+@EXECUTORS
+def test_large_items_are_held_back_by_bytes_too(
+    local_pool_factory: Factory, tmp_path: Path, executor: str
+) -> None:
+    log = tmp_path / "produced"
+    with local_pool_factory(nodes=1, executor=executor) as pool:
+        pool.stream_window = 1000  # items alone would let all 640 MiB run ahead
+        items = big_items(str(log)) >> pool
+        assert len(next(items)) == 16 * 1024 * 1024
+        time.sleep(1.5)
+        # 64 MiB ahead of the consumer is 4 items, plus the one being produced.
+        assert _produced(log) <= 1 + 4 + 1, _produced(log)
+        assert sum(1 for _ in items) == 39

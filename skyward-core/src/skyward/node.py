@@ -55,7 +55,7 @@ def rebuild_exception(failure: messages.Failure) -> BaseException:
     return error
 
 
-STREAM_WINDOW = 16
+STREAM_WINDOW = 64
 """Items a node may send ahead of what a stream's consumer took (see :class:`_Stream`)."""
 
 _END = object()
@@ -281,6 +281,10 @@ class NodeClient:
         ended = False
         try:
             while True:
+                if consumed > stream.granted and stream.queue.empty():
+                    # About to wait: the node may be held back by bytes, not by items.
+                    stream.granted = consumed
+                    self._send_quietly(messages.Credit(task_id, consumed))
                 got = stream.queue.get()
                 if got is _END:
                     ended = True

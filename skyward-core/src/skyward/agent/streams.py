@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 
 from skyward import messages
+from skyward.agent.tasks import MAX_BYTES_AHEAD
 
 __all__ = ["StreamGate", "Streams"]
 
@@ -33,6 +34,8 @@ class StreamGate:
         self._cancelled = False
         self._ended = False
         self._retained: dict[int, messages.Item] = {}
+        self._sizes: dict[int, int] = {}
+        """Bytes of each item sent and not yet consumed (this thread runs the generator)."""
         self._forward: Send | None = None
 
     # -- the client's side (the agent's connection thread) ----------------------------
@@ -44,6 +47,8 @@ class StreamGate:
             self._consumed = consumed
             for seq in [s for s in self._retained if s < consumed]:
                 del self._retained[seq]
+            for seq in [s for s in self._sizes if s < consumed]:
+                del self._sizes[seq]
             self._cond.notify_all()
             forward = self._forward
         if forward is not None:
@@ -69,11 +74,14 @@ class StreamGate:
 
     # -- the generator's side ---------------------------------------------------------
 
-    def wait(self, seq: int) -> bool:
+    def wait(self, seq: int, nbytes: int) -> bool:
         """Block until item ``seq`` may be sent; False when the stream was closed."""
         with self._cond:
-            while seq >= self._consumed + self.window and not self._stopped:
+            while not self._stopped and (
+                seq >= self._consumed + self.window or sum(self._sizes.values()) >= MAX_BYTES_AHEAD
+            ):
                 self._cond.wait()
+            self._sizes[seq] = nbytes
             return not self._stopped
 
     @property

@@ -19,10 +19,21 @@ from skyward.errors import SerializationError
 __all__ = ["Gate", "run_task"]
 
 
+MAX_BYTES_AHEAD = 64 * 1024 * 1024
+"""A stream's node also stops once this many bytes are sent and not yet consumed (the
+window counts items; this keeps large items from multiplying it into gigabytes). One
+item always goes, however large."""
+
+
 class Gate(Protocol):
-    def wait(self, seq: int) -> bool:
-        """Block until item ``seq`` may be sent; False when the consumer closed the stream."""
+    def wait(self, seq: int, nbytes: int) -> bool:
+        """Block until item ``seq`` (``nbytes`` long) may be sent; False when the consumer
+        closed the stream."""
         ...
+
+
+def payload_size(payload: messages.Payload) -> int:
+    return len(payload.data) + sum(memoryview(b).nbytes for b in payload.buffers)
 
 
 SendItem = Callable[[messages.Item], None]
@@ -77,14 +88,14 @@ def _stream(
                 break
             except BaseException as error:
                 return messages.Result(task.id, failure=messages.Failure.of(error, skip_frames=1))
-            if not gate.wait(seq):
-                break  # the consumer closed the stream (or the call timed out)
             try:
                 payload = messages.Payload.of(item)
             except SerializationError as error:
                 message = f"item {seq} of {name!r} cannot be sent back: {error}"
                 failure = messages.Failure.of(SerializationError(message))
                 return messages.Result(task.id, failure=failure)
+            if not gate.wait(seq, payload_size(payload)):
+                break  # the consumer closed the stream (or the call timed out)
             send(messages.Item(task.id, seq, payload))
             seq += 1
     finally:

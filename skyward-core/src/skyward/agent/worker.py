@@ -15,7 +15,7 @@ import sys
 
 from skyward import cluster, messages, refs, wire
 from skyward.agent.output import line_buffered
-from skyward.agent.tasks import run_task
+from skyward.agent.tasks import MAX_BYTES_AHEAD, run_task
 
 _PR_SET_PDEATHSIG = 1
 
@@ -67,19 +67,28 @@ class _SocketGate:
         self._reader = reader
         self._consumed = 0
         self._cancelled = False
+        self._sizes: dict[int, int] = {}
 
-    def wait(self, seq: int) -> bool:
+    def _held_back(self, seq: int) -> bool:
+        if seq >= self._consumed + self._window:
+            return True
+        return sum(self._sizes.values()) >= MAX_BYTES_AHEAD
+
+    def wait(self, seq: int, nbytes: int) -> bool:
         # Take what already arrived (a cancellation must not wait for the credit to run
         # out), then block only while out of credit.
         while not self._cancelled and self._reader.ready():
             self._apply(self._reader.read())
-        while not self._cancelled and seq >= self._consumed + self._window:
+        while not self._cancelled and self._held_back(seq):
             self._apply(self._reader.read())
+        self._sizes[seq] = nbytes
         return not self._cancelled
 
     def _apply(self, message: object) -> None:
         if isinstance(message, messages.Credit) and message.id == self._id:
             self._consumed = max(self._consumed, message.consumed)
+            for seq in [s for s in self._sizes if s < self._consumed]:
+                del self._sizes[seq]
         elif isinstance(message, messages.Cancel) and message.id == self._id:
             self._cancelled = True
         elif isinstance(message, messages.Release):
