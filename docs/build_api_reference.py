@@ -20,7 +20,7 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
     "Remote functions": (
         "Decorate a function; a call is *pending* until it is sent to a pool with "
         "`>>` (one worker), `@` (every node), `&` or `gather` (in parallel).",
-        ["compute", "ComputeFunction", "PendingCompute", "PendingBatch", "gather"],
+        ["compute", "ComputeFunction", "PendingCompute", "PendingBatch", "gather", "put", "Ref"],
     ),
     "What to run on": (
         "Images, volumes, allocation and the spec a pool builds from its arguments.",

@@ -80,6 +80,7 @@ from skyward.pool import ComputePool, MultiPool, pool
 from skyward.provider import Provider, ProviderConfig
 from skyward.providers.local import Local
 from skyward.providers.ssh import SSH
+from skyward.refs import Ref, put
 from skyward.selection import (
     ProviderSelector,
     SelectionLike,
@@ -165,6 +166,8 @@ __all__ = [
     "current_accelerator",
     "emit",
     "gather",
+    "put",
+    "Ref",
     "hookimpl",
     "instance_info",
     "integrations",

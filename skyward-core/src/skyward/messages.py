@@ -13,9 +13,10 @@ import pickle
 import traceback
 from typing import Any
 
+import attrs
 from attrs import frozen
 
-from skyward import wire
+from skyward import refs, wire
 
 __all__ = [
     "EXIT_LIFETIME",
@@ -23,12 +24,17 @@ __all__ = [
     "EXIT_REASON_FILE",
     "READY_PREFIX",
     "Ack",
+    "Cancel",
+    "Credit",
     "Failure",
     "GpuSample",
     "Heartbeat",
     "Hello",
+    "Item",
     "Log",
     "Payload",
+    "Put",
+    "Release",
     "Result",
     "Sample",
     "Shutdown",
@@ -46,18 +52,51 @@ EXIT_LIFETIME = 4
 """Exit code of an agent that reached the pool's lifetime (timeout or budget)."""
 
 
+_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), refs.Ref})
+"""Argument types the standard pickler handles exactly as cloudpickle would."""
+
+SEND_FUNCTIONS_ONCE = True
+"""Send a call's function once per node, then its hash (False: by value in every call;
+kept for benchmarks that compare the two)."""
+
+
 @frozen
 class Payload:
     """An inner pickle with its out-of-band buffers."""
 
     data: bytes
     buffers: tuple[Any, ...] = ()
+    refs: tuple[Any, ...] = attrs.field(default=(), eq=False, repr=False)
+    """The :class:`~skyward.refs.Ref` objects pickled inside (by id): the client sends
+    them to a node before this payload. Never on the wire (see ``__reduce__``)."""
 
     @classmethod
     def of(cls, obj: object) -> Payload:
         """Pickle ``obj``; raises :class:`~skyward.errors.SerializationError`."""
-        data, buffers = wire.dumps(obj)
-        return cls(data, tuple(buffers))
+        with refs.collecting() as found:
+            data, buffers = wire.dumps(obj)
+        return cls(data, tuple(buffers), tuple({id(r): r for r in found}.values()))
+
+    @classmethod
+    def call(cls, fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Payload:
+        """Pickle a call: its function as a :class:`~skyward.refs.FunctionBlob` (sent to a
+        node once, then named by its hash), then the arguments. Opens to ``(fn, args,
+        kwargs)`` like ``Payload.of((fn, args, kwargs))``."""
+        if not SEND_FUNCTIONS_ONCE:
+            return cls.of((fn, args, kwargs))
+        buffers: list[pickle.PickleBuffer] = []
+        with refs.collecting() as found:
+            # Refs the function closes over travel (once) as well as those in its arguments.
+            function = refs.FunctionBlob(*wire.dumps(fn))
+            if all(type(a) in _PLAIN for a in args) and all(
+                type(v) in _PLAIN for v in kwargs.values()
+            ):
+                # Nothing here needs pickling by value: the C pickler is several times faster.
+                data = pickle.dumps((function, args, kwargs), 5, buffer_callback=buffers.append)
+            else:
+                data, buffers = wire.dumps((function, args, kwargs))
+        unique = {id(r): r for r in found}
+        return cls(data, tuple(buffers), (function, *unique.values()))
 
     def open(self) -> Any:
         return wire.loads(self.data, self.buffers)
@@ -88,6 +127,8 @@ class Hello:
     """Workers on this node (``instance_info().workers_per_node``)."""
     executor: str = "thread"
     """``"process"`` or ``"thread"``."""
+    refs: tuple[str, ...] = ()
+    """Ids of the :class:`~skyward.refs.Ref` values the node holds."""
 
 
 @frozen
@@ -100,6 +141,10 @@ class Task:
     """Run on this worker of the node (``@ pool`` reaches every worker); any when ``None``."""
     timeout: float | None = None
     """Seconds the call may run; past it the call fails with ``TaskTimeoutError``."""
+    window: int = 0
+    """A streamed call (a generator function) when above 0: the node sends its items as
+    :class:`Item` frames, at most ``window`` beyond what the client said it consumed
+    (:class:`Credit`), then a :class:`Result` of ``None`` (or the failure) ends the stream."""
 
 
 @frozen
@@ -155,6 +200,47 @@ class Result:
     id: int
     value: Payload | None = None
     failure: Failure | None = None
+
+
+@frozen
+class Item:
+    """Agent → client: item ``seq`` (0, 1, ...) that streamed task ``id`` yielded."""
+
+    id: int
+    seq: int
+    value: Payload
+
+
+@frozen
+class Credit:
+    """Client → agent: the consumer of stream ``id`` has taken its items below ``consumed``;
+    the node may send up to ``consumed + window``. Cumulative, so sending it again (after a
+    reconnect) is harmless; it also lets the agent forget the items below ``consumed``."""
+
+    id: int
+    consumed: int
+
+
+@frozen
+class Cancel:
+    """Client → agent: the consumer closed stream ``id``; stop its generator."""
+
+    id: int
+
+
+@frozen
+class Put:
+    """Client → agent: keep ref ``id``'s value for the calls that name it."""
+
+    id: str
+    payload: Payload
+
+
+@frozen
+class Release:
+    """Client → agent (→ worker processes): forget these refs."""
+
+    ids: tuple[str, ...]
 
 
 @frozen

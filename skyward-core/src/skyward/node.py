@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -54,10 +55,43 @@ def rebuild_exception(failure: messages.Failure) -> BaseException:
     return error
 
 
+STREAM_WINDOW = 64
+"""Items a node may send ahead of what a stream's consumer took (see :class:`_Stream`)."""
+
+_END = object()
+
+
+@attrs.define
+class _Stream:
+    """The client's side of a streamed call: items received, not yet consumed.
+
+    The node sends at most ``window`` items beyond the last :class:`~messages.Credit`,
+    and a credit goes out each time the consumer takes half a window, so this queue never
+    holds more than ``window`` items however slowly they are consumed.
+    """
+
+    window: int
+    queue: queue.SimpleQueue[Any] = attrs.field(factory=queue.SimpleQueue)
+    received: int = 0
+    """Sequence number of the next item expected (replays below it are dropped)."""
+    granted: int = 0
+    """The last credit sent (items consumed then)."""
+    cancelled: bool = False
+
+    def deliver(self, item: messages.Item) -> None:
+        if item.seq < self.received:
+            return  # replayed after a reconnect: already here
+        self.received = item.seq + 1
+        self.queue.put(item.value)
+
+
 @attrs.define
 class _Pending:
     future: Future[Any]
     parts: wire.Parts
+    stream: _Stream | None = None
+    refs: tuple[Any, ...] = ()
+    """The :class:`~skyward.refs.Ref` values the task names: on the node before it."""
 
 
 class NodeClient:
@@ -94,6 +128,11 @@ class NodeClient:
         self.workers = 1
         """Workers on the node, as its agent said in its greeting."""
         self._reading_done = threading.Event()
+        # sky.put values the agent holds (by id). Held while a Put is written, so a task
+        # that names a ref never overtakes the Put that carries it.
+        self._refs: set[str] = set()
+        self._refs_lock = threading.RLock()
+        self._bytes_before = 0
         self._restart_cause: str | None = None
         # A restarted agent gets what is left of this one's lifetime, not a fresh one.
         self._lifetime_end = None if config.lifetime is None else time.monotonic() + config.lifetime
@@ -128,6 +167,8 @@ class NodeClient:
         with self._lock:
             restarted = not first and hello.pid != self._agent_pid
             self._agent_pid = hello.pid
+            if self._writer is not None:
+                self._bytes_before += self._writer.written
             self._stream, self._writer = stream, writer
             self._generation += 1
             generation = self._generation
@@ -150,6 +191,9 @@ class NodeClient:
                         cause,
                     )
                 )
+        with self._refs_lock:
+            # What the agent really holds: a Put lost with the old connection is sent again.
+            self._refs = set() if restarted else set(hello.refs)
         threading.Thread(
             target=self._read_loop,
             args=(reader, generation),
@@ -157,7 +201,16 @@ class NodeClient:
             name=f"skyward-node{self.node}",
         ).start()
         for pending in resend:  # never reached the agent: safe to send again
-            writer.write(pending.parts)
+            with self._refs_lock:
+                self._send_refs(pending.refs, writer)
+                writer.write(pending.parts)
+        with self._lock:
+            streams = [(i, p.stream) for i, p in self._pending.items() if p.stream is not None]
+        for task_id, open_stream in streams:  # credit and cancellation may have been lost
+            if open_stream.granted:
+                writer.send(messages.Credit(task_id, open_stream.granted))
+            if open_stream.cancelled:
+                writer.send(messages.Cancel(task_id))
 
     def close(self, grace: float = 5.0) -> None:
         """Ask the agent to stop and drop the connection. Idempotent.
@@ -200,29 +253,118 @@ class NodeClient:
         self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Future[Any]:
         """Send one task. Pickling errors raise here, before anything is sent."""
-        return self.submit_payload(messages.Payload.of((fn, args, kwargs)))
+        return self.submit_payload(messages.Payload.call(fn, args, kwargs))
 
     def submit_payload(
         self, payload: messages.Payload, *, worker: int | None = None, timeout: float | None = None
     ) -> Future[Any]:
         """Send one task already pickled as ``(fn, args, kwargs)``: to ``worker`` of this
         node, or whichever is free first; ``timeout`` bounds how long it may run."""
+        _, future = self._submit(payload, worker, timeout, None)
+        return future
+
+    def submit_stream(
+        self, payload: messages.Payload, *, window: int = STREAM_WINDOW, timeout: float | None
+    ) -> tuple[Future[Any], Iterator[Any]]:
+        """Send a call of a generator function; its items come through the iterator as the
+        node yields them, at most ``window`` ahead of the consumer. The future settles when
+        the stream ends (the generator returned, raised, or the iterator was closed)."""
+        if window < 1:
+            raise ValueError(f"a stream's window must be at least 1, not {window}")
+        stream = _Stream(window)
+        task_id, future = self._submit(payload, None, timeout, stream)
+        future.add_done_callback(lambda _: stream.queue.put(_END))
+        return future, self._iterate(task_id, stream, future)
+
+    def _iterate(self, task_id: int, stream: _Stream, future: Future[Any]) -> Iterator[Any]:
+        consumed = 0
+        ended = False
+        try:
+            while True:
+                if consumed > stream.granted and stream.queue.empty():
+                    # About to wait: the node may be held back by bytes, not by items.
+                    stream.granted = consumed
+                    self._send_quietly(messages.Credit(task_id, consumed))
+                got = stream.queue.get()
+                if got is _END:
+                    ended = True
+                    future.result()  # the generator's exception, where it was raised
+                    return
+                try:
+                    value = got.open()
+                except Exception as error:
+                    raise SerializationError(
+                        f"node {self.node}: item {consumed} of the stream cannot be "
+                        f"unpickled here: {error!r}"
+                    ) from error
+                consumed += 1
+                if consumed - stream.granted >= max(1, stream.window // 2):
+                    stream.granted = consumed
+                    self._send_quietly(messages.Credit(task_id, consumed))
+                yield value
+        finally:
+            if not ended and not future.done():
+                # Closed early (break, close(), garbage collected): stop the generator.
+                stream.cancelled = True
+                self._send_quietly(messages.Cancel(task_id))
+
+    def _send_quietly(self, message: object) -> None:
+        """A control frame; while reconnecting it is lost and ``_attach`` sends it again."""
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(OSError, EOFError):
+                writer.send(message)
+
+    def _submit(
+        self,
+        payload: messages.Payload,
+        worker: int | None,
+        timeout: float | None,
+        stream: _Stream | None,
+    ) -> tuple[int, Future[Any]]:
         task_id = next(self._ids)
-        parts = wire.encode(messages.Task(task_id, payload, worker=worker, timeout=timeout))
+        window = 0 if stream is None else stream.window
+        task = messages.Task(task_id, payload, worker=worker, timeout=timeout, window=window)
+        parts = wire.encode(task)
         future: Future[Any] = Future()
         with self._lock:
             if self._dead is not None:
                 raise WorkerLostError(self.node, f"the node is unreachable: {self._dead}")
             if self._closing:
                 raise WorkerLostError(self.node, "the pool is shutting down")
-            self._pending[task_id] = _Pending(future, parts)
+            self._pending[task_id] = _Pending(future, parts, stream, payload.refs)
             writer = self._writer
         if writer is not None:
             # While reconnecting the write fails; the greeting will show the task missing
-            # and it is sent then.
-            with contextlib.suppress(OSError, EOFError):
+            # and it is sent then (its refs first).
+            with contextlib.suppress(OSError, EOFError), self._refs_lock:
+                self._send_refs(payload.refs, writer)
                 writer.write(parts)
-        return future
+        return task_id, future
+
+    def _send_refs(self, refs: tuple[Any, ...], writer: wire.FrameWriter) -> None:
+        """Put each ref the node lacks (the caller holds ``_refs_lock``)."""
+        for ref in refs:
+            if ref.id in self._refs:
+                continue
+            parts = wire.encode(messages.Put(ref.id, ref.payload()))
+            writer.write(parts)
+            self._refs.add(ref.id)
+            ref.held_by(self)
+
+    def release_refs(self, ids: tuple[str, ...]) -> None:
+        """``ref.release()``: the agent (and its workers) forget these refs."""
+        with self._refs_lock:
+            held = tuple(i for i in ids if i in self._refs)
+            self._refs.difference_update(held)
+        if held:
+            self._send_quietly(messages.Release(held))
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written to the node's connections (every frame; for tests and benches)."""
+        writer = self._writer
+        return self._bytes_before + (0 if writer is None else writer.written)
 
     def heartbeat(self) -> None:
         """Tell the agent we are here, acknowledging results received since last time."""
@@ -260,6 +402,11 @@ class NodeClient:
                 self._acks.append(message.id)
             if pending is not None and not pending.future.done():
                 self._resolve(pending.future, message)
+        elif isinstance(message, messages.Item):
+            with self._lock:
+                pending = self._pending.get(message.id)
+            if pending is not None and pending.stream is not None:
+                pending.stream.deliver(message)
         elif isinstance(message, messages.Log):
             line = LogLine(self.node, self.instance.id, message.line, message.timestamp)
             self._emit(attrs.evolve(line, stream="stderr") if message.stream == "stderr" else line)

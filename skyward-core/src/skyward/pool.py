@@ -12,6 +12,7 @@ import collections
 import concurrent.futures
 import contextvars
 import functools
+import inspect
 import itertools
 import logging
 import signal
@@ -46,6 +47,7 @@ from skyward.events import (
     TaskFinished,
     TaskSubmitted,
 )
+from skyward.node import STREAM_WINDOW
 from skyward.provisioning import AgentSettings, Cluster, provision
 from skyward.selection import SelectionLike, check_selection
 from skyward.spec import (
@@ -455,9 +457,32 @@ class ComputePool:
             raise
 
     def run(self, pending: PendingCompute[R]) -> R:
-        """Run one computation on the least-loaded worker and return its result."""
+        """Run one computation on the least-loaded worker and return its result (for a
+        generator function: an iterator of its items, streamed as the node yields them)."""
+        if inspect.isgeneratorfunction(pending.fn):
+            items: Any = self._stream(pending)
+            return items  # type: ignore[no-any-return]
         result: R = self._result(self._dispatch(_payload(pending), pending.options))
         return result
+
+    stream_window: int = STREAM_WINDOW
+    """Items a streamed call's node may send ahead of what its consumer took."""
+
+    def _stream(self, pending: PendingCompute[Any]) -> Iterator[Any]:
+        """A streamed call: never retried (its items may already be consumed). Its node
+        counts as busy until the stream ends or the iterator is closed."""
+        payload = _payload(pending)
+        cluster, scheduler = self._active()
+        index = scheduler.acquire()
+        try:
+            future, items = cluster.clients[index].submit_stream(
+                payload, window=self.stream_window, timeout=pending.options.timeout
+            )
+        except BaseException:
+            scheduler.release(index)
+            raise
+        future.add_done_callback(lambda _: scheduler.release(index))
+        return items
 
     def run_batch(self, batch: PendingBatch[*tuple[Any, ...]]) -> tuple[Any, ...]:
         """Run every computation of a batch in parallel; results in the batch's order.
@@ -511,7 +536,7 @@ class ComputePool:
 
 def _payload(pending: PendingCompute[Any]) -> messages.Payload:
     """Pickle a call; raises :class:`~skyward.errors.SerializationError` before sending."""
-    return messages.Payload.of((pending.fn, pending.args, pending.kwargs))
+    return messages.Payload.call(pending.fn, pending.args, pending.kwargs)
 
 
 class _SigintDeferred:

@@ -13,6 +13,7 @@ channel: all it needs is :class:`skyward.provider.Stream`.
 from __future__ import annotations
 
 import pickle
+import select
 import struct
 import threading
 from collections.abc import Sequence
@@ -90,11 +91,14 @@ class FrameWriter:
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self.written = 0
+        """Bytes written so far (whole frames)."""
 
     def write(self, parts: Parts) -> None:
         with self._lock:
             for part in parts:
                 self._stream.sendall(part)
+                self.written += len(part) if isinstance(part, bytes) else part.nbytes
 
     def send(self, obj: object) -> None:
         """Encode and write ``obj``; encoding errors surface before anything is written."""
@@ -152,6 +156,17 @@ class FrameReader:
                 raise EOFError("connection closed")
             have += got
         return out
+
+    def ready(self) -> bool:
+        """True when bytes wait to be read (buffered here or on the socket): a read will
+        not block for long. Only for streams with a ``fileno`` (sockets)."""
+        if self._end > self._start:
+            return True
+        fileno = getattr(self._stream, "fileno", None)
+        if fileno is None:
+            return False
+        readable, _, _ = select.select([fileno()], [], [], 0)
+        return bool(readable)
 
     def read(self) -> Any:
         """Read one frame and unpickle it. Raises ``EOFError`` when the peer closed."""

@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from skyward import cluster, handshake, messages, wire
+from skyward import cluster, handshake, messages, refs, wire
 from skyward.agent.children import (
     NODE_MARKER_ENV,
     become_subreaper,
@@ -36,6 +36,7 @@ from skyward.agent.children import (
 )
 from skyward.agent.metrics import sample
 from skyward.agent.output import OutputCapture
+from skyward.agent.streams import Streams
 from skyward.agent.workers import EXECUTORS, TaskBoard, make_slots
 from skyward.cluster import InstanceInfo
 from skyward.errors import AgentAuthenticationError
@@ -83,6 +84,7 @@ class Agent:
         # after a result was written (but before it arrived) loses nothing.
         self._inflight: set[int] = set()
         self._retained: dict[int, messages.Result] = {}
+        self.streams = Streams(self._send_item)
 
     # -- outbound ---------------------------------------------------------------------
 
@@ -97,6 +99,14 @@ class Agent:
         except OSError:
             self._backlog.append(message)
 
+    def _send_item(self, item: object) -> None:
+        # No backlog: the stream keeps its unconsumed items and replays them on greeting.
+        with self._lock:
+            writer = self._current
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                writer.send(item)
+
     def _complete(self, result: messages.Result) -> None:
         if self.output is not None:
             # Lines the task printed travel before its result, so a caller that closes
@@ -108,6 +118,7 @@ class Agent:
             self._inflight.discard(result.id)
             self._retained[result.id] = result
             writer = self._current
+        self.streams.end(result.id)
         if writer is not None:
             # A failed write is fine: the result is retained for the next connection.
             with contextlib.suppress(OSError):
@@ -137,10 +148,12 @@ class Agent:
                     completed=tuple(r.id for r in retained),
                     workers=len(self.slots),
                     executor=self.options.executor,
+                    refs=refs.stored(),
                 )
             )
             backlog, self._backlog = list(self._backlog), collections.deque(maxlen=_LOG_BACKLOG)
-            for message in [*retained, *backlog]:
+            # A stream's items before its end (a retained result), as they were produced.
+            for message in [*self.streams.replay(), *retained, *backlog]:
                 writer.send(message)
 
     def _connection(self, conn: socket.socket) -> None:
@@ -167,6 +180,15 @@ class Agent:
                     with self._lock:
                         for task_id in message.ids:
                             self._retained.pop(task_id, None)
+                    self.streams.forget(message.ids)
+                elif isinstance(message, messages.Credit | messages.Cancel):
+                    self.streams.on_message(message)
+                elif isinstance(message, messages.Put):
+                    refs.store(message.id, message.payload)
+                elif isinstance(message, messages.Release):
+                    refs.remove(message.ids)
+                    for slot in self.slots:
+                        slot.release_refs(message.ids)
                 elif isinstance(message, messages.Shutdown):
                     self.shutdown(0, "the client closed the pool")
         except (EOFError, OSError):
@@ -181,7 +203,7 @@ class Agent:
 
     def start_workers(self) -> None:
         for slot in self.slots:
-            slot.start(self.board, self._complete)
+            slot.start(self.board, self._complete, self.streams)
 
     def wait_workers_ready(self, timeout: float) -> None:
         """Workers start in parallel; the node is ready when they all are."""
@@ -195,6 +217,8 @@ class Agent:
             self._inflight.add(task.id)
         if duplicate:
             return
+        if task.window > 0:
+            self.streams.open(task)
         if task.worker is not None and not 0 <= task.worker < len(self.slots):
             error = ValueError(f"this node has workers 0..{len(self.slots) - 1}, not {task.worker}")
             self._complete(messages.Result(task.id, failure=messages.Failure.of(error)))
@@ -230,6 +254,7 @@ class Agent:
         with contextlib.suppress(OSError):
             Path(EXIT_REASON_FILE).write_text(f"{code} {reason}\n")
         kill_descendants()
+        refs.remove_all()
         sys.stdout.flush()
         sys.stderr.flush()
         if self.output is not None:
@@ -354,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
     become_subreaper()
     # A Ctrl-C meant for the client must not reach the agent; the client stops it itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Where sky.put values are kept: the node's directory, shared with the worker processes.
+    os.environ[refs.REFS_DIR_ENV] = str(refs.directory())
+    refs.remove_all()  # a crashed predecessor's: its client sends what it needs again
     agent = Agent(options, key)
     cluster.set_node_info(agent.info)
 

@@ -13,9 +13,9 @@ import signal
 import socket
 import sys
 
-from skyward import cluster, messages, wire
+from skyward import cluster, messages, refs, wire
 from skyward.agent.output import line_buffered
-from skyward.agent.tasks import run_task
+from skyward.agent.tasks import MAX_BYTES_AHEAD, run_task
 
 _PR_SET_PDEATHSIG = 1
 
@@ -47,7 +47,52 @@ def main(argv: list[str] | None = None) -> None:
             task = reader.read()
         except EOFError:
             return  # the agent closed our socket: we are done
-        writer.send(run_task(task))
+        if isinstance(task, messages.Release):
+            refs.forget(task.ids)
+            continue
+        if not isinstance(task, messages.Task):
+            continue  # credit or cancellation for a stream that has ended: moot
+        if task.window:
+            writer.send(run_task(task, _SocketGate(task, reader), writer.send))
+        else:
+            writer.send(run_task(task))
+
+
+class _SocketGate:
+    """A streamed task's credit, as the agent forwards it over the worker's socket."""
+
+    def __init__(self, task: messages.Task, reader: wire.FrameReader) -> None:
+        self._id = task.id
+        self._window = task.window
+        self._reader = reader
+        self._consumed = 0
+        self._cancelled = False
+        self._sizes: dict[int, int] = {}
+
+    def _held_back(self, seq: int) -> bool:
+        if seq >= self._consumed + self._window:
+            return True
+        return sum(self._sizes.values()) >= MAX_BYTES_AHEAD
+
+    def wait(self, seq: int, nbytes: int) -> bool:
+        # Take what already arrived (a cancellation must not wait for the credit to run
+        # out), then block only while out of credit.
+        while not self._cancelled and self._reader.ready():
+            self._apply(self._reader.read())
+        while not self._cancelled and self._held_back(seq):
+            self._apply(self._reader.read())
+        self._sizes[seq] = nbytes
+        return not self._cancelled
+
+    def _apply(self, message: object) -> None:
+        if isinstance(message, messages.Credit) and message.id == self._id:
+            self._consumed = max(self._consumed, message.consumed)
+            for seq in [s for s in self._sizes if s < self._consumed]:
+                del self._sizes[seq]
+        elif isinstance(message, messages.Cancel) and message.id == self._id:
+            self._cancelled = True
+        elif isinstance(message, messages.Release):
+            refs.forget(message.ids)
 
 
 if __name__ == "__main__":

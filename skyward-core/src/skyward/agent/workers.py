@@ -19,12 +19,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
 from skyward import cluster, messages, wire
 from skyward.agent.children import kill_tree
+from skyward.agent.streams import Streams
 from skyward.agent.tasks import run_task
 from skyward.cluster import InstanceInfo
 from skyward.errors import TaskTimeoutError, WorkerLostError
@@ -74,12 +76,16 @@ class Slot:
         """Environment of this worker on top of the agent's (``CUDA_VISIBLE_DEVICES``)."""
         self.ready = threading.Event()
         """Set once the worker can take tasks."""
+        self.streams = Streams(lambda message: None)
+        """The agent's open streams (streamed tasks find their gate here)."""
 
     @property
     def where(self) -> str:
         return f"node {self.info.node}, worker {self.info.worker}"
 
-    def start(self, board: TaskBoard, complete: Complete) -> None:
+    def start(self, board: TaskBoard, complete: Complete, streams: Streams | None = None) -> None:
+        if streams is not None:
+            self.streams = streams
         threading.Thread(
             target=self._serve, args=(board, complete), daemon=True, name=f"w{self.info.worker}"
         ).start()
@@ -97,6 +103,9 @@ class Slot:
 
     def prepare(self) -> None:
         """Get ready before the first task (start the worker process)."""
+
+    def release_refs(self, ids: tuple[str, ...]) -> None:
+        """Refs released: a worker process drops its opened values of them."""
 
     def run(self, task: messages.Task, complete: Complete) -> messages.Result | None:
         raise NotImplementedError
@@ -121,8 +130,9 @@ class ThreadSlot(Slot):
             )
             timer.daemon = True
             timer.start()
+        gate = self.streams.get(task.id) if task.window else None
         try:
-            return run_task(task)
+            return run_task(task, gate, None if gate is None else gate.emit)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -145,6 +155,12 @@ class ProcessSlot(Slot):
 
     def prepare(self) -> None:
         self._spawn()
+
+    def release_refs(self, ids: tuple[str, ...]) -> None:
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(OSError):  # a dead worker held nothing
+                writer.send(messages.Release(ids))
 
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
@@ -183,10 +199,21 @@ class ProcessSlot(Slot):
         assert self._writer is not None
         assert self._reader is not None
         assert self._sock is not None
+        gate = self.streams.get(task.id) if task.window else None
+        deadline = None if task.timeout is None else time.monotonic() + task.timeout
         try:
             self._writer.send(task)
-            self._sock.settimeout(task.timeout)
-            answer = self._reader.read()
+            if gate is not None:
+                gate.attach(self._writer.send)
+            while True:
+                # A stream's timeout bounds the whole call, waiting on its consumer included.
+                left = None if deadline is None else max(1e-3, deadline - time.monotonic())
+                self._sock.settimeout(left)
+                answer = self._reader.read()
+                if gate is not None and isinstance(answer, messages.Item):
+                    gate.emit(answer)
+                    continue
+                break
             self._sock.settimeout(None)
         except TimeoutError:
             self._replace()
@@ -202,6 +229,9 @@ class ProcessSlot(Slot):
                 worker=self.info.worker,
             )
             return _failure(task.id, lost)
+        finally:
+            if gate is not None:
+                gate.detach()
         if not isinstance(answer, messages.Result):
             return _failure(task.id, RuntimeError(f"worker sent {type(answer).__name__}"))
         return answer
