@@ -347,7 +347,7 @@ class NodeClient:
         for ref in refs:
             if ref.id in self._refs:
                 continue
-            parts = wire.encode(messages.Put(ref.id, ref.payload()))
+            parts = wire.encode(messages.Put(ref.id, messages.Payload(*ref.pickled())))
             writer.write(parts)
             self._refs.add(ref.id)
             ref.held_by(self)

@@ -54,12 +54,13 @@ class Ref(Generic[T]):
     """A value stored on the nodes that use it; pass it to calls instead of the value."""
 
     def __init__(self, value: T) -> None:
-        from skyward.messages import Payload
+        from skyward import wire
 
         self.id = uuid.uuid4().hex
         self._value: T | None = value
         # Pickled once, here: an unpicklable value fails at put(), not at some later call.
-        self._payload: Payload | None = Payload.of(value)
+        data, buffers = wire.dumps(value)
+        self._pickled: tuple[bytes, tuple[Any, ...]] | None = (data, tuple(buffers))
         self._released = False
         self._lock = threading.Lock()
         self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -75,11 +76,12 @@ class Ref(Generic[T]):
     def released(self) -> bool:
         return self._released
 
-    def payload(self) -> Payload:
-        payload = self._payload
-        if payload is None:
+    def pickled(self) -> tuple[bytes, tuple[Any, ...]]:
+        """The value's pickle and out-of-band buffers (a ``Payload``'s fields)."""
+        pickled = self._pickled
+        if pickled is None:
             raise SerializationError(f"{self!r} was released: it cannot be sent to a call")
-        return payload
+        return pickled
 
     def held_by(self, holder: _Holder) -> None:
         """``holder`` (a node's client) sent this ref to its node."""
@@ -90,7 +92,7 @@ class Ref(Generic[T]):
         """Remove the value from every node that has it (and from here). Idempotent."""
         with self._lock:
             self._released = True
-            self._value, self._payload = None, None
+            self._value, self._pickled = None, None
             holders = list(self._holders)
             self._holders.clear()
         for holder in holders:
@@ -130,10 +132,9 @@ class FunctionBlob:
         self.id = f"fn-{digest.hexdigest()}"
         self._data, self._buffers = data, tuple(buffers)
 
-    def payload(self) -> Payload:
-        from skyward.messages import Payload
-
-        return Payload(self._data, self._buffers)
+    def pickled(self) -> tuple[bytes, tuple[Any, ...]]:
+        """The function's pickle and out-of-band buffers (a ``Payload``'s fields)."""
+        return self._data, self._buffers
 
     def held_by(self, holder: _Holder) -> None:
         """Functions stay on the node until the pool closes."""
