@@ -42,7 +42,7 @@ __all__ = ["NODE_GROUP", "NodeWheels", "build_node_wheels", "closure", "node_dis
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 # Needed on the client only (to build environments, to speak SSH), never on a node:
 # the agent imports neither.
-_CLIENT_ONLY = {"uv", "paramiko", "tenacity"}
+_CLIENT_ONLY = {"uv", "paramiko"}
 ROOT_DISTRIBUTION = "skyward-core"
 
 
