@@ -11,6 +11,7 @@ import concurrent.futures
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import pytest
 
 import skyward as sky
 from skyward.events import SkywardEvent, TaskFinished
-from tests.conftest import wait_until
+from tests.conftest import agent_processes, wait_until
 
 SLEEP = 3.0
 """How long a slow call sleeps before it writes its marker."""
@@ -92,6 +93,7 @@ def pool() -> Iterator[sky.ComputePool]:
     """One open pool shared by the cases below: each proves it is still usable."""
     with sky.ComputePool(provider=sky.Local(), nodes=2, concurrency=1, display="quiet") as opened:
         yield opened
+    assert wait_until(lambda: not agent_processes(opened.pool_id), 10)
 
 
 def _run(pool: sky.ComputePool, how: str, markers: list[Path]) -> None:
@@ -268,3 +270,21 @@ def test_ctrl_c_cancels_a_call_on_an_ssh_host(
             assert pid() >> opened != _pids([marker])[0], "a new worker runs the next call"
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_cancel_lost_with_the_connection_is_sent_again(
+    local_pool_factory: Callable[..., sky.ComputePool], tmp_path: Path
+) -> None:
+    with local_pool_factory(nodes=1) as opened:
+        marker = tmp_path / "lost"
+        started = time.monotonic()
+        future = opened.submit(slow(str(marker)))
+        assert wait_until(lambda: Path(f"{marker}.pid").exists(), 30)
+        (client,) = opened._active()[0].clients
+        connection = client._stream
+        assert isinstance(connection, socket.socket)
+        connection.shutdown(socket.SHUT_RDWR)  # the link drops; the agent lives on
+        assert future.cancel()  # its Cancel is lost with the link...
+        _assert_cancelled([marker], started)  # ...and sent again once reconnected
+        assert pid() >> opened > 0
+        assert wait_until(lambda: not client._cancelled, 10), "the late answer was dropped"
