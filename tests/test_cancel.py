@@ -140,6 +140,23 @@ def test_ctrl_c_while_waiting_cancels_the_calls_on_the_nodes(
     assert len(set(pid() @ pool)) == 2
 
 
+def test_ctrl_c_while_a_big_batch_is_still_being_sent_cancels_all_of_it(
+    pool: sky.ComputePool, tmp_path: Path
+) -> None:
+    # Four calls per worker in flight: with two one-worker nodes the ninth call waits
+    # to be sent, and Ctrl-C must reach the caller there too.
+    markers = [tmp_path / f"call{i}" for i in range(12)]
+    started = time.monotonic()
+    firing = _interrupt_when_started(markers[:2])
+    with pytest.raises(KeyboardInterrupt):
+        sky.gather(*(slow(str(m)) for m in markers)) >> pool
+    firing.join()
+    _assert_cancelled(markers[:2], started)
+    assert not any(m.exists() for m in markers), "a cancelled call ran to its end"
+    assert not any(Path(f"{m}.pid").exists() for m in markers[2:]), "a queued call started"
+    assert pid() >> pool > 0
+
+
 def test_future_cancel_kills_a_running_call_and_drops_a_queued_one(
     pool: sky.ComputePool, tmp_path: Path
 ) -> None:

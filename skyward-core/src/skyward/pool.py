@@ -371,6 +371,11 @@ class ComputePool:
                 return  # cancelled while a retry waited
             try:
                 future, node = self._send(payload, options, target)
+            except KeyboardInterrupt:
+                # Ctrl-C while the call waited for room on a node (the caller's thread):
+                # the caller must see it now, not after sending the rest of its batch.
+                outcome.cancel()
+                raise
             except BaseException as error:
                 _settle(outcome.set_exception, self._explain(error, number))
                 return
