@@ -153,24 +153,46 @@ def test_interrupt_stops_the_call_and_a_with_block_closes_its_pool(
     _run(kc, "assert 1 + 1 == 2")
 
 
-def test_interrupt_leaves_an_open_pool_usable_and_close_stops_the_call(
-    kernel: tuple[KernelManager, BlockingKernelClient, str],
+def test_interrupt_cancels_the_call_of_an_open_pool_which_stays_usable(
+    kernel: tuple[KernelManager, BlockingKernelClient, str], tmp_path: Path
 ) -> None:
     km, kc, marker = kernel
     _run(kc, SETUP)
     _run(kc, 'pool = sky.ComputePool(provider=sky.Local(), nodes=1, display="quiet")\npool.open()')
-    msg_id = kc.execute("slow(600) >> pool")
-    time.sleep(1.5)
-    km.interrupt_kernel()
+    # The call writes its worker's pid, sleeps, then writes a file: its side effect.
+    side_effect = tmp_path / "side-effect"
+    msg_id = kc.execute(
+        "@sky.compute\n"
+        "def write_later(path):\n"
+        "    import os, pathlib\n"
+        "    pathlib.Path(path + '.pid').write_text(str(os.getpid()))\n"
+        "    time.sleep(4)\n"
+        "    pathlib.Path(path).write_text('ran to its end')\n"
+        f"write_later({str(side_effect)!r}) >> pool\n"
+    )
+    pid_file = Path(f"{side_effect}.pid")
+    assert wait_until(pid_file.exists, 60), "the call never started"
+    started = time.monotonic()
+    worker = int(pid_file.read_text())
+    km.interrupt_kernel()  # what the stop button does
     reply = _wait_reply(kc, msg_id, 60)
     assert reply["content"]["ename"] == "KeyboardInterrupt"
-    # The pool is still open and the kernel usable. The interrupted call itself runs on
-    # in its worker (the protocol has no cancel yet), so closing the pool is what stops it.
-    _run(kc, "assert pool.is_active")
-    started = time.monotonic()
+    # The interrupt cancelled the call on its node: its worker process is gone...
+    assert wait_until(lambda: not psutil.pid_exists(worker) or _zombie(worker), 15)
+    # ...a later cell uses the same pool...
+    _run(kc, "assert pool.is_active\nassert slow(0.1) >> pool == 0.1")
+    # ...and past the call's sleep, with the pool still open, nothing wrote the file.
+    time.sleep(max(0.0, started + 5 - time.monotonic()))
+    assert not side_effect.exists(), "the interrupted call ran on"
     _run(kc, "pool.close()", timeout=60)
-    assert time.monotonic() - started < 30
     assert wait_until(lambda: not _marked_agents(marker), 20)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 @pytest.mark.parametrize("now", [False, True], ids=["restart", "restart-kill"])

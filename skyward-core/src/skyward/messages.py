@@ -223,9 +223,18 @@ class Credit:
 
 @frozen
 class Cancel:
-    """Client → agent: the consumer closed stream ``id``; stop its generator."""
+    """Client → agent: nobody wants task ``id`` any more.
+
+    A queued task is dropped. A stream's generator stops at its next item (its cleanup
+    runs). With ``force`` (a cancelled future, an interrupted caller) a running call stops
+    where it stands: a process worker is killed, with everything it started, and replaced;
+    a call on a thread cannot be stopped and runs on. Either way the agent answers with a
+    :class:`Result` (a ``CancelledError``), which the client drops and acknowledges.
+    """
 
     id: int
+    force: bool = False
+    """Stop a running call now (kill its worker process), not at its next item."""
 
 
 @frozen

@@ -5,6 +5,10 @@ re-establish SSH) for as long as the agent's watchdog would wait. The agent's gr
 says which tasks it has; the others never arrived and are sent again, so a task is
 neither lost nor run twice. If the agent itself died, it is restarted and the tasks it
 was running fail with :class:`~skyward.errors.WorkerLostError`.
+
+Cancelling a task's future (``future.cancel()``) sends :class:`~skyward.messages.Cancel`:
+the agent drops the task if it is queued and kills the worker process running it; a result
+that arrives anyway is dropped (and acknowledged, so the agent forgets it too).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 import attrs
@@ -118,6 +122,9 @@ class NodeClient:
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._acks: list[int] = []
+        self._cancelled: set[int] = set()
+        """Tasks cancelled here whose answer has not arrived (Cancel is sent again after a
+        reconnect while the agent still has them)."""
         self._lock = threading.Lock()
         self._closing = False
         self._dead: BaseException | None = None
@@ -176,20 +183,27 @@ class NodeClient:
             if restarted:
                 lost, self._pending = self._pending, {}
                 resend: list[_Pending] = []
+                self._cancelled.clear()
+                cancel_again: list[int] = []
             else:
                 known = set(hello.inflight) | set(hello.completed)
                 lost = {}
                 resend = [p for i, p in self._pending.items() if i not in known]
+                # A cancelled task the agent never got is gone; a finished one's result
+                # comes again and is dropped; one still running is cancelled again.
+                self._cancelled &= known
+                cancel_again = sorted(self._cancelled & set(hello.inflight))
         if lost:
             cause = self._restart_cause or self._exit_cause()
             for pending in lost.values():
-                pending.future.set_exception(
+                _settle(
+                    pending.future.set_exception,
                     WorkerLostError(
                         self.node,
                         "the node agent stopped while running this task; it was restarted "
                         "and the task was not retried (it may have run partly)",
                         cause,
-                    )
+                    ),
                 )
         with self._refs_lock:
             # What the agent really holds: a Put lost with the old connection is sent again.
@@ -211,6 +225,8 @@ class NodeClient:
                 writer.send(messages.Credit(task_id, open_stream.granted))
             if open_stream.cancelled:
                 writer.send(messages.Cancel(task_id))
+        for task_id in cancel_again:
+            writer.send(messages.Cancel(task_id, force=True))
 
     def close(self, grace: float = 5.0) -> None:
         """Ask the agent to stop and drop the connection. Idempotent.
@@ -302,9 +318,15 @@ class NodeClient:
                     stream.granted = consumed
                     self._send_quietly(messages.Credit(task_id, consumed))
                 yield value
+        except KeyboardInterrupt:
+            # Interrupted while waiting for an item: stop the call where it stands (a
+            # generator busy between items may not reach its next one for a long time).
+            future.cancel()
+            raise
         finally:
             if not ended and not future.done():
-                # Closed early (break, close(), garbage collected): stop the generator.
+                # Closed early (break, close(), garbage collected): stop the generator
+                # at its next item, so its own cleanup runs.
                 stream.cancelled = True
                 self._send_quietly(messages.Cancel(task_id))
 
@@ -327,6 +349,7 @@ class NodeClient:
         task = messages.Task(task_id, payload, worker=worker, timeout=timeout, window=window)
         parts = wire.encode(task)
         future: Future[Any] = Future()
+        future.add_done_callback(lambda done: self._on_done(task_id, done))
         with self._lock:
             if self._dead is not None:
                 raise WorkerLostError(self.node, f"the node is unreachable: {self._dead}")
@@ -341,6 +364,19 @@ class NodeClient:
                 self._send_refs(payload.refs, writer)
                 writer.write(parts)
         return task_id, future
+
+    def _on_done(self, task_id: int, future: Future[Any]) -> None:
+        """``future.cancel()`` (the caller gave up on the task): tell the agent to stop it."""
+        if not future.cancelled():
+            return
+        with self._lock:
+            pending = self._pending.pop(task_id, None)
+            if pending is None:
+                return  # answered already
+            self._cancelled.add(task_id)
+        if pending.stream is not None:
+            pending.stream.cancelled = True
+        self._send_quietly(messages.Cancel(task_id, force=True))
 
     def _send_refs(self, refs: tuple[Any, ...], writer: wire.FrameWriter) -> None:
         """Put each ref the node lacks (the caller holds ``_refs_lock``)."""
@@ -399,7 +435,8 @@ class NodeClient:
         if isinstance(message, messages.Result):
             with self._lock:
                 pending = self._pending.pop(message.id, None)
-                self._acks.append(message.id)
+                self._acks.append(message.id)  # a cancelled task's too: the agent forgets it
+                self._cancelled.discard(message.id)
             if pending is not None and not pending.future.done():
                 self._resolve(pending.future, message)
         elif isinstance(message, messages.Item):
@@ -438,17 +475,20 @@ class NodeClient:
 
     def _resolve(self, future: Future[Any], result: messages.Result) -> None:
         if result.failure is not None:
-            future.set_exception(rebuild_exception(result.failure))
+            _settle(future.set_exception, rebuild_exception(result.failure))
             return
         assert result.value is not None
         try:
-            future.set_result(result.value.open())
+            value = result.value.open()
         except Exception as error:
-            future.set_exception(
+            _settle(
+                future.set_exception,
                 SerializationError(
                     f"node {self.node}: the result cannot be unpickled here: {error!r}"
-                )
+                ),
             )
+            return
+        _settle(future.set_result, value)
 
     # -- losing and finding the agent -------------------------------------------------
 
@@ -526,8 +566,14 @@ class NodeClient:
         with self._lock:
             pending, self._pending = self._pending, {}
         for item in pending.values():
-            if not item.future.done():
-                item.future.set_exception(error)
+            _settle(item.future.set_exception, error)
+
+
+def _settle(setter: Callable[[Any], None], outcome: Any) -> None:
+    """Set a future's outcome unless it was cancelled meanwhile (by another thread): the
+    cancelled call's answer is dropped."""
+    with contextlib.suppress(InvalidStateError):
+        setter(outcome)
 
 
 def send_heartbeats(clients: list[NodeClient], interval: float, stop: threading.Event) -> None:

@@ -3,6 +3,10 @@
 A pool validates its whole spec at construction (no provider is called), provisions on
 ``__enter__``, and tears everything down on ``__exit__`` — after a return, an exception,
 Ctrl-C, or SIGTERM — and at its ``timeout`` at the latest.
+
+Ctrl-C while waiting for calls of a pool that stays open (a notebook's pool, opened in an
+earlier cell) cancels them: each is dropped from its node's queue or its worker process is
+killed and replaced, the pool stays usable, and the ``KeyboardInterrupt`` goes on up.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -354,37 +359,70 @@ class ComputePool:
         """Send a call, with its retries: the future holds the last attempt's outcome.
 
         Each attempt is reported as ``TaskSubmitted`` and ``TaskFinished`` (for the display's
-        task counts and progress)."""
-        outcome: Future[Any] = Future()
+        task counts and progress). Cancelling the future cancels the attempt on its node
+        and any retry still to come."""
+        outcome: Future[Any] = _CallFuture()
         task = next(self._task_numbers)
         worker = target[1] if target is not None else None
+        current: list[Future[Any]] = []
 
         def attempt(number: int) -> None:
+            if outcome.done():
+                return  # cancelled while a retry waited
             try:
                 future, node = self._send(payload, options, target)
+            except KeyboardInterrupt:
+                # Ctrl-C while the call waited for room on a node (the caller's thread):
+                # the caller must see it now, not after sending the rest of its batch.
+                outcome.cancel()
+                raise
             except BaseException as error:
-                outcome.set_exception(self._explain(error, number))
+                _settle(outcome.set_exception, self._explain(error, number))
                 return
+            current[:] = [future]
+            if outcome.cancelled():  # cancelled while it was being sent
+                future.cancel()
             sent = time.monotonic()
             self._emit(TaskSubmitted(task, node, number, worker))
             future.add_done_callback(lambda done: settle(done, number, node, sent))
 
         def settle(done: Future[Any], number: int, node: int, sent: float) -> None:
-            error = done.exception()
             seconds = time.monotonic() - sent
+            if done.cancelled():
+                self._emit(TaskFinished(task, node, False, seconds, number))
+                return
+            error = done.exception()
             self._emit(TaskFinished(task, node, error is None, seconds, number))
             if error is None:
-                outcome.set_result(done.result())
-            elif options.should_retry(error, number) and self.is_active:
+                _settle(outcome.set_result, done.result())
+            elif options.should_retry(error, number) and self.is_active and not outcome.done():
                 # Never on the connection's reader thread: the next send may wait.
                 timer = threading.Timer(options.backoff(number), attempt, (number + 1,))
                 timer.daemon = True
                 timer.start()
             else:
-                outcome.set_exception(self._explain(error, number))
+                _settle(outcome.set_exception, self._explain(error, number))
 
+        def on_outcome(done: Future[Any]) -> None:
+            if done.cancelled():
+                for future in list(current):
+                    future.cancel()  # the node client sends Cancel to the agent
+
+        outcome.add_done_callback(on_outcome)
         attempt(1)
         return outcome
+
+    def _dispatch_all(
+        self,
+        calls: Sequence[tuple[messages.Payload, CallOptions, tuple[int, int] | None]],
+    ) -> list[Future[Any]]:
+        """Send several calls. Sending waits while the nodes' windows are full: Ctrl-C
+        then cancels the calls already sent."""
+        futures: list[Future[Any]] = []
+        with _cancelled_on_interrupt(futures):
+            for payload, options, target in calls:
+                futures.append(self._dispatch(payload, options, target))
+        return futures
 
     def _explain(self, error: BaseException, attempts: int) -> BaseException:
         if isinstance(error, WorkerLostError | PoolClosedError) and self._ended is not None:
@@ -406,6 +444,10 @@ class ComputePool:
         ``timeout``, ``retries`` and ``retry_on`` override what ``@sky.compute`` set for
         this call. The computation is pickled here: an unpicklable argument raises
         :class:`~skyward.errors.SerializationError` at once.
+
+        ``future.cancel()`` works until the result is in, even while the call runs: the
+        node drops it or kills the worker process running it (on ``executor="thread"`` it
+        runs on; its result is dropped). Ctrl-C in ``future.result()`` cancels the call.
         """
         options = pending.options.merged(timeout, retries, retry_on)
         return self._dispatch(_payload(pending), options)
@@ -417,7 +459,9 @@ class ComputePool:
         lazily: calls are sent a few per worker ahead of what has been consumed.
 
         ``ordered=False`` yields results in the order they complete. ``fn`` is a
-        ``@sky.compute`` function or a plain one.
+        ``@sky.compute`` function or a plain one. Calls sent ahead and not consumed are
+        cancelled when the iterator stops early (a failure, ``break``, Ctrl-C), as
+        ``concurrent.futures.Executor.map`` does.
         """
         function = fn if isinstance(fn, ComputeFunction) else compute(fn)
         sizes = [len(it) for it in iterables if isinstance(it, Sized)]
@@ -431,12 +475,15 @@ class ComputePool:
         cluster, _ = self._active()
         ahead = 4 * sum(c.workers for c in cluster.clients)
         waiting: collections.deque[Future[R]] = collections.deque()
-        for args in items:
-            waiting.append(self.submit(fn(*args)))
-            while len(waiting) >= ahead:
+        try:
+            for args in items:
+                waiting.append(self.submit(fn(*args)))
+                while len(waiting) >= ahead:
+                    yield self._next(waiting, ordered)
+            while waiting:
                 yield self._next(waiting, ordered)
-        while waiting:
-            yield self._next(waiting, ordered)
+        finally:
+            _cancel(waiting)
 
     def _next(self, waiting: collections.deque[Future[R]], ordered: bool) -> R:
         if ordered:
@@ -463,7 +510,7 @@ class ComputePool:
             items: Any = self._stream(pending)
             return items  # type: ignore[no-any-return]
         result: R = self._result(self._dispatch(_payload(pending), pending.options))
-        return result
+        return result  # Ctrl-C in _result cancels the call (see _CallFuture)
 
     stream_window: int = STREAM_WINDOW
     """Items a streamed call's node may send ahead of what its consumer took."""
@@ -492,21 +539,26 @@ class ComputePool:
         """
         payloads = [(_payload(p), p.options) for p in batch.computations]
         self._emit(BatchSubmitted(len(payloads)))
-        futures = [self._dispatch(payload, options) for payload, options in payloads]
-        return tuple(self._result(f) for f in futures)
+        futures = self._dispatch_all([(payload, options, None) for payload, options in payloads])
+        with _cancelled_on_interrupt(futures):
+            return tuple(self._result(f) for f in futures)
 
     def run_gather(self, gathered: PendingGather) -> tuple[Any, ...] | Iterator[Any]:
         """``gather(..., ordered=False / return_exceptions=True) >> pool``."""
         payloads = [(_payload(p), p.options) for p in gathered.batch.computations]
         self._emit(BatchSubmitted(len(payloads)))
-        futures = [self._dispatch(payload, options) for payload, options in payloads]
+        futures = self._dispatch_all([(payload, options, None) for payload, options in payloads])
         if gathered.ordered:
-            return tuple(self._outcome(f, gathered.return_exceptions) for f in futures)
+            with _cancelled_on_interrupt(futures):
+                return tuple(self._outcome(f, gathered.return_exceptions) for f in futures)
         return self._as_completed(futures, gathered.return_exceptions)
 
     def _as_completed(self, futures: list[Future[Any]], keep: bool) -> Iterator[Any]:
-        for future in concurrent.futures.as_completed(futures):
-            yield self._outcome(future, keep)
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                yield self._outcome(future, keep)
+        finally:
+            _cancel(futures)  # stopped early: nobody will take the rest
 
     def _outcome(self, future: Future[Any], keep_exceptions: bool) -> Any:
         try:
@@ -521,17 +573,59 @@ class ComputePool:
         node, then worker (with one worker per node: once per node)."""
         payload = _payload(pending)
         cluster, _ = self._active()
-        futures = [
-            self._dispatch(payload, pending.options, (node, worker))
-            for node, client in enumerate(cluster.clients)
-            for worker in range(client.workers)
-        ]
-        return tuple(self._result(f) for f in futures)
+        futures = self._dispatch_all(
+            [
+                (payload, pending.options, (node, worker))
+                for node, client in enumerate(cluster.clients)
+                for worker in range(client.workers)
+            ]
+        )
+        with _cancelled_on_interrupt(futures):
+            return tuple(self._result(f) for f in futures)
 
     def __repr__(self) -> str:
         state = "active" if self.is_active else "inactive"
         names = ", ".join(p.provider_name for p in self.providers)
         return f"<ComputePool {self.pool_id or '(not opened)'} {state} on {names}>"
+
+
+class _CallFuture(Future[R]):
+    """A call's future: Ctrl-C while waiting for it cancels the call (on its node too)."""
+
+    def result(self, timeout: float | None = None) -> R:
+        try:
+            return super().result(timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        try:
+            return super().exception(timeout)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+
+
+def _settle(setter: Callable[[Any], None], outcome: Any) -> None:
+    """Set a call's outcome unless it was cancelled meanwhile (its answer is dropped)."""
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        setter(outcome)
+
+
+def _cancel(futures: Iterable[Future[Any]]) -> None:
+    for future in list(futures):
+        future.cancel()
+
+
+@contextlib.contextmanager
+def _cancelled_on_interrupt(futures: Sequence[Future[Any]]) -> Iterator[None]:
+    """Ctrl-C while waiting for several calls cancels every one of them."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        _cancel(futures)
+        raise
 
 
 def _payload(pending: PendingCompute[Any]) -> messages.Payload:

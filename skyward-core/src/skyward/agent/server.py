@@ -37,7 +37,7 @@ from skyward.agent.children import (
 from skyward.agent.metrics import sample
 from skyward.agent.output import OutputCapture
 from skyward.agent.streams import Streams
-from skyward.agent.workers import EXECUTORS, TaskBoard, make_slots
+from skyward.agent.workers import EXECUTORS, TaskBoard, cancelled, make_slots
 from skyward.cluster import InstanceInfo
 from skyward.errors import AgentAuthenticationError
 from skyward.gpus import node_accelerators, plan_node
@@ -181,8 +181,10 @@ class Agent:
                         for task_id in message.ids:
                             self._retained.pop(task_id, None)
                     self.streams.forget(message.ids)
-                elif isinstance(message, messages.Credit | messages.Cancel):
+                elif isinstance(message, messages.Credit):
                     self.streams.on_message(message)
+                elif isinstance(message, messages.Cancel):
+                    self._cancel(message)
                 elif isinstance(message, messages.Put):
                     refs.store(message.id, message.payload)
                 elif isinstance(message, messages.Release):
@@ -224,6 +226,16 @@ class Agent:
             self._complete(messages.Result(task.id, failure=messages.Failure.of(error)))
             return
         self.board.put(task)
+
+    def _cancel(self, message: messages.Cancel) -> None:
+        """Nobody wants task ``message.id``: drop it if queued, stop a stream at its next
+        item, and with ``force`` kill the worker process running it (a thread runs on)."""
+        self.streams.on_message(message)
+        found = self.board.cancel(message.id)
+        if isinstance(found, messages.Task):
+            self._complete(cancelled(message.id))
+        elif found is not None and message.force:
+            self.slots[found].cancel(message.id)
 
     # -- watchdog and metrics ---------------------------------------------------------
 

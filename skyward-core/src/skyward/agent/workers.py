@@ -6,7 +6,8 @@ thread runs the task itself (today's model: the slots share the agent's GIL). Wi
 socket pair and waits for its result: one extra local hop, the payload's large buffers
 forwarded out of band as they arrived (no copy into a new pickle). A worker process that
 dies fails only the call it was running, says why, and is replaced at once; one that runs
-past a call's timeout is killed (with everything it started) and replaced.
+past a call's timeout, or whose call the client cancelled, is killed (with everything it
+started) and replaced. A call on a thread can be neither timed out nor cancelled: it runs on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import CancelledError
 
 import attrs
 
@@ -32,7 +34,7 @@ from skyward.cluster import InstanceInfo
 from skyward.errors import TaskTimeoutError, WorkerLostError
 from skyward.exit_status import describe_exit, oom_kills
 
-__all__ = ["EXECUTORS", "ProcessSlot", "Slot", "TaskBoard", "ThreadSlot"]
+__all__ = ["EXECUTORS", "ProcessSlot", "Slot", "TaskBoard", "ThreadSlot", "cancelled"]
 
 EXECUTORS = ("process", "thread")
 
@@ -48,6 +50,8 @@ class TaskBoard:
         self._shared: collections.deque[messages.Task] = collections.deque()
         self._pinned = [collections.deque[messages.Task]() for _ in range(workers)]
         self._cond = threading.Condition()
+        self._running: dict[int, int] = {}
+        """Task id → the worker that took it, until it is answered (see :meth:`cancel`)."""
 
     def put(self, task: messages.Task) -> None:
         with self._cond:
@@ -61,10 +65,29 @@ class TaskBoard:
         with self._cond:
             while True:
                 if self._pinned[worker]:
-                    return self._pinned[worker].popleft()
-                if self._shared:
-                    return self._shared.popleft()
-                self._cond.wait()
+                    task = self._pinned[worker].popleft()
+                elif self._shared:
+                    task = self._shared.popleft()
+                else:
+                    self._cond.wait()
+                    continue
+                self._running[task.id] = worker
+                return task
+
+    def finished(self, task_id: int) -> None:
+        with self._cond:
+            self._running.pop(task_id, None)
+
+    def cancel(self, task_id: int) -> messages.Task | int | None:
+        """Task ``task_id`` is cancelled: if it is still queued, it is taken off the board
+        and returned; if a worker took it, that worker's index; None when it is not here."""
+        with self._cond:
+            for queue in (self._shared, *self._pinned):
+                for task in queue:
+                    if task.id == task_id:
+                        queue.remove(task)
+                        return task
+            return self._running.get(task_id)
 
 
 class Slot:
@@ -97,9 +120,12 @@ class Slot:
             self.ready.set()
         while True:
             task = board.take(self.info.worker)
-            result = self.run(task, complete)
-            if result is not None:
-                complete(result)
+            try:
+                result = self.run(task, complete)
+                if result is not None:
+                    complete(result)
+            finally:
+                board.finished(task.id)
 
     def prepare(self) -> None:
         """Get ready before the first task (start the worker process)."""
@@ -110,11 +136,15 @@ class Slot:
     def run(self, task: messages.Task, complete: Complete) -> messages.Result | None:
         raise NotImplementedError
 
+    def cancel(self, task_id: int) -> None:
+        """The client cancelled task ``task_id``, which this worker took: stop it if it can."""
+
 
 class ThreadSlot(Slot):
     """Runs tasks in this thread. A call past its timeout is answered with
     ``TaskTimeoutError`` on time, but the thread cannot be stopped: it runs on, and the
-    slot takes no new task until it returns."""
+    slot takes no new task until it returns. A cancelled call runs on the same way (its
+    result is dropped by the client); a cancelled stream stops at its next item."""
 
     def prepare(self) -> None:
         # Only the worker index is per thread; the environment (and so the GPUs) is the
@@ -148,6 +178,14 @@ class ProcessSlot(Slot):
         self._reader: wire.FrameReader | None = None
         self._writer: wire.FrameWriter | None = None
         self._oom_before: int | None = None
+        # Cancellation comes from the agent's connection thread while this slot's thread
+        # runs the call: the lock orders "kill the worker" against "start the next call".
+        self._cancel_lock = threading.Lock()
+        self._running: int | None = None
+        self._cancelled: set[int] = set()
+        """Tasks cancelled before they started here, or whose worker was killed for it."""
+        self._killed = False
+        """The worker process was killed for a cancel: replace it before the next call."""
 
     @property
     def pid(self) -> int | None:
@@ -182,6 +220,8 @@ class ProcessSlot(Slot):
         """Stop what is left of the worker, say why it ended, start a new one."""
         process = self._process
         cause: str | None = None
+        with self._cancel_lock:
+            self._killed = False  # whatever killed it, the new one is whole
         if process is not None:
             kill_tree(process.pid)
             try:  # a worker whose socket broke is usually dead already: read its status
@@ -195,7 +235,55 @@ class ProcessSlot(Slot):
         self._spawn()
         return cause
 
+    def cancel(self, task_id: int) -> None:
+        """Kill the worker process if it runs ``task_id`` (:meth:`run` then replaces it);
+        if the call has not reached it yet, it never will."""
+        with self._cancel_lock:
+            if task_id in self._cancelled:
+                return  # cancelled twice (a reconnect sends it again): killed already
+            self._cancelled.add(task_id)
+            process = self._process
+            if self._running != task_id or process is None:
+                return
+            _log.info("%s: call %d cancelled; killing its worker process", self.where, task_id)
+            kill_tree(process.pid)
+            process.kill()
+            self._killed = True
+
+    def _take_cancelled(self, task_id: int) -> bool:
+        with self._cancel_lock:
+            if task_id in self._cancelled:
+                self._cancelled.discard(task_id)
+                return True
+            return False
+
+    def _replace_if_killed(self) -> bool:
+        with self._cancel_lock:
+            killed, self._killed = self._killed, False
+        if killed:
+            self._replace()
+            _log.info("%s: started a new worker process after a cancel", self.where)
+        return killed
+
     def run(self, task: messages.Task, complete: Complete) -> messages.Result | None:
+        with self._cancel_lock:
+            if task.id in self._cancelled:
+                self._cancelled.discard(task.id)
+                return cancelled(task.id)
+            self._running = task.id
+        try:
+            answer = self._run(task)
+        finally:
+            with self._cancel_lock:
+                self._running = None
+        # A worker killed for the cancel cannot take the next call (even if its answer
+        # got out just before it died).
+        self._replace_if_killed()
+        if self._take_cancelled(task.id):
+            return cancelled(task.id)  # the client wants nothing from this call
+        return answer
+
+    def _run(self, task: messages.Task) -> messages.Result:
         assert self._writer is not None
         assert self._reader is not None
         assert self._sock is not None
@@ -219,6 +307,8 @@ class ProcessSlot(Slot):
             self._replace()
             return _failure(task.id, TaskTimeoutError(task.timeout or 0.0, self.where))
         except (EOFError, OSError):
+            if self._replace_if_killed():
+                return cancelled(task.id)
             cause = self._replace()
             _log.warning("%s: the worker process died (%s); started a new one", self.where, cause)
             lost = WorkerLostError(
@@ -239,6 +329,11 @@ class ProcessSlot(Slot):
 
 def _failure(task_id: int, error: BaseException) -> messages.Result:
     return messages.Result(task_id, failure=messages.Failure.of(error))
+
+
+def cancelled(task_id: int) -> messages.Result:
+    """The answer to a cancelled call (the client dropped it; this only settles the books)."""
+    return _failure(task_id, CancelledError("the client cancelled this call"))
 
 
 def make_slots(base: InstanceInfo, executor: str, envs: Sequence[Mapping[str, str]]) -> list[Slot]:
