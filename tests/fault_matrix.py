@@ -879,7 +879,8 @@ class DigitalOceanTarget(_TestHostCloud):
         "droplet still bills), GPU droplets included",
         "SSH keys of the account (the pool's `skyward-<pool>`)",
         "cloud firewalls of the account (the pool's `skyward-<pool>`)",
-        "pool tags `skyward:pool:<pool>`",
+        "pool tags `skyward:pool:<pool>` (the shared `skyward:managed` tag is kept by "
+        "design; tags do not bill)",
         "agent processes of the pool on the hosts of droplets not destroyed",
     )
     injections: ClassVar[Mapping[Fault, str]] = {
