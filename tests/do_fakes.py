@@ -82,6 +82,7 @@ MAX_USER_DATA = 64 * 1024
 HOURLY_LIMIT = 5000
 BURST_LIMIT = 250
 KEY_LIST_LIMIT = 10
+METADATA_PREFIX = "/metadata/v1/"
 
 
 @functools.cache
@@ -382,6 +383,7 @@ class FakeDigitalOcean:
             self.violations: list[str] = []
             self._faults: list[_Fault] = []
             self._partial: list[tuple[int, int]] = []
+            self._limit_after_partial = False
             self._ignore_destroys = 0
             self._sold_out: set[str] = set()
             self._requests: deque[float] = deque()
@@ -416,10 +418,13 @@ class FakeDigitalOcean:
         """A storm of ``times`` 429s (``retry_after=None``: the hourly kind, no header)."""
         self.fail_next(operation, 429, times, retry_after=retry_after)
 
-    def partial_create(self, made: int, status: int = 500) -> None:
-        """The next create makes only its first ``made`` droplets, then answers ``status``."""
+    def partial_create(self, made: int, status: int = 500, *, limit_reached: bool = False) -> None:
+        """The next create makes only its first ``made`` droplets, then answers ``status``;
+        ``limit_reached``: the account's droplet limit is then used up (another client of
+        the account took the other slots), so later creates are refused with 422."""
         with self._lock:
             self._partial.append((made, status))
+            self._limit_after_partial = limit_reached
 
     def ignore_destroy_next(self, times: int = 1) -> None:
         """The next destroys answer 204 but the droplet stays (DO has done this to ``new``
@@ -461,8 +466,23 @@ class FakeDigitalOcean:
 
     def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
-        response = self._answer(request)
+        if request.path.startswith(METADATA_PREFIX):
+            response = self._metadata(request)
+        else:
+            response = self._answer(request)
         return response(environ, start_response)
+
+    def _metadata(self, request: Request) -> Response:
+        """``/metadata/v1/<droplet id>/user-data``: what a droplet's metadata service
+        (169.254.169.254, no token) hands cloud-init; for a test's cloud-init played in
+        another process (the fault matrix's client program). Not part of API v2, so
+        neither checked against the contract nor recorded in :attr:`calls`."""
+        ident, _, item = request.path.removeprefix(METADATA_PREFIX).partition("/")
+        with self._lock:
+            droplet = self.droplets.get(int(ident)) if ident.isdigit() else None
+            if droplet is None or item != "user-data":
+                return Response("not found", status=404, mimetype="text/plain")
+            return Response(droplet.user_data, status=200, mimetype="text/plain")
 
     def _answer(self, request: Request) -> Response:
         from openapi_core.contrib.werkzeug import WerkzeugOpenAPIRequest, WerkzeugOpenAPIResponse
@@ -867,6 +887,8 @@ class FakeDigitalOcean:
                 self.droplets[droplet.id] = droplet
                 created.append(self._droplet_json(droplet, now))
             if partial_status is not None:
+                if self._limit_after_partial:
+                    self.droplet_limit = len(self._existing())
                 raise _ApiError(partial_status, "server_error", "Unexpected server-side error")
         actions = [
             {

@@ -95,7 +95,7 @@ import psutil
 import pytest
 
 import skyward as sky
-from skyward.provider import ProviderConfig
+from skyward.provider import Instance, ProviderConfig
 from tests.conftest import agent_processes, wait_until
 from tests.ssh_hosts import ClientKey, NamespaceHost, SSHTestHost, kill_user_processes
 
@@ -731,8 +731,444 @@ class AWSTarget(Target):
             host.kill_processes()
 
 
+# -- clouds whose machines are SSH test hosts (DigitalOcean, Verda) ------------------------
+
+
+def _register_hook(hook: Any) -> Any:
+    from skyward import plugins
+
+    plugins.get_plugin_manager().register(hook, name="test-cloud-init")
+    plugins.reset(plugins.get_plugin_manager())
+    return hook
+
+
+def _reloaded_hosts(args: dict[str, Any]) -> list[SSHTestHost]:
+    """The test's hosts, as a client program sees them (it reloads their sshd)."""
+    hosts: list[SSHTestHost] = []
+    for data in args["hosts"]:
+        base = _host_from_dict(data)
+        host = _ReloadedHost(
+            base.user, base.address, base.port, base.home, base.host_key_public, base.state_dir
+        )
+        host.sshd = int(data["sshd_pid"])
+        hosts.append(host)
+    return hosts
+
+
+class _TestHostCloud(Target):
+    """A cloud on a fake API whose instances are SSH test hosts: the connection hook
+    (``tests/cloud_init.CloudInit``) plays each instance's own user-data on its host, so
+    the pinned host key and the pool's client key are checked for real, as for AWS.
+    A subclass brings its fake (:meth:`start_fake`) and how to read an instance's
+    user-data here (:meth:`user_data`) and in the client program (:meth:`remote_user_data`).
+    """
+
+    hosts: list[SSHTestHost]
+    netns: NamespaceHost | None = None
+    hook: Any = None
+    saved: dict[str, tuple[bytes, bytes, bytes]]
+    scratch: Path
+
+    def start_fake(self, request: pytest.FixtureRequest) -> None:
+        raise NotImplementedError
+
+    def user_data(self, instance: Instance) -> str:
+        raise NotImplementedError
+
+    @staticmethod
+    def remote_user_data(instance: Instance) -> str:
+        raise NotImplementedError
+
+    def setup(self, request: pytest.FixtureRequest, fault: Fault) -> None:
+        from tests.cloud_init import CloudInit
+
+        request.getfixturevalue("fresh_plugins")
+        self.start_fake(request)
+        if fault is Fault.PARTITION:
+            self.netns = request.getfixturevalue("netns_host")
+            self.hosts = [self.netns]
+        else:
+            self.hosts = request.getfixturevalue("ssh_hosts")(2)
+        self.scratch = request.getfixturevalue("tmp_path") / "cloud-init"
+        self.saved = {}
+        for host in self.hosts:
+            key_file = host.state_dir / "ssh_host_ed25519_key"
+            self.saved[host.user] = (
+                key_file.read_bytes(),
+                key_file.with_suffix(".pub").read_bytes(),
+                (host.home / ".ssh" / "authorized_keys").read_bytes(),
+            )
+        self.hook = _register_hook(
+            CloudInit(self.hosts, self.scratch, self.user_data, provider=self.provider)
+        )
+        request.addfinalizer(self._restore)
+
+    def _restore(self) -> None:
+        from skyward import plugins
+
+        with contextlib.suppress(ValueError):
+            plugins.get_plugin_manager().unregister(name="test-cloud-init")
+        for host in self.hosts:
+            key, public, authorized = self.saved[host.user]
+            key_file = host.state_dir / "ssh_host_ed25519_key"
+            key_file.write_bytes(key)
+            key_file.with_suffix(".pub").write_bytes(public)
+            (host.home / ".ssh" / "authorized_keys").write_bytes(authorized)
+            host.restart()
+
+    def pool_options(self) -> dict[str, Any]:
+        return {"cpu": 4, "env": {"SKYWARD_POWEROFF_CMD": "true"}}
+
+    def client_args(self) -> dict[str, Any]:
+        return {"hosts": [_host_to_dict(h) for h in self.hosts], "scratch": str(self.scratch)}
+
+    @classmethod
+    def register_in_client(cls, args: dict[str, Any]) -> None:
+        """In the client program: the same hook, reading user-data over HTTP."""
+        from tests.cloud_init import CloudInit
+
+        hosts = _reloaded_hosts(args)
+        _register_hook(
+            CloudInit(hosts, Path(args["scratch"]), cls.remote_user_data, provider=cls.provider)
+        )
+
+    def _mapped(self) -> dict[str, SSHTestHost]:
+        """Instance id → host, as this process's hook or a client program's mapped them."""
+        mapped: dict[str, SSHTestHost] = dict(self.hook.mapped) if self.hook else {}
+        if self.scratch.exists():  # a client program's cloud-init ran there, in order
+            booted = sorted(self.scratch.iterdir(), key=lambda p: p.stat().st_mtime)
+            for index, path in enumerate(booted):
+                mapped.setdefault(path.name, self.hosts[index % len(self.hosts)])
+        return mapped
+
+    def agents_of_live(self, pool_id: str, live: Sequence[str]) -> list[str]:
+        """Agents of the pool on the hosts of instances that still exist (a deleted
+        instance takes its processes with it)."""
+        return [
+            a for ident, host in self._mapped().items() if ident in live
+            for a in _agents_on(host, pool_id)
+        ]  # fmt: skip
+
+    def machine_gone(self, instance_id: str) -> None:
+        """The instance's host disappears: nothing answers on it any more."""
+        host = self.hook.mapped[instance_id]
+        host.stop(drop_sessions=True)
+        kill_user_processes(host.user)
+
+    def partition(self, seconds: float) -> None:
+        assert self.netns is not None
+        self.netns.partition(seconds).wait()
+
+    def cleanup(self, pool_id: str) -> None:
+        for host in self.hosts:
+            host.kill_processes()
+
+
+# -- DigitalOcean ------------------------------------------------------------------------
+
+
+def _do_config() -> ProviderConfig:
+    return sky.DigitalOcean(region="tor1", ssh_cidr="127.0.0.1/32", instance_timeout=15)  # type: ignore[no-any-return]
+
+
+class DigitalOceanTarget(_TestHostCloud):
+    name = "DigitalOcean"
+    provider = "digitalocean"
+    resources = (
+        "droplets of the account in any state (`new`, `active`, `off`: a powered-off "
+        "droplet still bills), GPU droplets included",
+        "SSH keys of the account (the pool's `skyward-<pool>`)",
+        "cloud firewalls of the account (the pool's `skyward-<pool>`)",
+        "pool tags `skyward:pool:<pool>` (the shared `skyward:managed` tag is kept by "
+        "design; tags do not bill)",
+        "agent processes of the pool on the hosts of droplets not destroyed",
+    )
+    injections: ClassVar[Mapping[Fault, str]] = {
+        Fault.PARTIAL_LAUNCH: "the create of both droplets makes one and its answer is lost "
+        "(500); meanwhile the account's droplet limit is used up, so the create of the "
+        "missing one is refused (422 `droplet limit`, a capacity error) and so is every "
+        "other size (fake `partial_create(limit_reached=True)`, contract-checked)",
+        Fault.API_FAULTS_LAUNCH: "`GET /v2/sizes` answered 429 with `retry-after` twice, "
+        "the SSH key, firewall and droplet creates each made but answered 5xx (lost "
+        "answers: found by fingerprint, name and tag, never created twice), a droplet "
+        "listing answered 429",
+        Fault.API_FAULTS_TEARDOWN: "droplet destroys answered 500 twice, the key delete 429, "
+        "the firewall delete 503, the tag delete 500",
+        Fault.NODE_LOSS: "the droplet is destroyed through the API (as from the control "
+        "panel) and its machine disappears (sshd stopped, every process killed); reported "
+        "after the SSH reconnect gives up (`instance_timeout`, 15 s here)",
+        Fault.PARTITION: "the droplet is an sshd in a network namespace; its veth link is "
+        "set down, then up",
+    }
+
+    fake: Any
+
+    def start_fake(self, request: pytest.FixtureRequest) -> None:
+        self.fake = request.getfixturevalue("do_fake")
+
+    def user_data(self, instance: Instance) -> str:
+        return str(self.fake.user_data(instance.id))
+
+    @staticmethod
+    def remote_user_data(instance: Instance) -> str:
+        """From the fake's metadata service (what a droplet's cloud-init reads)."""
+        import httpx
+
+        from tests.do_fakes import METADATA_PREFIX
+
+        url = os.environ["SKYWARD_DIGITALOCEAN_ENDPOINT"] + METADATA_PREFIX
+        answer = httpx.get(f"{url}{instance.id}/user-data", timeout=10)
+        answer.raise_for_status()
+        return answer.text
+
+    def config(self) -> ProviderConfig:
+        return _do_config()
+
+    @staticmethod
+    def client_provider(args: dict[str, Any]) -> ProviderConfig:
+        DigitalOceanTarget.register_in_client(args)
+        return _do_config()
+
+    def leftovers(self, pool_id: str) -> dict[str, list[str]]:
+        fake = self.fake  # a fresh account per cell: everything in it is this cell's
+        live = [str(d.id) for d in fake.live()]
+        with fake._lock:
+            keys = [str(k["name"]) for k in fake.keys.values()]
+            firewalls = [str(f["name"]) for f in fake.firewalls.values()]
+            tags = sorted(t for t in fake.tags if t.startswith("skyward:pool:"))
+        return {
+            "droplets": live,
+            "ssh keys": keys,
+            "firewalls": firewalls,
+            "tags": tags,
+            "agents": self.agents_of_live(pool_id, live),
+        }
+
+    @contextlib.contextmanager
+    def partial_launch(self) -> Iterator[None]:
+        self.fake.partial_create(made=1, status=500, limit_reached=True)
+        try:
+            yield
+        finally:
+            self.fake.droplet_limit = 25
+        creates = [c for c in self.fake.calls if c.operation == "droplets_create"]
+        assert [c.status for c in creates[:2]] == [500, 422], creates
+        assert len(creates[1].body["names"]) == 1, "only the missing droplet was asked again"
+
+    @contextlib.contextmanager
+    def api_faults(self, phase: str) -> Iterator[None]:
+        fake = self.fake
+        # (operation, status, times, done before answering)
+        armed: list[tuple[str, int, int, bool]] = (
+            [
+                ("sizes_list", 429, 2, False),
+                ("sshKeys_create", 500, 1, True),
+                ("firewalls_create", 503, 1, True),
+                ("droplets_create", 503, 1, True),
+                ("droplets_list", 429, 1, False),
+            ]
+            if phase == "launch"
+            else [
+                ("droplets_destroy", 500, 2, False),
+                ("sshKeys_delete", 429, 1, False),
+                ("firewalls_delete", 503, 1, False),
+                ("tags_delete", 500, 1, False),
+            ]
+        )
+        for operation, status, times, after in armed:
+            if status == 429:
+                fake.rate_limit_next(times, operation=operation, retry_after=1)
+            else:
+                fake.fail_next(operation, status, times, after=after)
+        before = len(fake.calls)
+        yield
+        answered = [(c.operation, c.status) for c in fake.calls[before:]]
+        for operation, status, times, _ in armed:
+            assert answered.count((operation, status)) == times, f"{operation}: {answered}"
+        if phase == "launch":
+            creates = [o for o, s in answered if o == "droplets_create"]
+            assert len(creates) == 1, "a lost create's droplets were found, not made again"
+
+    def lose_node(self, pool: sky.ComputePool, node: int) -> None:
+        from tests.do_fakes import pydo_client
+
+        cluster = pool._cluster
+        assert cluster is not None
+        droplet = cluster.instances[node].id
+        pydo_client(self.fake.url).droplets.destroy(int(droplet))
+        self.machine_gone(droplet)
+
+    def cleanup(self, pool_id: str) -> None:
+        fake = self.fake
+        with fake._lock:
+            for droplet in fake.live():
+                fake._destroy(droplet)
+            fake.keys.clear()
+            fake.firewalls.clear()
+            fake.tags.clear()
+        super().cleanup(pool_id)
+
+
+# -- Verda -------------------------------------------------------------------------------
+
+
+def _verda_config() -> ProviderConfig:
+    return sky.Verda(region="FIN-01", instance_timeout=15)  # type: ignore[no-any-return]
+
+
+class VerdaTarget(_TestHostCloud):
+    name = "Verda"
+    provider = "verda"
+    resources = (
+        "instances of the project not `discontinued` (an `offline` instance still bills)",
+        "volumes of the project, detached, attached or in the trash",
+        "SSH keys and startup scripts of the project (the pool's `skyward-<pool>`)",
+        "anything the fake would bill for",
+        "agent processes of the pool on the hosts of instances not deleted",
+    )
+    injections: ClassVar[Mapping[Fault, str]] = {
+        Fault.PARTIAL_LAUNCH: "the location has room for one spot instance of the type and "
+        "nothing else: the second node's spot and on-demand creates are refused (503 "
+        "`Not enough resources`), as is every other type",
+        Fault.API_FAULTS_LAUNCH: "`GET /instance-types` answered 503, the SSH key create made "
+        "but answered 500 (found by name and content), the script create throttled (429 "
+        "with `Retry-After`), an instance create made but answered 502 (found by hostname, "
+        "never created twice), one instance listing 500",
+        Fault.API_FAULTS_TEARDOWN: "the delete (`PUT /instances`) answered 503 then 429, the "
+        "script delete 500, the key delete 429, the trash listing 502",
+        Fault.NODE_LOSS: "the spot instance is preempted by Verda (discontinued, its OS "
+        "volume deleted per `on_spot_discontinue`) and its machine disappears (sshd "
+        "stopped, every process killed); reported after the SSH reconnect gives up "
+        "(`instance_timeout`, 15 s here)",
+        Fault.PARTITION: "the instance is an sshd in a network namespace; its veth link is "
+        "set down, then up",
+    }
+
+    fake: Any
+
+    def start_fake(self, request: pytest.FixtureRequest) -> None:
+        self.fake = request.getfixturevalue("verda_env")
+
+    def user_data(self, instance: Instance) -> str:
+        with self.fake.lock:
+            script_id = self.fake.instances[instance.id].data["startup_script_id"]
+            return str(self.fake.scripts[script_id]["script"])
+
+    @staticmethod
+    def remote_user_data(instance: Instance) -> str:
+        """The instance's startup script, read through the API as its boot would."""
+        from skyward_verda.api import VerdaAPI
+
+        api = VerdaAPI(
+            os.environ["SKYWARD_VERDA_ENDPOINT"],
+            os.environ["VERDA_CLIENT_ID"],
+            os.environ["VERDA_CLIENT_SECRET"],
+        )
+        try:
+            script_id = api.get(f"/instances/{instance.id}")["startup_script_id"]
+            (script,) = api.get(f"/scripts/{script_id}")  # by id: a one-element array
+            return str(script["script"])
+        finally:
+            api.close()
+
+    def config(self) -> ProviderConfig:
+        return _verda_config()
+
+    @staticmethod
+    def client_provider(args: dict[str, Any]) -> ProviderConfig:
+        VerdaTarget.register_in_client(args)
+        return _verda_config()
+
+    def leftovers(self, pool_id: str) -> dict[str, list[str]]:
+        fake = self.fake  # a fresh project per cell: everything in it is this cell's
+        live = [str(i["id"]) for i in fake.live_instances()]
+        with fake.lock:
+            keys = [str(k["name"]) for k in fake.keys.values()]
+            scripts = [str(s["name"]) for s in fake.scripts.values()]
+        return {
+            "instances": live,
+            "volumes": [str(v["id"]) for v in fake.live_volumes(trash=True)],
+            "ssh keys": keys,
+            "scripts": scripts,
+            "billed": fake.billing(),
+            "agents": self.agents_of_live(pool_id, live),
+        }
+
+    @contextlib.contextmanager
+    def partial_launch(self) -> Iterator[None]:
+        fake = self.fake
+        with fake.lock:
+            for kind in fake.types:
+                for spot in (False, True):
+                    fake.capacity[("FIN-01", kind["instance_type"], spot)] = 0
+            fake.capacity[("FIN-01", "CPU.4V.16G", True)] = 1
+        yield
+        with fake.lock:
+            creates = [c for c in fake.calls if c.method == "POST" and c.path == "/instances"]
+        assert [c.status for c in creates[:3]] == [201, 503, 503], creates
+        assert [c.body["is_spot"] for c in creates[1:3]] == [True, False], "spot, then on-demand"
+
+    @contextlib.contextmanager
+    def api_faults(self, phase: str) -> Iterator[None]:
+        fake = self.fake
+        # (method, path, status, times, done before answering, retry-after)
+        armed: list[tuple[str, str, int, int, bool, int | None]] = (
+            [
+                ("GET", "/instance-types", 503, 1, False, None),
+                ("POST", "/ssh-keys", 500, 1, True, None),
+                ("POST", "/scripts", 429, 1, False, 1),
+                ("POST", "/instances", 502, 1, True, None),
+                ("GET", "/instances", 500, 1, False, None),
+            ]
+            if phase == "launch"
+            else [
+                ("PUT", "/instances", 503, 1, False, None),
+                ("PUT", "/instances", 429, 1, False, 1),
+                ("DELETE", "/scripts/.+", 500, 1, False, None),
+                ("DELETE", "/ssh-keys/.+", 429, 1, False, 1),
+                ("GET", "/volumes/trash", 502, 1, False, None),
+            ]
+        )
+        faults = [
+            fake.inject(
+                method, path, status, f"injected {status}", times=times, after=after,
+                retry_after=retry_after,
+            )
+            for method, path, status, times, after, retry_after in armed
+        ]  # fmt: skip
+        yield
+        for fault, (_, _, _, times, _, _) in zip(faults, armed, strict=True):
+            assert fault.hits == times, f"{fault.method} {fault.path} answered {fault.hits}x"
+        if phase == "launch":
+            with fake.lock:
+                hostnames = [
+                    c.body["hostname"]
+                    for c in fake.calls
+                    if c.method == "POST" and c.path == "/instances"
+                ]
+            assert len(hostnames) == len(set(hostnames)), f"a create was repeated: {hostnames}"
+
+    def lose_node(self, pool: sky.ComputePool, node: int) -> None:
+        cluster = pool._cluster
+        assert cluster is not None
+        instance = cluster.instances[node]
+        assert instance.spot, "spot-if-available got spot: Verda may take it back"
+        self.fake.preempt(instance.id)
+        self.machine_gone(instance.id)
+
+    def cleanup(self, pool_id: str) -> None:
+        self.fake.reset()  # a fresh project for the next cell
+        super().cleanup(pool_id)
+
+
 # Every target of the matrix. A provider joins by adding its Target subclass here.
-TARGETS: tuple[type[Target], ...] = (LocalTarget, SSHTarget, AWSTarget)
+TARGETS: tuple[type[Target], ...] = (
+    LocalTarget,
+    SSHTarget,
+    AWSTarget,
+    DigitalOceanTarget,
+    VerdaTarget,
+)
 
 
 def target_named(name: str) -> type[Target]:

@@ -221,3 +221,49 @@ def test_a_gpu_pool_runs_and_is_found_even_where_tag_listings_omit_gpus(
     provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
     assert [e.price_on_demand for e in provisioned] == [pytest.approx(3.39)]
     assert _leftovers(do_fake, pool_id) == NOTHING
+
+
+def test_a_provider_that_cannot_serve_the_pool_is_skipped_for_the_next(
+    do_fake: FakeDigitalOcean, aws_env: AwsEnv, cloud: CloudInit
+) -> None:
+    """DigitalOcean has no spot market: an always-spot pool skips it (saying why) and
+    lands on AWS-on-moto, without a single DigitalOcean call."""
+    events: list[Any] = []
+    with sky.ComputePool(
+        provider=[_do(), sky.AWS(ssh_cidr="127.0.0.1/32", instance_timeout=30)],  # type: ignore[attr-defined]
+        nodes=1,
+        cpu=2,
+        allocation="always-spot",
+        env=POWEROFF_HARMLESS,
+        display="quiet",
+        on_event=events.append,
+    ) as pool:
+        node, _, _ = where() >> pool
+    assert node == 0
+    provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
+    assert [(e.provider, e.spot) for e in provisioned] == [("aws", True)]
+    (skipped,) = [e.message for e in events if isinstance(e, sky.Error)]
+    assert skipped.startswith("digitalocean: skipped, it cannot serve this pool: allocation:")
+    assert "spot" in skipped
+    assert do_fake.calls == [], "DigitalOcean was never asked for anything"
+
+
+def test_when_no_provider_can_serve_the_pool_each_reason_is_named(
+    do_fake: FakeDigitalOcean,
+) -> None:
+    volume = sky.S3Volume(mount_path="/data", bucket="data")
+    with pytest.raises(sky.ConfigurationError) as refused:
+        sky.ComputePool(provider=[_do(), sky.Verda()], cpu=2, volume=volume)  # type: ignore[attr-defined]
+    assert refused.value.field == "volumes", "the field both refused"
+    message = str(refused.value)
+    assert "digitalocean: volumes: DigitalOcean pools cannot mount volumes" in message
+    assert "verda: volumes: the Verda provider does not mount S3 volumes" in message
+    with pytest.raises(sky.ConfigurationError) as refused:
+        sky.ComputePool(
+            provider=[_do(), sky.Verda()], cpu=2, allocation="always-spot", volume=volume
+        )  # type: ignore[attr-defined]
+    assert refused.value.field == "provider", "different fields: the providers are the problem"
+    with pytest.raises(sky.ConfigurationError) as refused:
+        sky.ComputePool(provider=[_do()], cpu=2, allocation="always-spot")
+    assert refused.value.field == "allocation", "one provider: its own error, as it was"
+    assert do_fake.calls == []

@@ -18,6 +18,7 @@ import pytest
 
 import skyward as sky
 from tests.conftest import wait_until
+from tests.do_fakes import do_fake
 from tests.fault_matrix import (
     FAULT_CHECKS,
     TARGETS,
@@ -29,6 +30,9 @@ from tests.fault_matrix import (
     record_then_fail,
     render,
 )
+from tests.verda_fakes import verda_env, verda_fake
+
+__all__ = ["do_fake", "verda_env", "verda_fake"]  # fixtures of the DigitalOcean and Verda targets
 
 ROOT = Path(__file__).resolve().parent.parent
 LEFTOVER_WAIT = 8.0  # teardown is synchronous; this covers a loaded 2-core machine's lag

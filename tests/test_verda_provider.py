@@ -365,6 +365,23 @@ def test_terminate_waits_out_provisioning_and_refusals(verda_env: VerdaFake) -> 
     _nothing_left(verda_env)
 
 
+def test_a_delete_answered_already_discontinued_counts_as_gone(verda_env: VerdaFake) -> None:
+    """The delete goes through but its answer says the instance is discontinued already
+    (another client, or a retry's first try, got there first): not an error, and the
+    instance, its volume, the key and the script are gone."""
+    provider = _provider()
+    infra, instances = _launch(provider, build_spec(cpu=4, allocation="on-demand"), region="FIN-01")
+    instances = _wait_running(provider, instances)
+    already = verda_env.inject(
+        "PUT", "/instances", 403, "Can't discontinue a discontinued instance", after=True
+    )
+    provider.terminate(instances)
+    assert already.hits == 1
+    assert {i.state for i in provider.describe(instances)} == {InstanceState.TERMINATED}
+    provider.teardown(infra)
+    _nothing_left(verda_env)
+
+
 def test_offline_instances_are_found_and_deleted_by_skyward_down(
     verda_env: VerdaFake, fresh_plugins: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -116,6 +116,36 @@ class _Scheduler:
             self._cond.notify()
 
 
+def _servable_providers(
+    configs: Sequence[ProviderConfig], spec: ComputeSpec
+) -> tuple[tuple[ProviderConfig, ...], tuple[tuple[str, ConfigurationError], ...]]:
+    """The providers whose ``validate`` accepts ``spec``, and each refused one's reason.
+
+    A single provider's refusal is raised as it is. Of several, those that refuse are
+    skipped; when every one refuses, one ``ConfigurationError`` names each reason (its
+    field is theirs when they all name the same one)."""
+    servable: list[ProviderConfig] = []
+    skipped: list[tuple[str, ConfigurationError]] = []
+    for config in configs:
+        try:
+            config.validate(spec)
+        except ConfigurationError as error:
+            if len(configs) == 1:
+                raise
+            skipped.append((config.provider_name, error))
+        else:
+            servable.append(config)
+    if not servable:
+        fields = {error.field for _, error in skipped}
+        reasons = "; ".join(f"{name}: {error}" for name, error in skipped)
+        raise ConfigurationError(
+            fields.pop() if len(fields) == 1 else "provider",
+            f"no provider can serve this pool ({reasons})",
+            "Change what the pool asks for, or add a provider that can serve it",
+        )
+    return tuple(servable), tuple(skipped)
+
+
 class ComputePool:
     """A set of machines that exists for the duration of a ``with`` block.
 
@@ -175,8 +205,9 @@ class ComputePool:
         self.collect_metrics = collect_metrics
         # SKYWARD_* settings are input too: a bad one fails here, before any provider call.
         self._settings = AgentSettings.from_env(collect_metrics=collect_metrics)
-        for config in self.providers:
-            config.validate(self.spec)
+        # A provider that cannot serve this spec (DigitalOcean asked for spot) is skipped,
+        # its reason reported when the pool opens; only when none can is it an error.
+        self.providers, self._skipped = _servable_providers(self.providers, self.spec)
         self.pool_id = ""
         self._cluster: Cluster | None = None
         self._scheduler: _Scheduler | None = None
@@ -218,6 +249,8 @@ class ComputePool:
         self._emit = callbacks.compose(
             *callbacks.registered(), self.on_event, self._cost, self._display
         )
+        for name, reason in self._skipped:
+            self._emit(Error(f"{name}: skipped, it cannot serve this pool: {reason}"))
         self._install_sigterm()
         settings = attrs.evolve(self._settings, deadline=time.monotonic() + self.spec.timeout)
         try:
