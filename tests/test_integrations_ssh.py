@@ -1,0 +1,88 @@
+"""The distributed-training decorators across the real SSH test hosts.
+
+Two hosts (127.0.0.11 and .12, each its own unix user with its own sshd), so every rank but
+node 0's reaches ``MASTER_ADDR`` at another address. The hosts build their environment from
+the pool's image like any node: torch from the local CPU wheel, JAX, Keras and transformers
+at the client's versions (tests/framework_hosts.py). One pool runs, in order, torch gloo
+DDP, a Hugging Face Trainer on the same process group, JAX collectives, and a Keras
+DataParallel fit on the JAX already set up.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import skyward as sky
+from tests.framework_hosts import framework_hosts, framework_image
+from tests.ssh_hosts import ClientKey
+from tests.test_integrations_frameworks import hf_train, jax_collectives, keras_fit
+from tests.test_integrations_torch import _check_world, train
+
+
+@pytest.mark.slow
+def test_frameworks_across_ssh_hosts(
+    ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path
+) -> None:
+    hosts = ssh_hosts(2)
+    provider = sky.SSH(
+        hosts=[
+            sky.SSHHost(
+                h.address, user=h.user, port=h.port, identity_file=str(ssh_client_key.private_path)
+            )
+            for h in hosts
+        ],
+        known_hosts=str(ssh_known_hosts),
+    )
+    image = framework_image(
+        "torch",
+        "jax",
+        "keras",
+        "transformers",
+        # Every collective stays on loopback, whatever the machine's name resolves to.
+        env={"JAX_PLATFORMS": "cpu", "GLOO_SOCKET_IFNAME": "lo"},
+    )
+    timings: dict[str, float] = {}
+    with framework_hosts(hosts):
+        started = time.monotonic()
+        with sky.ComputePool(
+            provider=provider, nodes=2, concurrency=1, image=image, display="quiet", timeout=900
+        ) as pool:
+            timings["pool"] = time.monotonic() - started
+            results: dict[str, Any] = {}
+            for name, pending in (
+                ("torch", train()),
+                # Relative: each worker writes under its own directory on its host.
+                ("transformers", hf_train("hf-output")),
+                ("keras", keras_fit()),
+                ("jax", jax_collectives()),
+            ):
+                mark = time.monotonic()
+                results[name] = pending @ pool
+                timings[name] = time.monotonic() - mark
+    print(f"timings: {timings}")
+
+    ddp = results["torch"]
+    _check_world(ddp, nodes=2, workers=1)
+    assert {r["env"]["MASTER_ADDR"] for r in ddp} == {hosts[0].address}
+
+    hf = results["transformers"]
+    assert {r["world"] for r in hf} == {2}
+    assert all("DISTRIBUTED" in r["mode"] for r in hf)
+    assert {r["steps"] for r in hf} == {3}
+    assert hf[1]["checksum"] == pytest.approx(hf[0]["checksum"], rel=1e-12)
+
+    keras = results["keras"]
+    assert {r["backend"] for r in keras} == {"jax"}
+    assert {r["distribution"] for r in keras} == {"DataParallel"}
+    assert keras[0]["weights"] == keras[1]["weights"]
+
+    jax = results["jax"]
+    assert [r["index"] for r in jax] == [0, 1]
+    assert {r["count"] for r in jax} == {2}
+    assert all(r["allgather"] == [0.0, 10.0] for r in jax)
+    assert {r["sum"] for r in jax} == {3.0 * (1 + 2)}
+    assert all(r["psum"] == [3.0, 3.0, 3.0] for r in jax)
