@@ -1,4 +1,4 @@
-"""SSH test hosts that can run torch, JAX, Keras and transformers (CPU builds only).
+"""SSH test hosts that can run torch, JAX, Keras, transformers and scikit-learn (CPU builds).
 
 A node gets its Python environment from the pool's :class:`~skyward.Image`: the bootstrap
 runs ``uv pip install`` of ``Image.pip`` in the host's own venv. Two things make that work
@@ -43,6 +43,7 @@ FRAMEWORKS = {
     "jax": ("jax", "jaxlib"),
     "keras": ("keras",),
     "transformers": ("transformers", "accelerate"),
+    "sklearn": ("scikit-learn", "joblib"),
 }
 
 

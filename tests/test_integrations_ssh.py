@@ -2,10 +2,11 @@
 
 Two hosts (127.0.0.11 and .12, each its own unix user with its own sshd), so every rank but
 node 0's reaches ``MASTER_ADDR`` at another address. The hosts build their environment from
-the pool's image like any node: torch from the local CPU wheel, JAX, Keras and transformers
-at the client's versions (tests/framework_hosts.py). One pool runs, in order, torch gloo
-DDP, a Hugging Face Trainer on the same process group, JAX collectives, and a Keras
-DataParallel fit on the JAX already set up.
+the pool's image like any node: torch from the local CPU wheel; JAX, Keras, transformers and
+scikit-learn at the client's versions (tests/framework_hosts.py). One pool runs, in order,
+torch gloo DDP, a Hugging Face Trainer on the same process group, a Keras DataParallel fit,
+JAX collectives on the JAX that Keras set up, and a ``GridSearchCV`` through the joblib
+backend.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
 
 import skyward as sky
 from tests.framework_hosts import framework_hosts, framework_image
@@ -42,6 +46,7 @@ def test_frameworks_across_ssh_hosts(
         "jax",
         "keras",
         "transformers",
+        "sklearn",
         # Every collective stays on loopback, whatever the machine's name resolves to.
         env={"JAX_PLATFORMS": "cpu", "GLOO_SOCKET_IFNAME": "lo"},
     )
@@ -63,6 +68,13 @@ def test_frameworks_across_ssh_hosts(
                 mark = time.monotonic()
                 results[name] = pending @ pool
                 timings[name] = time.monotonic() - mark
+            # scikit-learn's fits on the hosts' workers, through the joblib backend.
+            x, y = make_classification(n_samples=2_000, n_features=20, random_state=0)
+            mark = time.monotonic()
+            with sky.integrations.sklearn_backend(pool) as backend:
+                search = GridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}, cv=3, n_jobs=-1)
+                search.fit(x, y)
+            timings["sklearn"] = time.monotonic() - mark
     print(f"timings: {timings}")
 
     ddp = results["torch"]
@@ -79,6 +91,11 @@ def test_frameworks_across_ssh_hosts(
     assert {r["backend"] for r in keras} == {"jax"}
     assert {r["distribution"] for r in keras} == {"DataParallel"}
     assert keras[0]["weights"] == keras[1]["weights"]
+
+    local = GridSearchCV(LogisticRegression(), {"C": [0.1, 1.0]}, cv=3).fit(x, y)
+    assert backend.batches_sent >= 2
+    assert search.best_params_ == local.best_params_
+    assert list(search.cv_results_["mean_test_score"]) == list(local.cv_results_["mean_test_score"])
 
     jax = results["jax"]
     assert [r["index"] for r in jax] == [0, 1]
