@@ -28,6 +28,9 @@ from tests.test_integrations_torch import _check_world, train
 
 
 @pytest.mark.slow
+# The hosts' lock may be held by another session for minutes, and a cold uv cache (a fresh
+# machine) downloads the frameworks once.
+@pytest.mark.timeout(900)
 def test_frameworks_across_ssh_hosts(
     ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path
 ) -> None:
