@@ -1,4 +1,5 @@
-"""SSH test hosts that can run torch, JAX, Keras, transformers and scikit-learn (CPU builds).
+"""SSH test hosts that can run torch, JAX, Keras, transformers, scikit-learn and TensorFlow
+(CPU builds only).
 
 A node gets its Python environment from the pool's :class:`~skyward.Image`: the bootstrap
 runs ``uv pip install`` of ``Image.pip`` in the host's own venv. Two things make that work
@@ -10,12 +11,13 @@ for the frameworks on the test hosts, without ever touching a CUDA wheel:
   administrator would point a cluster's machines at a local wheelhouse;
 - the same file gives each host user a uv cache outside its home, keyed by the torch
   version, under ``/var/cache/skyward-tests`` (the farm wipes the homes every session). The
-  first run fills it (about a minute: torch unpacks to 750 MB); later runs hard-link from it,
-  so building a host's venv takes seconds. A file lock keeps two sessions from preparing it
+  first run fills it (a minute or two; about 4.7 GB a host user with TensorFlow); later runs
+  hard-link from it, so building a host's venv takes seconds. A file lock keeps two sessions from preparing it
   at once (the farm's own lock already serialises the hosts).
 
-The other frameworks come from the package index at the client's exact versions, so the
-nodes run what the client runs and the cache stays valid.
+The other frameworks come from the package index at the client's exact versions (TensorFlow,
+absent from the client, at tests/tf_env.py's), so the nodes run what the client runs and the
+cache stays valid.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import skyward as sky
 from tests.ssh_hosts import SSHTestHost
+from tests.tf_env import TENSORFLOW, TF_KERAS
 
 TORCH_VERSION = "2.13.0+cpu"
 WHEELS = Path("/opt/wheels")
@@ -44,10 +47,14 @@ FRAMEWORKS = {
     "keras": ("keras",),
     "transformers": ("transformers", "accelerate"),
     "sklearn": ("scikit-learn", "joblib"),
+    # Not in the client's environment (tests/tf_env.py keeps it apart): its pins from there.
+    "tensorflow": (TENSORFLOW, TF_KERAS),
 }
 
 
 def _pin(distribution: str) -> str:
+    if "==" in distribution:
+        return distribution
     if distribution == "torch":
         return f"torch=={TORCH_VERSION}"  # never the index's torch: that is the CUDA build
     return f"{distribution}=={importlib.metadata.version(distribution)}"

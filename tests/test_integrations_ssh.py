@@ -22,9 +22,20 @@ from sklearn.model_selection import GridSearchCV
 
 import skyward as sky
 from tests.framework_hosts import framework_hosts, framework_image
-from tests.ssh_hosts import ClientKey
+from tests.ssh_hosts import ClientKey, SSHTestHost
 from tests.test_integrations_frameworks import hf_train, jax_collectives, keras_fit
 from tests.test_integrations_torch import _check_world, train
+from tests.tf_mwms_check import mwms
+
+
+def _provider(hosts: list[SSHTestHost], key: ClientKey, known_hosts: Path) -> sky.SSH:
+    return sky.SSH(
+        hosts=[
+            sky.SSHHost(h.address, user=h.user, port=h.port, identity_file=str(key.private_path))
+            for h in hosts
+        ],
+        known_hosts=str(known_hosts),
+    )
 
 
 @pytest.mark.slow
@@ -35,15 +46,7 @@ def test_frameworks_across_ssh_hosts(
     ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path
 ) -> None:
     hosts = ssh_hosts(2)
-    provider = sky.SSH(
-        hosts=[
-            sky.SSHHost(
-                h.address, user=h.user, port=h.port, identity_file=str(ssh_client_key.private_path)
-            )
-            for h in hosts
-        ],
-        known_hosts=str(ssh_known_hosts),
-    )
+    provider = _provider(hosts, ssh_client_key, ssh_known_hosts)
     image = framework_image(
         "torch",
         "jax",
@@ -106,3 +109,32 @@ def test_frameworks_across_ssh_hosts(
     assert all(r["allgather"] == [0.0, 10.0] for r in jax)
     assert {r["sum"] for r in jax} == {3.0 * (1 + 2)}
     assert all(r["psum"] == [3.0, 3.0, 3.0] for r in jax)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_tensorflow_multi_worker_mirrored_strategy_across_ssh_hosts(
+    ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path
+) -> None:
+    # TensorFlow only on the hosts (the client never imports it); tf-keras for fit, as
+    # Keras 3's fit under the strategy is broken upstream (keras-team/keras#20585).
+    hosts = ssh_hosts(2)
+    image = framework_image(
+        "tensorflow", env={"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    )
+    with (
+        framework_hosts(hosts),
+        sky.ComputePool(
+            provider=_provider(hosts, ssh_client_key, ssh_known_hosts),
+            nodes=2,
+            concurrency=1,
+            image=image,
+            display="quiet",
+            timeout=900,
+        ) as pool,
+    ):
+        workers = mwms() @ pool
+    assert [w["index"] for w in workers] == [0, 1]
+    assert {w["replicas"] for w in workers} == {2}
+    assert {w["allreduce"] for w in workers} == {3.0}
+    assert workers[0]["weights"] == workers[1]["weights"]
