@@ -12,8 +12,8 @@ for the frameworks on the test hosts, without ever touching a CUDA wheel:
 - the same file gives each host user a uv cache outside its home, keyed by the torch
   version, under ``/var/cache/skyward-tests`` (the farm wipes the homes every session). The
   first run fills it (a minute or two; about 4.7 GB a host user with TensorFlow); later runs
-  hard-link from it, so building a host's venv takes seconds. A file lock keeps two sessions from preparing it
-  at once (the farm's own lock already serialises the hosts).
+  hard-link from it, so building a host's venv takes seconds. A file lock keeps two sessions
+  from preparing it at once (the farm's own lock already serialises the hosts).
 
 The other frameworks come from the package index at the client's exact versions (TensorFlow,
 absent from the client, at tests/tf_env.py's), so the nodes run what the client runs and the
