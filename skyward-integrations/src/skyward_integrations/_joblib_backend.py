@@ -69,10 +69,12 @@ def run_batch(batch: Callable[[], list[Any]]) -> list[Any]:
     return batch()
 
 
-SHARE_BYTES = 64 * 1024
-"""Arguments at least this large go to each node once per ``Parallel`` call (a
+SHARE_BYTES = 1024 * 1024
+"""Arguments larger than this go to each node once per ``Parallel`` call (a
 :func:`sky.put <skyward.put>` ref), not once per batch; one that a single task uses leaves
-the nodes as soon as that task is done."""
+the nodes as soon as that task is done. It is joblib's own ``max_nbytes`` (default ``"1M"``,
+above which its process backends memory-map arrays, read-only): ``Parallel(max_nbytes=...)``
+or ``parallel_config(max_nbytes=...)`` changes it, ``None`` sends everything with its batch."""
 
 _SMALL = (type(None), bool, int, float, complex, str)
 
@@ -143,6 +145,7 @@ class SkywardBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         # own): GridSearchCV passes the same X and y to every fit.
         self._shared: dict[int, _Shared] = {}
         self._share_lock = threading.Lock()
+        self._share_bytes: int | None = SHARE_BYTES
         self.batches_sent = 0
         """Batches sent to the pool so far (auto-batching keeps this far below the tasks)."""
 
@@ -158,6 +161,9 @@ class SkywardBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
 
     def configure(self, n_jobs: int | None = 1, parallel: Any = None, **backend_kwargs: Any) -> int:
         self.parallel = parallel
+        # joblib hands its max_nbytes over already in bytes (or None: share nothing).
+        limit = backend_kwargs.get("max_nbytes", SHARE_BYTES)
+        self._share_bytes = limit if isinstance(limit, int) else None
         with self._lock:
             if self._callbacks is None:
                 self._callbacks = ThreadPoolExecutor(1, thread_name_prefix="skyward-joblib")
@@ -172,7 +178,7 @@ class SkywardBackend(AutoBatchingMixin, ParallelBackendBase):  # type: ignore[mi
         with self._share_lock:
             entry = self._shared.get(id(value))
             if entry is None or entry.value is not value:
-                if nbytes(value) < SHARE_BYTES:
+                if self._share_bytes is None or nbytes(value) <= self._share_bytes:
                     return value
                 entry = _Shared(value, put(value))
                 self._shared[id(value)] = entry
