@@ -202,3 +202,34 @@ def test_bad_arguments_are_configuration_errors() -> None:
         sky.integrations.jax(timeout=0)
     with pytest.raises(TypeError, match="decorates a function"):
         sky.integrations.torch()(42)
+
+
+@sky.compute
+def use_keras_and_jax_early() -> str:
+    os.environ["KERAS_BACKEND"] = "torch"
+    import jax.numpy
+    import keras
+
+    float(jax.numpy.ones(2).sum())  # JAX has run: its backends are initialised
+    return str(keras.backend.backend())
+
+
+@sky.integrations.keras(backend="jax", timeout=30)
+@sky.compute
+def keras_late() -> None: ...
+
+
+@sky.integrations.jax(timeout=30)
+@sky.compute
+def jax_late() -> None: ...
+
+
+def test_keras_and_jax_imported_too_early_are_clear_errors(
+    local_pool_factory: Callable[..., sky.ComputePool],
+) -> None:
+    with local_pool_factory(nodes=1, concurrency=1, timeout=600) as pool:
+        assert use_keras_and_jax_early() >> pool == "torch"
+        with pytest.raises(sky.ConfigurationError, match="already imported with the 'torch'"):
+            keras_late() >> pool
+        with pytest.raises(sky.ConfigurationError, match="JAX already ran an operation"):
+            jax_late() >> pool

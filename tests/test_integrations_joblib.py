@@ -227,3 +227,77 @@ def test_scikit_learn_pool_end_to_end_on_nodes_with_only_their_image() -> None:
         assert pool.is_active
     np.testing.assert_array_equal(remote, local)
     assert not isinstance(joblib.parallel.get_active_backend()[0], SkywardBackend)
+
+
+def column_sum(x: np.ndarray, column: int) -> float:
+    return float(x[:, column].sum())
+
+
+def _sent(pool: sky.ComputePool) -> list[int]:
+    return [c.bytes_sent for c in pool._cluster.clients]  # type: ignore[union-attr]
+
+
+def test_large_shared_arguments_cross_once_per_node(
+    pool: sky.ComputePool, backend: SkywardBackend
+) -> None:
+    x = np.random.default_rng(0).normal(size=(80_000, 16))  # 10 MB, in every task
+    before, batches = _sent(pool), backend.batches_sent
+    results = Parallel(n_jobs=-1, batch_size=1)(delayed(column_sum)(x, c) for c in range(16))
+    sent = [a - b for a, b in zip(_sent(pool), before, strict=True)]
+    assert results == [column_sum(x, c) for c in range(16)]
+    assert backend.batches_sent - batches == 16  # 8 batches a node, one copy of x each
+    assert all(x.nbytes <= node < x.nbytes + 300_000 for node in sent), sent
+
+    # GridSearchCV hands the same X and y to every fit: they too cross once per node.
+    big_x, big_y = make_classification(n_samples=40_000, n_features=30, random_state=0)
+    search = GridSearchCV(LogisticRegression(max_iter=200), {"C": [0.01, 0.1, 1.0]}, cv=3)
+    local = GridSearchCV(LogisticRegression(max_iter=200), {"C": [0.01, 0.1, 1.0]}, cv=3)
+    with joblib.parallel_config(backend="sequential"):
+        local.fit(big_x, big_y)
+    before = _sent(pool)
+    # y is 320 kB: below joblib's max_nbytes ("1M") it would go with every batch.
+    with joblib.parallel_config(max_nbytes="100K"):
+        search.set_params(n_jobs=-1).fit(big_x, big_y)
+    sent = [a - b for a, b in zip(_sent(pool), before, strict=True)]
+    assert search.best_params_ == local.best_params_
+    assert list(search.cv_results_["mean_test_score"]) == list(local.cv_results_["mean_test_score"])
+    # Each fit's own train/test indices (about 320 kB a fit, 9 fits) are sent for it;
+    # a second copy of X would be 9.6 MB more.
+    size = big_x.nbytes + big_y.nbytes
+    indices = 9 * big_y.nbytes
+    assert all(size <= node < size + indices + 300_000 for node in sent), (sent, size)
+
+
+def refs_on_node(chunk: np.ndarray | None = None) -> int:
+    from skyward.refs import stored
+
+    return len([r for r in stored() if not r.startswith("fn-")])  # not the functions
+
+
+node_refs = sky.compute(refs_on_node)
+
+
+def test_arguments_of_one_task_leave_the_nodes_when_it_is_done(
+    pool: sky.ComputePool, backend: SkywardBackend
+) -> None:
+    # A stream of large chunks, each used by one task: they must not pile up on the nodes.
+    chunks = [np.full(20_000, float(i)) for i in range(40)]  # 160 kB each
+    counts = Parallel(n_jobs=-1, batch_size=1, max_nbytes="100K")(
+        delayed(refs_on_node)(c) for c in chunks
+    )
+    # Each node runs 20 of them: a count near 20 would mean none left before the call ended.
+    assert max(counts) <= 12, counts
+    deadline = time.monotonic() + 10
+    while any(node_refs() @ pool) and time.monotonic() < deadline:
+        time.sleep(0.1)  # releases are messages: let them land
+    assert not any(node_refs() @ pool)
+
+
+def test_max_nbytes_none_sends_everything_with_its_batch(
+    pool: sky.ComputePool, backend: SkywardBackend
+) -> None:
+    x = np.ones((1000, 200))  # 1.6 MB
+    before = _sent(pool)
+    Parallel(n_jobs=-1, batch_size=1, max_nbytes=None)(delayed(column_sum)(x, c) for c in range(8))
+    sent = sum(a - b for a, b in zip(_sent(pool), before, strict=True))
+    assert sent >= 8 * x.nbytes  # joblib's "no memory mapping": a copy in every batch

@@ -121,12 +121,19 @@ def test_shard_follows_the_worker_rank(on_worker: object) -> None:
     assert [len(p) for p in parts] == [3, 3, 2, 2]
 
 
-def test_local_rank_is_the_device_index_of_a_pinned_gpu() -> None:
-    from skyward_integrations._distributed import ranks
+def test_local_rank_is_the_worker_and_the_gpu_is_the_first_visible() -> None:
+    from skyward_integrations._distributed import cuda_device, ranks
 
     me = ranks(InstanceInfo(node=1, total_nodes=2, worker=1, workers_per_node=2))
-    assert me.env(29500)["LOCAL_RANK"] == "1"  # every GPU visible (or none): the worker
-    assert me.env(29500, "0,1")["LOCAL_RANK"] == "1"
-    assert me.env(29500, "3")["LOCAL_RANK"] == "0"  # its own GPU only: cuda:0
-    assert me.env(29500, "3")["RANK"] == "3"
-    assert me.env(29500, "")["LOCAL_RANK"] == "1"
+    assert me.env(29500)["LOCAL_RANK"] == "1"  # torchrun's: the worker on its node
+    assert me.env(29500)["RANK"] == "3"
+    # A worker pinned to its own GPU(s) uses the first it sees, whatever its LOCAL_RANK.
+    assert cuda_device(1, "3", 1) == 0
+    assert cuda_device(1, "2,3", 2) == 0
+    assert cuda_device(1, "MIG-5f0c", 1) == 0
+    # Nothing pinned it (it sees every GPU of the node): LOCAL_RANK picks, as under torchrun.
+    assert cuda_device(1, None, 8) == 1
+    assert cuda_device(1, "", 8) == 1
+    assert cuda_device(9, None, 8) == 1
+    with pytest.raises(ValueError, match="no CUDA device"):
+        cuda_device(0, None, 0)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import skyward as sky
+from tests.gpu_fakes import smi_env
 
 
 @sky.integrations.torch(backend="gloo", timeout=60)
@@ -143,3 +144,33 @@ def test_single_process_world_and_bad_backends() -> None:
     needs_gpu = sky.integrations.torch(backend="nccl")(lambda: None)
     with pytest.raises(sky.ConfigurationError, match='backend="gloo"'):
         needs_gpu()
+
+
+@sky.integrations.torch(backend="gloo", timeout=60)
+@sky.compute
+def gpu_choice() -> tuple[str, str | None, int]:
+    from skyward_integrations._distributed import cuda_device
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    # torch sees no GPU here: count what the worker would see on the real machine.
+    count = len(visible.split(",")) if visible else 8
+    return (
+        os.environ["LOCAL_RANK"],
+        visible,
+        cuda_device(int(os.environ["LOCAL_RANK"]), visible, count),
+    )
+
+
+def test_workers_pinned_to_a_gpu_each_use_cuda_0(
+    monkeypatch: pytest.MonkeyPatch, local_pool_factory: Callable[..., sky.ComputePool]
+) -> None:
+    # A fake 8 x H200 machine (tests/gpu_fakes.py): the node gets 2 GPUs, one process
+    # worker per GPU, each pinned to its own with CUDA_VISIBLE_DEVICES.
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for key, value in smi_env("h200-x8").items():
+        if key != "PATH":
+            monkeypatch.setenv(key, value)
+    with local_pool_factory(accelerator="2xH200", nodes=1, timeout=600) as pool:
+        choices = gpu_choice() @ pool
+    # LOCAL_RANK stays torchrun's worker index; the device is the one the worker sees.
+    assert choices == (("0", "0", 0), ("1", "1", 0))

@@ -12,7 +12,8 @@ own timeout, so a hung NCCL or JAX initialisation cannot stall the rest; every r
 passed or not, goes into one JSON file.
 
 Checks: ``smi`` (nvidia-smi, and the query the agent's metrics parse), ``torch`` (NCCL world
-size 1 and three DDP steps on the GPU through @sky.integrations.torch on a 1-node Local pool),
+size 1 and three DDP steps on the GPU through @sky.integrations.torch on a 1-node Local pool;
+the worker, pinned to the GPU, was put on cuda:0),
 ``jax`` (@sky.integrations.jax: backend gpu, a psum), ``hf`` (a Hugging Face Trainer in bf16,
 3 steps, through @sky.integrations.transformers), ``metrics`` (the pool's Metrics events carry
 GPU figures).
@@ -85,7 +86,13 @@ def check_torch(cpu: bool) -> dict[str, Any]:
             loss.backward()
             optimizer.step()
         dist.barrier()
+        if not cpu and torch.cuda.current_device() != 0:
+            # The worker is pinned to its GPU: the decorator must have chosen cuda:0.
+            raise AssertionError(f"current device {torch.cuda.current_device()}, not 0")
         return {
+            "local_rank": os.environ["LOCAL_RANK"],
+            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "current_device": None if cpu else torch.cuda.current_device(),
             "backend": dist.get_backend(),
             "world": dist.get_world_size(),
             "allreduce": total.item(),

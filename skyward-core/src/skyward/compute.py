@@ -40,6 +40,7 @@ __all__ = [
     "PendingGather",
     "compute",
     "gather",
+    "ship_module_by_value",
 ]
 
 P = ParamSpec("P")
@@ -70,6 +71,18 @@ def _ship_module_by_value(module_name: str) -> None:
     if module_name.split(".", maxsplit=1)[0] == "skyward" or path.startswith(_installed_roots()):
         return
     cloudpickle.register_pickle_by_value(module)
+
+
+def ship_module_by_value(module_name: str) -> None:
+    """Send the functions and classes of module ``module_name`` to nodes by value.
+
+    What ``@sky.compute`` does for the module of each function it wraps, for code that
+    sends other callables to a pool (a joblib backend sends joblib's tasks): a module
+    outside the installed packages and the standard library (a script, a test folder) is
+    registered with cloudpickle, since nodes cannot import it; any other is left alone.
+    Checked once per module name.
+    """
+    _ship_module_by_value(module_name)
 
 
 class ComputeFunction(Generic[P, R]):

@@ -26,7 +26,17 @@ from skyward.cluster import InstanceInfo, instance_info
 from skyward.compute import ComputeFunction
 from skyward.errors import ConfigurationError
 
-__all__ = ["PORTS", "Ranks", "Setup", "decorate", "ensure", "free_port", "port_for", "ranks"]
+__all__ = [
+    "PORTS",
+    "Ranks",
+    "Setup",
+    "cuda_device",
+    "decorate",
+    "ensure",
+    "free_port",
+    "port_for",
+    "ranks",
+]
 
 F = TypeVar("F")
 
@@ -50,26 +60,40 @@ class Ranks:
     nodes: int
     master_addr: str
 
-    def env(self, port: int, visible_devices: str | None = None) -> dict[str, str]:
+    def env(self, port: int) -> dict[str, str]:
         """The environment torchrun would give this rank (``env://`` reads it).
 
-        ``LOCAL_RANK`` is the worker index, as torchrun sets it, except when the worker sees
-        exactly one GPU (``CUDA_VISIBLE_DEVICES`` pinned per worker): libraries pick the
-        device ``cuda:LOCAL_RANK`` (accelerate, Lightning), and that GPU is ``cuda:0``.
+        ``LOCAL_RANK`` is the worker's index on its node, as torchrun sets it, whatever GPUs
+        the worker sees: it tells the node's ranks apart ("local main process"). Which GPU
+        a rank uses is :func:`cuda_device`'s answer, not ``LOCAL_RANK``.
         """
-        pinned = visible_devices is not None and len(visible_devices.split(",")) == 1
-        local_rank = 0 if pinned and visible_devices != "" else self.local_rank
         return {
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(port),
             "WORLD_SIZE": str(self.world_size),
             "RANK": str(self.rank),
-            "LOCAL_RANK": str(local_rank),
+            "LOCAL_RANK": str(self.local_rank),
             "LOCAL_WORLD_SIZE": str(self.local_world_size),
             "NODE_RANK": str(self.node_rank),
             "GROUP_RANK": str(self.node_rank),
             "GROUP_WORLD_SIZE": str(self.nodes),
         }
+
+
+def cuda_device(local_rank: int, visible_devices: str | None, device_count: int) -> int:
+    """The CUDA device index this rank uses, counted among the devices its process sees.
+
+    A process worker on a GPU node is pinned to its own share of the GPUs
+    (``CUDA_VISIBLE_DEVICES`` set per worker: :func:`skyward.gpus.plan_workers`), so its
+    first visible device is its own: ``cuda:0``, whatever its ``LOCAL_RANK``. Only a process
+    that sees every GPU of the node (nothing pinned it) picks by ``LOCAL_RANK``, as under
+    torchrun.
+    """
+    if device_count < 1:
+        raise ValueError("no CUDA device is visible")
+    if visible_devices is not None and visible_devices.strip():
+        return 0
+    return local_rank % device_count
 
 
 def ranks(info: InstanceInfo) -> Ranks:

@@ -48,6 +48,8 @@ def initialize_jax(info: InstanceInfo, timeout: float, name: str = "jax") -> str
     os.environ["JAX_PROCESS_ID"] = str(me.rank)
     if not info.accelerators:
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if "jax" in sys.modules and sys.modules["jax"].distributed.is_initialized():
+        return address  # already (by @sky.integrations.keras on this worker, say)
     if _backends_initialised():
         raise ConfigurationError(
             name,

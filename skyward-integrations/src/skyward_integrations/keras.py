@@ -20,7 +20,7 @@ import os
 import sys
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 
 from skyward.cluster import InstanceInfo
 from skyward.errors import ConfigurationError
@@ -32,7 +32,7 @@ from skyward_integrations._distributed import (
     ranks,
 )
 from skyward_integrations.jax import _backends_initialised
-from skyward_integrations.tensorflow import TensorFlowSetup
+from skyward_integrations.tensorflow import TensorFlowSetup, new_secret
 from skyward_integrations.torch import TorchSetup
 
 __all__ = ["KerasSetup", "keras"]
@@ -45,13 +45,15 @@ class KerasSetup:
     backend: str = "jax"
     timeout: float = DEFAULT_TIMEOUT
     name: str = "keras"
+    secret: bytes = field(factory=new_secret, repr=False)
+    """TensorFlow's rendezvous secret (made here, on the client: every worker shares it)."""
 
     def __call__(self, info: InstanceInfo) -> None:
         self._select_backend(info)
         if self.backend == "torch":
             TorchSetup(timeout=self.timeout)(info)
         elif self.backend == "tensorflow":
-            TensorFlowSetup(timeout=self.timeout)(info)
+            TensorFlowSetup(timeout=self.timeout, secret=self.secret)(info)
         else:
             self._jax(info)
 

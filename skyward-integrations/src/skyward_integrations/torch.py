@@ -20,6 +20,7 @@ from skyward.errors import ConfigurationError
 from skyward_integrations._distributed import (
     DEFAULT_TIMEOUT,
     check_timeout,
+    cuda_device,
     decorate,
     port_for,
     ranks,
@@ -40,7 +41,7 @@ class TorchSetup:
 
     def __call__(self, info: InstanceInfo) -> None:
         me = ranks(info)
-        os.environ.update(me.env(port_for(info, "torch"), os.environ.get("CUDA_VISIBLE_DEVICES")))
+        os.environ.update(me.env(port_for(info, "torch")))
         import torch as _torch
         import torch.distributed as dist
 
@@ -62,9 +63,16 @@ class TorchSetup:
                     "Let sky.integrations.torch initialise the process group",
                 )
             return
-        if backend == "nccl":
-            # With one GPU per worker (CUDA_VISIBLE_DEVICES set per worker) this is device 0.
-            _torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % _torch.cuda.device_count())
+        if cuda:
+            # The worker's own GPU: cuda:0 when it is pinned to its share (not LOCAL_RANK,
+            # which would name a device the worker cannot see).
+            _torch.cuda.set_device(
+                cuda_device(
+                    me.local_rank,
+                    os.environ.get("CUDA_VISIBLE_DEVICES"),
+                    _torch.cuda.device_count(),
+                )
+            )
         dist.init_process_group(
             backend=backend,
             init_method="env://",
