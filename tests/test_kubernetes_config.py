@@ -15,6 +15,7 @@ from skyward.errors import ConfigurationError
 from skyward.spec import build_spec
 from skyward_kubernetes import Kubernetes
 from skyward_kubernetes.manifests import (
+    DEADLINE_GRACE,
     POWEROFF,
     anchor_manifest,
     labels_from_tags,
@@ -161,7 +162,7 @@ def test_pod_manifest() -> None:
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "8"}
     assert {"name": "SKYWARD_POWEROFF_CMD", "value": POWEROFF} in container["env"]
     assert pod_spec["restartPolicy"] == "Never"
-    assert pod_spec["activeDeadlineSeconds"] == 600 + 900
+    assert pod_spec["activeDeadlineSeconds"] == 600 + DEADLINE_GRACE
     assert pod_spec["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-H100"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec[
         "tolerations"

@@ -106,6 +106,9 @@ class KubernetesProvider:
     name: str = "kubernetes"
     client: KubeClient = field(init=False)
     _spec: ComputeSpec | None = None
+    _opened: float | None = None
+    """When :meth:`prepare` ran (the pool had just opened): what is left of its timeout is
+    counted from there."""
     clock: Callable[[], float] = time.monotonic
 
     def __attrs_post_init__(self) -> None:
@@ -172,6 +175,7 @@ class KubernetesProvider:
 
     def prepare(self, spec: ComputeSpec, pool_id: str) -> Infrastructure:
         self._spec = spec
+        self._opened = self.clock()
         tags = _pool_tags(pool_id)
         data = {"pool": pool_id, "timeout": str(spec.timeout), "nodes": str(spec.nodes)}
         anchor = self._create_or_adopt("configmaps", anchor_manifest(pool_id, tags, data), pool_id)
@@ -238,8 +242,11 @@ class KubernetesProvider:
         anchor = {"metadata": {"name": infra.anchor, "uid": infra.anchor_uid}}
         extra = request.offer.extra
         model = (extra["gpu_label"], extra["gpu_value"]) if extra.get("gpu_label") else None
+        opened = self.clock() if self._opened is None else self._opened
+        remaining = request.spec.timeout - (self.clock() - opened)
+        config, spec, pool_id = self.config, request.spec, request.pool_id
         manifests = [
-            pod_manifest(self.config, request.spec, request.pool_id, i, request.tags, anchor, model)
+            pod_manifest(config, spec, pool_id, i, request.tags, anchor, model, remaining=remaining)
             for i in range(request.count)
         ]
         names = [m["metadata"]["name"] for m in manifests]
