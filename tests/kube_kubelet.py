@@ -506,6 +506,15 @@ class FakeKubelet:
                 reason = "Completed" if exit_code == 0 else "Error"
                 self._report_terminated(run, container, exit_code, reason)
 
+    def pod_processes(self, run: PodRun) -> list[psutil.Process]:
+        """The live processes of a pod (its container's and those exec started)."""
+        alive = []
+        for process in self._processes(run):
+            with contextlib.suppress(psutil.Error):
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
+        return alive
+
     def _processes(self, run: PodRun) -> list[psutil.Process]:
         found = []
         for process in psutil.process_iter():
@@ -752,6 +761,21 @@ class FakeKubelet:
         up.cancel()
         with contextlib.suppress(Exception):
             writer.close()
+
+    def crash_pod(self, namespace: str, name: str) -> None:
+        """Every process of the pod dies at once (the OOM killer, a node process crash):
+        the container is reported terminated with exit code 137, the pod Failed."""
+        run = self.running_pod(namespace, name)
+        assert run is not None, f"no running pod {namespace}/{name} on {self.name}"
+        with self._lock:
+            run.finished = True
+        self._kill(run, grace=0)
+        pod = self.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+        self._report_terminated(run, pod["spec"]["containers"][0], 137, "OOMKilled")
+
+    def refuse_streams(self, refuse: bool) -> None:
+        """While set, every new exec and port-forward is closed at once (1011)."""
+        self._refuse_streams = refuse
 
     def drop_streams(self) -> None:
         """Cut every open stream (an apiserver restart, a load balancer's idle cut)."""

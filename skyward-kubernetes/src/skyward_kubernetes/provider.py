@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,7 @@ FATAL_WAITING = frozenset(
     }
 )
 """Container waiting reasons that will not resolve by waiting: the launch fails at once."""
+LAUNCH_ANNOTATION = "skyward/launch"
 POLL_INTERVAL = 0.25
 NAME_WAIT = 30.0
 """Seconds a launch waits for a same-named pod of an earlier attempt to finish deleting."""
@@ -211,6 +213,7 @@ class KubernetesProvider:
     def _create_pod(self, manifest: JSON) -> JSON:
         name = manifest["metadata"]["name"]
         pool_id = manifest["metadata"]["labels"][POOL_LABEL]
+        token = manifest["metadata"]["annotations"][LAUNCH_ANNOTATION]
         deadline = self.clock() + NAME_WAIT
         while True:
             try:
@@ -226,6 +229,8 @@ class KubernetesProvider:
                 if error.status == 404:
                     continue
                 raise self._error(f"reading pod {name}", error) from None
+            if (existing["metadata"].get("annotations") or {}).get(LAUNCH_ANNOTATION) == token:
+                return existing  # this launch made it: an attempt whose answer was lost
             labels = existing["metadata"].get("labels") or {}
             if labels.get(POOL_LABEL) != pool_id or self.clock() > deadline:
                 raise ProvisioningError(
@@ -249,6 +254,11 @@ class KubernetesProvider:
             pod_manifest(config, spec, pool_id, i, request.tags, anchor, model, remaining=remaining)
             for i in range(request.count)
         ]
+        # Marks what this launch made, so a create retried after an error answer adopts
+        # the pod it may have made instead of replacing it.
+        token = secrets.token_hex(8)
+        for manifest in manifests:
+            manifest["metadata"]["annotations"][LAUNCH_ANNOTATION] = token
         names = [m["metadata"]["name"] for m in manifests]
         started = self.clock()
         try:
