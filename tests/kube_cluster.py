@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BUILD_SCRIPT = Path(__file__).with_name("kube_build.sh")
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -111,6 +112,8 @@ class ControlPlane:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     certs: Certificates | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    pod_network: Any = None
+    """The pods' network (``tests/kube_network.PodNetwork``), made by the first kubelet."""
 
     @classmethod
     def create(cls, bin_dir: Path | None = None) -> ControlPlane:
@@ -282,6 +285,9 @@ class ControlPlane:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, 9)
                 process.wait(10)
+        if self.pod_network is not None:
+            self.pod_network.close()
+            self.pod_network = None
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -24,7 +24,9 @@ __all__ = ["kube", "namespace"]
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT = 8
+TIMEOUT = 20
+"""The pool's timeout: long enough for the pool to open and the client to be killed
+before the client's own timer would close the pool."""
 CLIENT = """
 import json, sys
 import skyward as sky

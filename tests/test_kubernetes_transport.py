@@ -300,8 +300,8 @@ def test_docs_example_runs(kube: KubeCluster, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("node ")]
-    assert lines[0].startswith("node 0 of 2, head at 127.0.100.")
-    assert lines[1].startswith("node 1 of 2, head at 127.0.100.")
+    assert lines[0].startswith("node 0 of 2, head at 169.254.214.")
+    assert lines[1].startswith("node 1 of 2, head at 169.254.214.")
     assert wait_until(lambda: not kube.api.get("/api/v1/namespaces/default/pods")["items"], 30)
 
 
