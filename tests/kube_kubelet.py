@@ -36,6 +36,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import ssl
 import struct
@@ -401,6 +402,10 @@ class FakeKubelet:
             # The container's first process is PID 1 of its own PID (and mount, for /proc)
             # namespace, dropping to the pod's user only inside it.
             argv = ["unshare", "--pid", "--fork", "--mount-proc", "--", *_setpriv(run), *argv]
+            mounts = self._volume_mounts(run, pod)
+            if mounts:
+                # In the pod's own mount namespace, as root, before dropping to its user.
+                argv[5:5] = ["sh", "-c", f'{mounts} && exec "$@"', "sh"]
         if run.netns:
             argv = ["nsenter", f"--net={NETNS_DIR}/{run.netns}", "--", *argv]
         log = open(run.directory / "container.log", "wb")  # noqa: SIM115 - the child owns it
@@ -435,6 +440,31 @@ class FakeKubelet:
                 )],
             },
         )  # fmt: skip
+
+    def _volume_mounts(self, run: PodRun, pod: JSON) -> str:
+        """Shell commands that mount the pod's ``emptyDir`` volumes where its container
+        asks (``/dev/shm`` aside): each is a directory of the pod's, bind-mounted. ``/home``
+        is a fresh tmpfs in every pod (an image's own ``/home``), so mount points under it
+        are made there and never on this machine's file system; elsewhere they must exist.
+        """
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        commands = []
+        for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+            path = str(mount["mountPath"])
+            if "emptyDir" not in volumes.get(mount["name"], {}) or path == "/dev/shm":
+                continue
+            source = run.directory / "volumes" / mount["name"]
+            source.mkdir(parents=True, exist_ok=True)
+            if run.uid_gid is not None:
+                os.chown(source, *run.uid_gid)
+            if path.startswith("/home/"):
+                commands.append(f"mkdir -p {shlex.quote(path)}")
+            elif not os.path.isdir(path):
+                continue
+            commands.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(path)}")
+        if not commands:
+            return ""
+        return " && ".join(["mount -t tmpfs -o mode=755 pod-home /home", *commands])
 
     @staticmethod
     def _container_status(container: JSON, state: JSON, ready: bool = False) -> JSON:

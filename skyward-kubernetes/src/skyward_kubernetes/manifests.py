@@ -22,6 +22,7 @@ from skyward_kubernetes.config import Kubernetes
 
 __all__ = [
     "DEADLINE_GRACE",
+    "HOME_MOUNT",
     "KEEPER_PID_FILE",
     "MANAGED_LABEL",
     "NODE_LABEL",
@@ -61,6 +62,8 @@ while True:
         signal.pause()
 """
 POWEROFF = 'kill -TERM "$(cat "$HOME/.skyward/keeper.pid")"'
+HOME_MOUNT = "/home/skyward"
+"""``$HOME`` of pods that run as a non-root user the image does not know (an emptyDir)."""
 DEADLINE_GRACE = 30
 """Seconds a pod's ``activeDeadlineSeconds`` adds to what is left of the pool's timeout.
 The client closes the pool at its timeout (counted from the pool's opening, scheduling and
@@ -208,11 +211,34 @@ def pod_manifest(
         "resources": {"requests": requests, "limits": limits},
     }
     volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    pod_security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if config.run_as_user:
+        # The restricted profile. The image has no home for this user: $HOME (the
+        # keeper's PID file, uv's cache, the environments) is an emptyDir.
+        pod_security.update(
+            runAsNonRoot=True, runAsUser=config.run_as_user, runAsGroup=config.run_as_user,
+            fsGroup=config.run_as_user,
+        )  # fmt: skip
+        container["securityContext"] = {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+        }
+        env += [
+            {"name": "HOME", "value": HOME_MOUNT},
+            {"name": "USER", "value": "skyward"},
+            {"name": "LOGNAME", "value": "skyward"},
+        ]
+        volumes.append({"name": "home", "emptyDir": {}})
+        mounts.append({"name": "home", "mountPath": HOME_MOUNT})
     if config.shm_size:
         volumes.append(
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}}
         )
-        container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    if mounts:
+        container["volumeMounts"] = mounts
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "enableServiceLinks": False,
@@ -223,6 +249,7 @@ def pod_manifest(
         "activeDeadlineSeconds": math.ceil(max(1.0, left)) + DEADLINE_GRACE,
         "hostname": f"node-{node}",
         "subdomain": name,
+        "securityContext": pod_security,
         "containers": [container],
         "tolerations": tolerations,
         "affinity": dict(config.affinity) if config.affinity is not None else _spread(pool_id),
