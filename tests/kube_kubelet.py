@@ -331,7 +331,7 @@ class FakeKubelet:
             run = self._admit(pod)
             self.pods[uid] = run
         container = spec["containers"][0]
-        waiting = self.image_check(container.get("image", ""))
+        waiting = self.image_check(container.get("image", "")) or _runs_as_root_problem(spec)
         if waiting is not None:
             run.waiting = waiting
             self._report_waiting(run, container, waiting)
@@ -480,6 +480,8 @@ class FakeKubelet:
             "ErrImagePull": f'rpc error: code = Unknown desc = failed to pull and unpack image "'
             f'{container.get("image")}": pull access denied, repository does not exist or may '
             "require authorization",
+            "CreateContainerConfigError": "container has runAsNonRoot and image will run as "
+            f"root (pod: {run.name!r}, container: {container.get('name')})",
         }.get(reason, reason)
         self._patch_status(
             run,
@@ -847,6 +849,17 @@ class FakeKubelet:
         assert loop is not None
         for task in asyncio.all_tasks(loop):
             loop.call_soon_threadsafe(task.cancel)
+
+
+def _runs_as_root_problem(spec: JSON) -> str | None:
+    """A kubelet refuses to start a container that must run as non-root but would run as
+    root: the allowed images' user is root, so that is the case when ``runAsNonRoot``
+    holds and no ``runAsUser`` (or 0) says otherwise."""
+    pod = spec.get("securityContext") or {}
+    context = spec["containers"][0].get("securityContext") or {}
+    non_root = context.get("runAsNonRoot", pod.get("runAsNonRoot"))
+    user = context.get("runAsUser", pod.get("runAsUser"))
+    return "CreateContainerConfigError" if non_root and not user else None
 
 
 def _as_user(run: PodRun) -> dict[str, Any]:
