@@ -145,12 +145,17 @@ def pool_entry(paths: Paths, ns: tuple[int, ...], rounds: int) -> dict[str, Any]
     return rows
 
 
-def _one_node(provider: Any, body: Callable[[sky.ComputePool], Any]) -> Any:
-    with sky.ComputePool(provider=provider, nodes=1, cpu=1, display="quiet") as pool:
-        return body(pool)
+def _one_node(provider: Any, body: Callable[[sky.ComputePool], float]) -> float | str:
+    """``body``'s figure on a 1-node pool, or why it could not be had (reported, so one
+    path failing does not lose the other's figure)."""
+    try:
+        with sky.ComputePool(provider=provider, nodes=1, cpu=1, display="quiet") as pool:
+            return body(pool)
+    except Exception as error:
+        return f"failed: {type(error).__name__}: {str(error)[:200]}"
 
 
-def round_trip(paths: Paths, calls: int) -> dict[str, float]:
+def round_trip(paths: Paths, calls: int) -> dict[str, float | str]:
     def measure(pool: sky.ComputePool) -> float:
         for _ in range(20):
             noop() >> pool
@@ -169,7 +174,7 @@ def round_trip(paths: Paths, calls: int) -> dict[str, float]:
     return out
 
 
-def bulk(paths: Paths, megabytes: int, rounds: int) -> dict[str, float]:
+def bulk(paths: Paths, megabytes: int, rounds: int) -> dict[str, float | str]:
     data = b"\x5a" * (megabytes * MiB)
 
     def measure(pool: sky.ComputePool) -> float:
@@ -181,10 +186,9 @@ def bulk(paths: Paths, megabytes: int, rounds: int) -> dict[str, float]:
             rates.append(megabytes / (time.perf_counter() - started))
         return _median(rates)
 
-    out = {
-        "kubernetes_mib_s": _one_node(paths.kubernetes(), measure),
-        "ssh_mib_s": _one_node(paths.ssh(1), measure),
-    }
+    out = {"kubernetes_mib_s": _one_node(paths.kubernetes(), measure)}
+    print(f"[kubernetes]   {megabytes} MiB argument {out}", flush=True)
+    out["ssh_mib_s"] = _one_node(paths.ssh(1), measure)
     print(f"[kubernetes]   {megabytes} MiB argument {out}", flush=True)
     return out
 
@@ -222,13 +226,22 @@ def render(data: dict[str, Any]) -> str:
         "",
         "| measure | Kubernetes | SSH | Kubernetes / SSH |",
         "|---|---|---|---|",
-        f"| warm round trip, median of {data['calls']} calls | {trip['kubernetes_ms']:.2f} ms | "
-        f"{trip['ssh_ms']:.2f} ms | {trip['kubernetes_ms'] / trip['ssh_ms']:.2f}x |",
-        f"| {data['megabytes']} MiB argument | {moved['kubernetes_mib_s']:.0f} MiB/s | "
-        f"{moved['ssh_mib_s']:.0f} MiB/s | {moved['kubernetes_mib_s'] / moved['ssh_mib_s']:.2f}x |",
+        _row(f"warm round trip, median of {data['calls']} calls", trip["kubernetes_ms"],
+             trip["ssh_ms"], "{:.2f} ms"),
+        _row(f"{data['megabytes']} MiB argument", moved["kubernetes_mib_s"], moved["ssh_mib_s"],
+             "{:.0f} MiB/s"),
         "",
-    ]
+    ]  # fmt: skip
     return "\n".join(lines)
+
+
+def _row(title: str, kube: float | str, ssh: float | str, unit: str) -> str:
+    def cell(value: float | str) -> str:
+        return unit.format(value) if isinstance(value, float) else str(value)
+
+    both = isinstance(kube, float) and isinstance(ssh, float)
+    ratio = f"{kube / ssh:.2f}x" if both else "-"  # type: ignore[operator]
+    return f"| {title} | {cell(kube)} | {cell(ssh)} | {ratio} |"
 
 
 def main(argv: list[str] | None = None) -> int:
