@@ -356,3 +356,43 @@ def test_exec_plugin_credentials(kube: KubeCluster, namespace: str, tmp_path: Pa
     assert isinstance(transport, KubeTransport)
     assert transport.run("echo through-exec").output.strip() == b"through-exec"
     assert calls.read_text()  # the plugin was asked
+
+
+@sky.compute
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_crashed_pod_is_reported_at_once_with_how_it_ended(
+    kube: KubeCluster, namespace: str
+) -> None:
+    """A pod that dies (every process killed, reported Failed/OOMKilled) answers no
+    port-forward again: the call fails with WorkerLostError naming the pod's end, well
+    before the 30 s heartbeat timeout that retrying would wait for."""
+    provider = Kubernetes(kubeconfig=str(kube.plane.kubeconfig), namespace=namespace)
+    errors: list[BaseException] = []
+    with sky.ComputePool(provider=provider, nodes=1, cpu=1, display="quiet") as pool:
+        cluster = pool._cluster
+        assert cluster is not None
+        instance = cluster.instances[0]
+
+        def call() -> None:
+            try:
+                nap(60) >> pool
+            except BaseException as error:
+                errors.append(error)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        time.sleep(1.0)  # the call is running on the node
+        kube.kubelets[instance.tags["node"]].crash_pod(namespace, instance.id)
+        crashed = time.monotonic()
+        caller.join(30)
+        assert not caller.is_alive()
+        reported = time.monotonic() - crashed
+    print(f"crash reported in {reported:.1f} s")
+    assert reported < 15
+    assert len(errors) == 1, errors
+    assert isinstance(errors[0], sky.WorkerLostError), errors
+    assert "OOMKilled" in str(errors[0])

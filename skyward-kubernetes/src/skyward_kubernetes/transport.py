@@ -16,14 +16,14 @@ import shlex
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from skyward.errors import ProvisioningError
 from skyward.messages import READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint, BootstrapReporter, Stream
 from skyward.remote_shell import HOME, bootstrap_node
 from skyward.ssh.transport import stop_group_command
-from skyward_kubernetes.api import KubeClient
+from skyward_kubernetes.api import KubeAPIError, KubeClient
 from skyward_kubernetes.streams import ExecResult, exec_command, open_port_forward
 
 if TYPE_CHECKING:
@@ -128,6 +128,10 @@ class KubeTransport:
     def start_agent(self, config: AgentConfig) -> AgentEndpoint:
         if not self.python:
             raise self._fail("start_agent called before bootstrap")
+        if self.endpoint is not None:  # a restart: the pod may be the one that ended
+            ended = self.pod_end()
+            if ended is not None:
+                raise self._fail(f"the pod has ended ({ended}); no agent can start in it")
         argv = " ".join(shlex.quote(a) for a in config.argv())
         command = (
             f"mkdir -p {self.workdir} && cd {self.workdir} && "
@@ -157,7 +161,51 @@ class KubeTransport:
         raise self._fail(f"the node agent did not start:\n{output}")
 
     def open_stream(self, endpoint: AgentEndpoint) -> Stream:
-        return open_port_forward(self.client, self.pod, endpoint.port)
+        """A port-forward to the agent. A pod that has ended (crashed, evicted, deleted,
+        past its deadline) answers no port-forward again: that is reported as a refusal,
+        so the client tries to start a new agent, which :meth:`start_agent` refuses at
+        once naming how the pod ended, instead of retrying until the heartbeat timeout."""
+        try:
+            return open_port_forward(self.client, self.pod, endpoint.port)
+        except ConnectionRefusedError:
+            raise
+        except Exception as error:
+            ended = self.pod_end()
+            if ended is not None:
+                raise ConnectionRefusedError(f"pod {self.pod} has ended: {ended}") from error
+            raise
+
+    def pod_end(self) -> str | None:
+        """How the pod ended (deleted, Succeeded or Failed and why), or None while it may
+        still run (or when the API cannot tell)."""
+        try:
+            pod = self.client.get(self.client.ns_path("pods", self.pod))
+        except KubeAPIError as error:
+            return "deleted" if error.status == 404 else None
+        except Exception:
+            return None
+        status = pod.get("status") or {}
+        if pod["metadata"].get("deletionTimestamp"):
+            return "being deleted"
+        phase = status.get("phase")
+        if phase not in ("Succeeded", "Failed"):
+            return None
+        states = [
+            (c.get("state") or {}).get("terminated") for c in status.get("containerStatuses") or []
+        ]
+        terminated: dict[str, Any] = next((t for t in states if t), {})
+        reason = status.get("reason") or terminated.get("reason") or ""
+        code = terminated.get("exitCode")
+        return (
+            f"{phase}"
+            + (f" ({reason})" if reason else "")
+            + (f", exit code {code}" if code is not None else "")
+        )
+
+    def agent_exit_cause(self) -> str | None:
+        """Why the agent stopped, as far as the cluster tells: the pod's end."""
+        ended = self.pod_end()
+        return f"the pod {ended}" if ended else None
 
     def close(self) -> None:
         """Stop the agent (if still running) and remove this pool's directory; keep caches."""
