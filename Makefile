@@ -8,7 +8,7 @@ VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: example test lint typecheck pytest sync docs docs-serve reliability-doc bench bench-quick bench-env
+.PHONY: example test lint typecheck pytest sync docs docs-serve reliability-doc bench bench-quick bench-env bench-kubernetes
 
 example: sync
 	$(VENV)/bin/python examples/hello.py
@@ -52,8 +52,14 @@ $(TOOLS)/bin/uv:
 # `make bench-quick` runs the same code paths in under 2 minutes (BENCH_ARGS="--out x.md").
 BENCH_VENV := bench/.venv
 
-bench: bench-env
+bench: bench-env bench-kubernetes
 	$(BENCH_VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# The Kubernetes provider against SSH hosts (bench/kubernetes_vs_ssh.py, about 10 minutes): the
+# test control plane and fake kubelets run from Skyward's own environment.
+bench-kubernetes: sync
+	bash tests/kube_build.sh >/dev/null
+	$(VENV)/bin/python bench/kubernetes_vs_ssh.py
 
 bench-quick: bench-env
 	$(BENCH_VENV)/bin/python bench/run.py --quick $(BENCH_ARGS)

@@ -1161,6 +1161,219 @@ class VerdaTarget(_TestHostCloud):
         super().cleanup(pool_id)
 
 
+# -- Kubernetes --------------------------------------------------------------------------
+
+
+class KubernetesTarget(Target):
+    """The real control plane of ``tests/kube_cluster.py`` and its fake kubelets (pods are
+    local processes); each cell gets its own namespace and a kubeconfig whose context
+    names it, so ``skyward down --provider kubernetes`` (defaults: ``$KUBECONFIG``, its
+    current context and namespace) sweeps exactly that namespace."""
+
+    name = "Kubernetes"
+    provider = "kubernetes"
+    resources = (
+        "pods labelled with the pool, in any phase (a Failed pod counts)",
+        "the pool's headless Service and anchor ConfigMap",
+        "agent processes of the pool",
+        "processes of the pool's pods on the fake kubelets (exec'd ones included)",
+    )
+    injections: ClassVar[Mapping[Fault, str]] = {
+        Fault.PARTIAL_LAUNCH: "another pod holds 4 of the node's 8 CPUs: the real scheduler "
+        "binds the first 3-CPU pod and reports the second `Insufficient cpu`; after "
+        "`schedule_timeout` (5 s) the launch raises `CapacityError`",
+        Fault.API_FAULTS_LAUNCH: "a TLS proxy in front of the apiserver answers "
+        "`GET /api/v1/nodes` 500, the anchor ConfigMap's `POST` 503 and the pods' `POST` "
+        "429 `TooManyRequests` twice (`Retry-After: 1`)",
+        Fault.API_FAULTS_TEARDOWN: "the same proxy answers the pods' `DELETE` 429 twice, "
+        "the Service's `DELETE` 503 and the anchor's `DELETE` 500",
+        Fault.NODE_LOSS: "every process of the node's pod is killed at once and its kubelet "
+        "reports the container terminated (exit 137, `OOMKilled`), the pod Failed",
+        Fault.PARTITION: "every exec and port-forward stream of the node's kubelet is cut "
+        "and new ones are refused for 3 s (an apiserver restart, a load balancer's cut)",
+    }
+    SELECTOR: ClassVar[dict[str, str]] = {"kubernetes.io/hostname": "cpu-0"}
+
+    kube: Any
+    namespace: str
+    kubeconfig: Path
+    proxy: Any = None
+
+    def setup(self, request: pytest.FixtureRequest, fault: Fault) -> None:
+        import secrets
+
+        from tests.kube_faults import FaultProxy
+        from tests.kube_fixtures import session_cluster
+
+        self.kube = session_cluster(request.config)
+        plane = self.kube.plane
+        self.namespace = f"fm-{secrets.token_hex(4)}"
+        self.kube.api.post("/api/v1/namespaces", {"metadata": {"name": self.namespace}})
+        request.addfinalizer(self._remove_namespace)
+        server = plane.server
+        if fault in (Fault.API_FAULTS_LAUNCH, Fault.API_FAULTS_TEARDOWN):
+            self.proxy = FaultProxy(
+                plane.apiserver_port, plane.certs.pair("apiserver"), plane.certs.ca
+            )
+            self.proxy.start()
+            request.addfinalizer(self.proxy.stop)
+            server = self.proxy.server
+        self.kubeconfig = request.getfixturevalue("tmp_path") / "kubeconfig"
+        self.kubeconfig.write_text(
+            json.dumps({
+                "apiVersion": "v1", "kind": "Config", "current-context": "matrix",
+                "clusters": [{"name": "c", "cluster": {
+                    "server": server, "certificate-authority": str(plane.certs.ca)}}],
+                "users": [{"name": "u", "user": {"token": plane.token}}],
+                "contexts": [{"name": "matrix", "context": {
+                    "cluster": "c", "user": "u", "namespace": self.namespace}}],
+            })
+        )  # fmt: skip
+        self.kubeconfig.chmod(0o600)
+
+    def _remove_namespace(self) -> None:
+        from tests.kube_api import KubeAPIError
+
+        with contextlib.suppress(KubeAPIError, OSError):
+            path = f"/api/v1/namespaces/{self.namespace}"
+            self.kube.api.request("DELETE", f"{path}/pods", {"gracePeriodSeconds": 0})
+            self.kube.api.delete(path)
+
+    def config(self) -> ProviderConfig:
+        return self.client_provider(self.client_args())
+
+    def pool_options(self) -> dict[str, Any]:
+        return {"cpu": 3}
+
+    def client_args(self) -> dict[str, Any]:
+        return {"kubeconfig": str(self.kubeconfig)}
+
+    def client_env(self) -> dict[str, str]:
+        return {"KUBECONFIG": str(self.kubeconfig)}
+
+    @staticmethod
+    def client_provider(args: dict[str, Any]) -> ProviderConfig:
+        return sky.Kubernetes(  # type: ignore[no-any-return]
+            kubeconfig=args["kubeconfig"],
+            node_selector=KubernetesTarget.SELECTOR,
+            schedule_timeout=5,
+        )
+
+    def _names(self, kind: str, pool_id: str) -> list[str]:
+        items = self.kube.api.get(
+            f"/api/v1/namespaces/{self.namespace}/{kind}", labelSelector=f"skyward/pool={pool_id}"
+        )["items"]
+        return [f"{i['metadata']['name']} ({i.get('status', {}).get('phase', '')})" for i in items]
+
+    def leftovers(self, pool_id: str) -> dict[str, list[str]]:
+        return {
+            "pods": self._names("pods", pool_id),
+            "services": self._names("services", pool_id),
+            "configmaps": self._names("configmaps", pool_id),
+            "agents": [str(p.pid) for p in agent_processes(pool_id)],
+            "pod processes": [
+                f"{kubelet.name}:{run.name}:{process.pid}"
+                for kubelet in self.kube.kubelets.values()
+                for run in list(kubelet.pods.values())
+                if run.namespace == self.namespace
+                for process in kubelet.pod_processes(run)
+            ],
+        }
+
+    @contextlib.contextmanager
+    def partial_launch(self) -> Iterator[None]:
+        from tests.kube_kubelet import default_image_check
+
+        assert default_image_check(f"python:{sys.version_info[0]}.{sys.version_info[1]}") is None
+        path = f"/api/v1/namespaces/{self.namespace}/pods"
+        filler = {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "filler"},
+            "spec": {
+                "restartPolicy": "Never", "nodeSelector": self.SELECTOR,
+                "terminationGracePeriodSeconds": 0,
+                "containers": [{
+                    "name": "c", "image": f"python:{sys.version_info[0]}.{sys.version_info[1]}",
+                    "command": ["sleep", "600"], "resources": {"requests": {"cpu": "4"}},
+                }],
+            },
+        }  # fmt: skip
+        self.kube.api.post(path, filler)
+        try:
+            assert wait_until(
+                lambda: self.kube.api.get(f"{path}/filler")["status"].get("phase") == "Running",
+                30,
+            ), "the filler pod never ran"
+            yield
+        finally:
+            self.kube.api.request("DELETE", f"{path}/filler", {"gracePeriodSeconds": 0})
+            assert wait_until(
+                lambda: not self.kube.api.get(path, fieldSelector="metadata.name=filler")["items"],
+                30,
+            )
+
+    @contextlib.contextmanager
+    def api_faults(self, phase: str) -> Iterator[None]:
+        assert self.proxy is not None
+        ns = f"/api/v1/namespaces/{self.namespace}"
+        armed = (
+            [
+                self.proxy.arm("GET", "/api/v1/nodes", 500),
+                self.proxy.arm("POST", f"{ns}/configmaps", 503),
+                self.proxy.arm("POST", f"{ns}/pods", 429, times=2),
+            ]
+            if phase == "launch"
+            else [
+                self.proxy.arm("DELETE", f"{ns}/pods/[^/]+", 429, times=2),
+                self.proxy.arm("DELETE", f"{ns}/services/[^/]+", 503),
+                self.proxy.arm("DELETE", f"{ns}/configmaps/[^/]+", 500),
+            ]
+        )
+        yield
+        self.proxy.disarm()
+        for fault in armed:
+            assert fault.answered == fault.times, (fault, self.proxy.seen)
+
+    def _kubelet_of(self, pod: str) -> Any:
+        node = self.kube.api.get(f"/api/v1/namespaces/{self.namespace}/pods/{pod}")["spec"][
+            "nodeName"
+        ]
+        return self.kube.kubelets[node]
+
+    def lose_node(self, pool: sky.ComputePool, node: int) -> None:
+        cluster = pool._cluster
+        assert cluster is not None
+        pod = cluster.instances[node].id
+        self._kubelet_of(pod).crash_pod(self.namespace, pod)
+
+    def partition(self, seconds: float) -> None:
+        import time
+
+        (pod,) = [
+            p["metadata"]["name"]
+            for p in self.kube.api.get(f"/api/v1/namespaces/{self.namespace}/pods")["items"]
+        ]
+        kubelet = self._kubelet_of(pod)
+        kubelet.refuse_streams(True)
+        try:
+            kubelet.drop_streams()
+            time.sleep(seconds)
+        finally:
+            kubelet.refuse_streams(False)
+
+    def cleanup(self, pool_id: str) -> None:
+        from tests.kube_api import KubeAPIError
+
+        ns = f"/api/v1/namespaces/{self.namespace}"
+        with contextlib.suppress(KubeAPIError, OSError):
+            self.kube.api.request(
+                "DELETE", f"{ns}/pods", {"gracePeriodSeconds": 0},
+                query={"labelSelector": f"skyward/pool={pool_id}"},
+            )  # fmt: skip
+        for process in agent_processes(pool_id):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
 # Every target of the matrix. A provider joins by adding its Target subclass here.
 TARGETS: tuple[type[Target], ...] = (
     LocalTarget,
@@ -1168,6 +1381,7 @@ TARGETS: tuple[type[Target], ...] = (
     AWSTarget,
     DigitalOceanTarget,
     VerdaTarget,
+    KubernetesTarget,
 )
 
 

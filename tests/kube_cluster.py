@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BUILD_SCRIPT = Path(__file__).with_name("kube_build.sh")
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
@@ -111,6 +112,8 @@ class ControlPlane:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     certs: Certificates | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    pod_network: Any = None
+    """The pods' network (``tests/kube_network.PodNetwork``), made by the first kubelet."""
 
     @classmethod
     def create(cls, bin_dir: Path | None = None) -> ControlPlane:
@@ -213,10 +216,12 @@ class ControlPlane:
                 f"--kubelet-client-key={kubelet_client_key}",
                 "--allow-privileged=true", "--enable-priority-and-fairness=false",
                 "--disable-admission-plugins=ServiceAccount",
+                "--enable-admission-plugins=PodSecurityPolicy",
                 f"--cert-dir={self.root / 'apiserver-certs'}", "--v=1",
             ],
         )  # fmt: skip
         self._wait("apiserver", lambda: self._https_ok("/readyz"))
+        self._create_pod_security_policies()
         self.timings["apiserver"] = time.monotonic() - started
         sa_key = certs.directory / "sa.key"
         common = [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--port=0"]
@@ -242,6 +247,48 @@ class ControlPlane:
             if self.processes[name].poll() is not None:
                 raise RuntimeError(f"{name} exited:\n{self.log_tail(name)}")
         self.timings["control plane"] = time.monotonic() - started
+
+    def _create_pod_security_policies(self) -> None:
+        """PodSecurityPolicy admission is on (1.20 predates Pod Security admission; PSP is
+        what a locked-down 1.20 namespace used). ``privileged`` admits anything: the
+        harness's own admin token may use it. ``restricted`` is the Pod Security Standards'
+        restricted profile as a PSP (Kubernetes' own example policy): only accounts granted
+        ``use`` on it are held to it."""
+        from tests.kube_api import KubeAPI
+
+        assert self.certs is not None
+        api = KubeAPI(self.apiserver_port, self.token, self.certs.ca)
+        path = "/apis/policy/v1beta1/podsecuritypolicies"
+        any_range = {"rule": "RunAsAny"}
+        api.post(path, {
+            "apiVersion": "policy/v1beta1", "kind": "PodSecurityPolicy",
+            "metadata": {"name": "privileged", "annotations": {
+                "seccomp.security.alpha.kubernetes.io/allowedProfileNames": "*"}},
+            "spec": {
+                "privileged": True, "allowPrivilegeEscalation": True,
+                "allowedCapabilities": ["*"], "volumes": ["*"], "hostNetwork": True,
+                "hostPorts": [{"min": 0, "max": 65535}], "hostIPC": True, "hostPID": True,
+                "runAsUser": any_range, "seLinux": any_range,
+                "supplementalGroups": any_range, "fsGroup": any_range,
+            },
+        })  # fmt: skip
+        groups = {"rule": "MustRunAs", "ranges": [{"min": 1, "max": 65535}]}
+        api.post(path, {
+            "apiVersion": "policy/v1beta1", "kind": "PodSecurityPolicy",
+            "metadata": {"name": "restricted", "annotations": {
+                "seccomp.security.alpha.kubernetes.io/allowedProfileNames":
+                    "docker/default,runtime/default"}},
+            "spec": {
+                "privileged": False, "allowPrivilegeEscalation": False,
+                "requiredDropCapabilities": ["ALL"],
+                "volumes": ["configMap", "emptyDir", "projected", "secret", "downwardAPI",
+                            "csi", "persistentVolumeClaim", "ephemeral"],
+                "hostNetwork": False, "hostIPC": False, "hostPID": False,
+                "runAsUser": {"rule": "MustRunAsNonRoot"}, "seLinux": any_range,
+                "supplementalGroups": groups, "fsGroup": groups,
+                "readOnlyRootFilesystem": False,
+            },
+        })  # fmt: skip
 
     def _write_kubeconfig(self) -> None:
         assert self.certs is not None
@@ -282,6 +329,9 @@ class ControlPlane:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, 9)
                 process.wait(10)
+        if self.pod_network is not None:
+            self.pod_network.close()
+            self.pod_network = None
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -84,9 +84,9 @@ def start_cluster() -> KubeCluster:
     return cluster
 
 
-@pytest.fixture(scope="session")
-def kube(request: pytest.FixtureRequest) -> KubeCluster:
-    """The session's cluster (started on first use, stopped when the session ends)."""
+def session_cluster(config: pytest.Config) -> KubeCluster:
+    """The session's cluster, started on first use and stopped when the session ends (for
+    code that is not a fixture, such as the fault matrix's target)."""
     global _cluster
     with _lock:
         if _cluster is None:
@@ -98,8 +98,14 @@ def kube(request: pytest.FixtureRequest) -> KubeCluster:
                     _cluster.stop()
                     _cluster = None
 
-            request.config.add_cleanup(stop)
+            config.add_cleanup(stop)
         return _cluster
+
+
+@pytest.fixture(scope="session")
+def kube(request: pytest.FixtureRequest) -> KubeCluster:
+    """The session's cluster (started on first use, stopped when the session ends)."""
+    return session_cluster(request.config)
 
 
 @pytest.fixture

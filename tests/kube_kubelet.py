@@ -17,9 +17,12 @@ channel 3, port-forward with the port-number prelude, a refused port reported on
 error channel. The apiserver verifies this server's certificate against the test CA and
 this server verifies the apiserver's client certificate.
 
-What a real node has and this does not (yet): a network namespace per pod (pods
-share the host's loopback; each gets a distinct 127.0.100.x pod IP, an address of the
-loopback network that a process can bind), cgroups and resource enforcement, images (an
+Each pod also has its own network namespace on the session's pod network
+(``tests/kube_network.py``: a bridge in a namespace of its own, pod IPs
+``169.254.214.<n>``); exec enters it, and port-forward dials the pod's own 127.0.0.1
+from inside it.
+
+What a real node has and this does not: cgroups and resource enforcement, images (an
 allow-list maps ``python:3.X`` images to this host's interpreter), container logs.
 """
 
@@ -33,6 +36,7 @@ import json
 import os
 import pwd
 import re
+import shlex
 import shutil
 import ssl
 import struct
@@ -50,11 +54,12 @@ import psutil
 
 from tests.kube_api import JSON, KubeAPI, KubeAPIError
 from tests.kube_cluster import ControlPlane, free_port
+from tests.kube_network import NETNS_DIR, connect_in
 
 POD_MARKER = "SKYWARD_FAKE_POD_UID"
 """Environment variable every process of a fake pod carries, so its processes (the
 container's and those started by exec) can be found and killed with the pod."""
-_POD_IPS = itertools.count(1)
+_POD_INDEX = itertools.count(1)
 USER_PREFIX = "skk"
 """Pod users are ``skk<test session pid>p<n>``: unique per session, so concurrent sessions
 never share one, and a dead session's users can be recognised and removed."""
@@ -112,6 +117,8 @@ class PodRun:
     """This machine's PID of the pod's PID-namespace init (its PID 1)."""
     uid_gid: tuple[int, int] | None = None
     """The pod's own unix user (root's processes only when ``users=False``)."""
+    netns: str = ""
+    """The pod's network namespace (``ip netns`` name); empty: this machine's."""
 
 
 @dataclass
@@ -141,6 +148,8 @@ class FakeKubelet:
     """Run each pod as its own unix user (needs root, as the harness does)."""
     pid_namespaces: bool = True
     """Run each pod in its own PID namespace, so ``kill 1`` in a pod stays in the pod."""
+    net_namespaces: bool = True
+    """Give each pod its own network namespace on the session's pod network."""
 
     @property
     def api(self) -> KubeAPI:
@@ -189,6 +198,7 @@ class FakeKubelet:
             for run in list(self.pods.values()):
                 self._kill(run)
                 _remove_user(run.user)
+                self._detach(run)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if delete_node:
@@ -291,7 +301,7 @@ class FakeKubelet:
                         self._sync(event["object"])
                     elif event["type"] == "DELETED":
                         self._forget(event["object"]["metadata"]["uid"])
-            except (KubeAPIError, OSError, ValueError):
+            except (KubeAPIError, OSError, ValueError, subprocess.SubprocessError):
                 self._stopping.wait(0.5)
 
     def _sync(self, pod: JSON) -> None:
@@ -321,7 +331,7 @@ class FakeKubelet:
             run = self._admit(pod)
             self.pods[uid] = run
         container = spec["containers"][0]
-        waiting = self.image_check(container.get("image", ""))
+        waiting = self.image_check(container.get("image", "")) or _runs_as_root_problem(spec)
         if waiting is not None:
             run.waiting = waiting
             self._report_waiting(run, container, waiting)
@@ -333,11 +343,19 @@ class FakeKubelet:
         directory = self.root / "pods" / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}"
         directory.mkdir(parents=True, exist_ok=True)
         (self.root / "pods").chmod(0o711)
-        index = next(_POD_IPS)
-        ip = f"127.0.100.{index % 250 + 1}"
+        index = next(_POD_INDEX)
+        own_name = f"{USER_PREFIX}{os.getpid()}p{index}"
+        ip, netns = "127.0.0.1", ""
+        if self.net_namespaces:
+            if self.cluster.pod_network is None:
+                from tests.kube_network import PodNetwork
+
+                self.cluster.pod_network = PodNetwork.create()
+            netns = own_name
+            ip = self.cluster.pod_network.attach(netns)
         user, uid_gid = "", None
         if self.users:
-            user = f"{USER_PREFIX}{os.getpid()}p{index}"
+            user = own_name
             add = ["useradd", "-M", "-N", "-g", "nogroup", "-s", "/bin/sh", "-d", str(directory)]
             subprocess.run([*add, user], check=True, capture_output=True)
             entry = pwd.getpwnam(user)
@@ -374,6 +392,7 @@ class FakeKubelet:
             uid=meta["uid"], namespace=meta["namespace"], name=meta["name"], ip=ip,
             directory=directory, env=env,
             active_deadline=spec.get("activeDeadlineSeconds"), user=user, uid_gid=uid_gid,
+            netns=netns,
         )  # fmt: skip
 
     def _run(self, run: PodRun, pod: JSON) -> None:
@@ -383,6 +402,12 @@ class FakeKubelet:
             # The container's first process is PID 1 of its own PID (and mount, for /proc)
             # namespace, dropping to the pod's user only inside it.
             argv = ["unshare", "--pid", "--fork", "--mount-proc", "--", *_setpriv(run), *argv]
+            mounts = self._volume_mounts(run, pod)
+            if mounts:
+                # In the pod's own mount namespace, as root, before dropping to its user.
+                argv[5:5] = ["sh", "-c", f'{mounts} && exec "$@"', "sh"]
+        if run.netns:
+            argv = ["nsenter", f"--net={NETNS_DIR}/{run.netns}", "--", *argv]
         log = open(run.directory / "container.log", "wb")  # noqa: SIM115 - the child owns it
         try:
             run.process = subprocess.Popen(
@@ -416,6 +441,31 @@ class FakeKubelet:
             },
         )  # fmt: skip
 
+    def _volume_mounts(self, run: PodRun, pod: JSON) -> str:
+        """Shell commands that mount the pod's ``emptyDir`` volumes where its container
+        asks (``/dev/shm`` aside): each is a directory of the pod's, bind-mounted. ``/home``
+        is a fresh tmpfs in every pod (an image's own ``/home``), so mount points under it
+        are made there and never on this machine's file system; elsewhere they must exist.
+        """
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        commands = []
+        for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+            path = str(mount["mountPath"])
+            if "emptyDir" not in volumes.get(mount["name"], {}) or path == "/dev/shm":
+                continue
+            source = run.directory / "volumes" / mount["name"]
+            source.mkdir(parents=True, exist_ok=True)
+            if run.uid_gid is not None:
+                os.chown(source, *run.uid_gid)
+            if path.startswith("/home/"):
+                commands.append(f"mkdir -p {shlex.quote(path)}")
+            elif not os.path.isdir(path):
+                continue
+            commands.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(path)}")
+        if not commands:
+            return ""
+        return " && ".join(["mount -t tmpfs -o mode=755 pod-home /home", *commands])
+
     @staticmethod
     def _container_status(container: JSON, state: JSON, ready: bool = False) -> JSON:
         return {
@@ -430,6 +480,8 @@ class FakeKubelet:
             "ErrImagePull": f'rpc error: code = Unknown desc = failed to pull and unpack image "'
             f'{container.get("image")}": pull access denied, repository does not exist or may '
             "require authorization",
+            "CreateContainerConfigError": "container has runAsNonRoot and image will run as "
+            f"root (pod: {run.name!r}, container: {container.get('name')})",
         }.get(reason, reason)
         self._patch_status(
             run,
@@ -506,6 +558,15 @@ class FakeKubelet:
                 reason = "Completed" if exit_code == 0 else "Error"
                 self._report_terminated(run, container, exit_code, reason)
 
+    def pod_processes(self, run: PodRun) -> list[psutil.Process]:
+        """The live processes of a pod (its container's and those exec started)."""
+        alive = []
+        for process in self._processes(run):
+            with contextlib.suppress(psutil.Error):
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(process)
+        return alive
+
     def _processes(self, run: PodRun) -> list[psutil.Process]:
         found = []
         for process in psutil.process_iter():
@@ -551,6 +612,11 @@ class FakeKubelet:
         if run is not None:
             self._kill(run)
             _remove_user(run.user)
+            self._detach(run)
+
+    def _detach(self, run: PodRun) -> None:
+        if run.netns and self.cluster.pod_network is not None:
+            self.cluster.pod_network.detach(run.netns, run.ip)
 
     def running_pod(self, namespace: str, name: str) -> PodRun | None:
         with self._lock:
@@ -649,9 +715,11 @@ class FakeKubelet:
                 await websocket.close()
                 return
             command = [
-                "nsenter", "-t", str(run.ns_pid), "-p", "-m", "-w", "--",
-                *_setpriv(run), *command,
+                "nsenter", "-t", str(run.ns_pid), "-p", "-m", "-w", *(["-n"] if run.netns else []),
+                "--", *_setpriv(run), *command,
             ]  # fmt: skip
+        elif run.netns:
+            command = ["nsenter", f"--net={NETNS_DIR}/{run.netns}", "--", *command]
         process = await asyncio.create_subprocess_exec(
             *command,
             cwd=run.directory,
@@ -719,8 +787,15 @@ class FakeKubelet:
         prelude = struct.pack("<H", port)
         await websocket.send(b"\x00" + prelude)
         await websocket.send(b"\x01" + prelude)
+        run = self.running_pod(namespace, pod)
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            if run is not None and run.netns:
+                # The pod's own loopback: the socket is made inside its namespace.
+                loop = asyncio.get_running_loop()
+                sock = await loop.run_in_executor(None, connect_in, run.netns, ("127.0.0.1", port))
+                reader, writer = await asyncio.open_connection(sock=sock)
+            else:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError as error:
             reason = os.strerror(error.errno) if error.errno else str(error)
             message = (
@@ -753,12 +828,38 @@ class FakeKubelet:
         with contextlib.suppress(Exception):
             writer.close()
 
+    def crash_pod(self, namespace: str, name: str) -> None:
+        """Every process of the pod dies at once (the OOM killer, a node process crash):
+        the container is reported terminated with exit code 137, the pod Failed."""
+        run = self.running_pod(namespace, name)
+        assert run is not None, f"no running pod {namespace}/{name} on {self.name}"
+        with self._lock:
+            run.finished = True
+        self._kill(run, grace=0)
+        pod = self.api.get(f"/api/v1/namespaces/{namespace}/pods/{name}")
+        self._report_terminated(run, pod["spec"]["containers"][0], 137, "OOMKilled")
+
+    def refuse_streams(self, refuse: bool) -> None:
+        """While set, every new exec and port-forward is closed at once (1011)."""
+        self._refuse_streams = refuse
+
     def drop_streams(self) -> None:
         """Cut every open stream (an apiserver restart, a load balancer's idle cut)."""
         loop = self._loop
         assert loop is not None
         for task in asyncio.all_tasks(loop):
             loop.call_soon_threadsafe(task.cancel)
+
+
+def _runs_as_root_problem(spec: JSON) -> str | None:
+    """A kubelet refuses to start a container that must run as non-root but would run as
+    root: the allowed images' user is root, so that is the case when ``runAsNonRoot``
+    holds and no ``runAsUser`` (or 0) says otherwise."""
+    pod = spec.get("securityContext") or {}
+    context = spec["containers"][0].get("securityContext") or {}
+    non_root = context.get("runAsNonRoot", pod.get("runAsNonRoot"))
+    user = context.get("runAsUser", pod.get("runAsUser"))
+    return "CreateContainerConfigError" if non_root and not user else None
 
 
 def _as_user(run: PodRun) -> dict[str, Any]:

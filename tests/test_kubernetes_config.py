@@ -15,6 +15,8 @@ from skyward.errors import ConfigurationError
 from skyward.spec import build_spec
 from skyward_kubernetes import Kubernetes
 from skyward_kubernetes.manifests import (
+    DEADLINE_GRACE,
+    HOME_MOUNT,
     POWEROFF,
     anchor_manifest,
     labels_from_tags,
@@ -161,7 +163,7 @@ def test_pod_manifest() -> None:
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "8"}
     assert {"name": "SKYWARD_POWEROFF_CMD", "value": POWEROFF} in container["env"]
     assert pod_spec["restartPolicy"] == "Never"
-    assert pod_spec["activeDeadlineSeconds"] == 600 + 900
+    assert pod_spec["activeDeadlineSeconds"] == 600 + DEADLINE_GRACE
     assert pod_spec["nodeSelector"] == {"pool": "gpu", "nvidia.com/gpu.product": "NVIDIA-H100"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec[
         "tolerations"
@@ -175,7 +177,9 @@ def test_pod_manifest() -> None:
     assert pod_spec["hostname"] == "node-1"
     assert pod_spec["subdomain"] == "sky-abc"
     assert pod_spec["enableServiceLinks"] is False
-    assert pod_spec["volumes"][0]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
+    volumes = {v["name"]: v["emptyDir"] for v in pod_spec["volumes"]}
+    assert volumes == {"home": {}, "dshm": {"medium": "Memory", "sizeLimit": "8Gi"}}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {HOME_MOUNT, "/dev/shm"}
     assert "podAntiAffinity" in pod_spec["affinity"]
     # Identical on every node but for name and node label (Kueue merges them as one set).
     other = pod_manifest(
@@ -195,7 +199,7 @@ def test_pod_overrides_merge_last_and_none_deletes() -> None:
     pod = pod_manifest(config, build_spec(), "sky-abc", 0, TAGS, ANCHOR)
     assert pod["spec"]["hostIPC"] is True
     assert "affinity" not in pod["spec"]
-    assert "volumes" not in pod["spec"]
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["home"]  # no /dev/shm volume
     assert pod["metadata"]["annotations"] == {"extra": "1"}
     assert pod["spec"]["automountServiceAccountToken"] is False
 

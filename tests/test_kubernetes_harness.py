@@ -95,7 +95,7 @@ def test_pod_runs_reports_ip_and_succeeds(kube: KubeCluster, namespace: str) -> 
     running = wait_pod(kube.api, namespace, "p", lambda p: phase(p) == "Running")
     assert running["spec"]["nodeName"] == "cpu-0"  # untolerated GPU taint on the others
     ip = running["status"]["podIP"]
-    assert ip.startswith("127.0.100.")
+    assert ip.startswith("169.254.214.")
     done = wait_pod(kube.api, namespace, "p", lambda p: phase(p) == "Succeeded")
     assert done["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     run = next(
@@ -342,3 +342,44 @@ def test_pod_has_its_own_pid_namespace_and_user(kube: KubeCluster, namespace: st
     pod = get_pod(kube.api, namespace, "ns")
     assert pod is not None
     assert phase(pod) == "Running"
+
+
+def test_each_pod_has_its_own_network_namespace(kube: KubeCluster, namespace: str) -> None:
+    """Pods reach each other on their pod IPs over the pod network; 127.0.0.1 in a pod is
+    its own loopback; a pod has only ``lo`` and ``eth0`` (nothing of this machine's)."""
+    port = 18080
+    serve = (
+        "import socket\n"
+        f"s = socket.create_server(('0.0.0.0', {port}))\n"
+        "while True:\n"
+        "    c, _ = s.accept(); c.sendall(b'from-a'); c.close()\n"
+    )
+    create_pod(kube.api, namespace, pod_body("a", ["python3", "-c", serve]))
+    create_pod(kube.api, namespace, pod_body("b", ["sleep", "60"]))
+    a = wait_pod(kube.api, namespace, "a", lambda p: phase(p) == "Running")
+    b = wait_pod(kube.api, namespace, "b", lambda p: phase(p) == "Running")
+    a_ip, b_ip = a["status"]["podIP"], b["status"]["podIP"]
+    assert a_ip != b_ip
+    assert a_ip.startswith("169.254.214.")
+    probe = (
+        "import socket, sys\n"
+        "def get(host):\n"
+        "    for _ in range(50):\n"
+        "        try:\n"
+        f"            with socket.create_connection((host, {port}), timeout=5) as c:\n"
+        "                return c.recv(16).decode()\n"
+        "        except ConnectionRefusedError as e:\n"
+        "            if host == '127.0.0.1': return 'refused'\n"
+        "            import time; time.sleep(0.1)\n"
+        "    return 'never'\n"
+        f"print(get('{a_ip}'), get('127.0.0.1'))\n"
+    )
+    protocols = ["v5.channel.k8s.io"]
+    code, out, _ = _exec(kube, namespace, "b", ["python3", "-c", probe], None, protocols)
+    assert (code, out.decode().split()) == (0, ["from-a", "refused"])
+    code, out, _ = _exec(kube, namespace, "b", ["ip", "-o", "-4", "addr"], None, protocols)
+    assert code == 0
+    addresses = sorted(
+        line.split()[1] + " " + line.split()[3] for line in out.decode().splitlines()
+    )
+    assert addresses == [f"eth0 {b_ip}/24", "lo 127.0.0.1/8"]

@@ -238,7 +238,8 @@ def test_poweroff_command_ends_the_pod(
     _, [instance] = launch(provider, build_spec(cpu=1), "sky-poweroff")
     run = kube.kubelets[instance.tags["node"]].running_pod(namespace, instance.id)
     assert run is not None
-    assert wait_until(lambda: (run.directory / ".skyward" / "keeper.pid").exists(), 10)
+    home = run.directory / "volumes" / "home"  # the emptyDir at $HOME
+    assert wait_until(lambda: (home / ".skyward" / "keeper.pid").exists(), 10)
     command = next(
         e["value"]
         for e in kube.api.get(f"/api/v1/namespaces/{namespace}/pods/{instance.id}")["spec"][

@@ -4,7 +4,6 @@ then whole pools through ``sky.Kubernetes``."""
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import os
 import socket
@@ -17,6 +16,7 @@ import pytest
 import skyward as sky
 from skyward.spec import build_spec
 from skyward_kubernetes import Kubernetes
+from skyward_kubernetes.manifests import HOME_MOUNT
 from skyward_kubernetes.provider import KubernetesProvider
 from skyward_kubernetes.streams import open_port_forward
 from skyward_kubernetes.transport import KubeTransport
@@ -38,14 +38,20 @@ def provider(kube: KubeCluster, namespace: str) -> KubernetesProvider:
 
 
 @pytest.fixture
-def pod(provider: KubernetesProvider) -> tuple[KubeTransport, Path]:
-    """One running pod (on the CPU node) and its directory on this machine."""
+def pod(
+    provider: KubernetesProvider, kube: KubeCluster, namespace: str
+) -> tuple[KubeTransport, Path]:
+    """One running pod (on the CPU node) and, on this machine, the directory that is its
+    ``$HOME`` (an emptyDir the fake kubelet mounts at /home/skyward in the pod)."""
     _, [instance] = launch(provider, build_spec(cpu=1), "sky-transport")
     transport = provider.connect(None, instance)  # type: ignore[arg-type]
     assert isinstance(transport, KubeTransport)
-    home = Path(transport.run("pwd").output.decode().strip())
-    assert home.is_absolute(), home  # never write into the test's own directory
-    assert home.is_dir()
+    assert transport.run("pwd").output.decode().strip() == HOME_MOUNT
+    run = kube.kubelets[instance.tags["node"]].running_pod(namespace, instance.id)
+    assert run is not None
+    home = run.directory / "volumes" / "home"
+    transport.run("touch here")
+    assert (home / "here").exists()
     return transport, home
 
 
@@ -166,8 +172,8 @@ def where() -> dict[str, object]:
         "total": info.total_nodes,
         "head_addr": info.head_addr,
         "pod_ip": os.environ.get("SKYWARD_POD_IP"),
-        "home": os.environ.get("HOME"),
-        "user": getpass.getuser(),
+        "home": os.stat(os.environ["HOME"]).st_ino,
+        "uid": os.getuid(),
     }
 
 
@@ -189,9 +195,9 @@ def test_whole_pool(kube: KubeCluster, namespace: str) -> None:
         assert [i["node"] for i in infos] == [0, 1]
         assert {i["head_addr"] for i in infos} == {infos[0]["pod_ip"]}
         assert infos[0]["home"] != infos[1]["home"]
-        users = {i["user"] for i in infos}
-        assert len(users) == 2, "each pod runs as its own unix user"
-        assert "root" not in users
+        uids = {i["uid"] for i in infos}
+        assert len(uids) == 2, "each pod runs as its own unix user"
+        assert 0 not in uids
         results = sky.gather(*(square(i) for i in range(200))) >> pool
         assert list(results) == [i * i for i in range(200)]
         # Every port-forward cut at once (an apiserver restart, a load balancer's idle
@@ -300,8 +306,8 @@ def test_docs_example_runs(kube: KubeCluster, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("node ")]
-    assert lines[0].startswith("node 0 of 2, head at 127.0.100.")
-    assert lines[1].startswith("node 1 of 2, head at 127.0.100.")
+    assert lines[0].startswith("node 0 of 2, head at 169.254.214.")
+    assert lines[1].startswith("node 1 of 2, head at 169.254.214.")
     assert wait_until(lambda: not kube.api.get("/api/v1/namespaces/default/pods")["items"], 30)
 
 
@@ -350,3 +356,43 @@ def test_exec_plugin_credentials(kube: KubeCluster, namespace: str, tmp_path: Pa
     assert isinstance(transport, KubeTransport)
     assert transport.run("echo through-exec").output.strip() == b"through-exec"
     assert calls.read_text()  # the plugin was asked
+
+
+@sky.compute
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_crashed_pod_is_reported_at_once_with_how_it_ended(
+    kube: KubeCluster, namespace: str
+) -> None:
+    """A pod that dies (every process killed, reported Failed/OOMKilled) answers no
+    port-forward again: the call fails with WorkerLostError naming the pod's end, well
+    before the 30 s heartbeat timeout that retrying would wait for."""
+    provider = Kubernetes(kubeconfig=str(kube.plane.kubeconfig), namespace=namespace)
+    errors: list[BaseException] = []
+    with sky.ComputePool(provider=provider, nodes=1, cpu=1, display="quiet") as pool:
+        cluster = pool._cluster
+        assert cluster is not None
+        instance = cluster.instances[0]
+
+        def call() -> None:
+            try:
+                nap(60) >> pool
+            except BaseException as error:
+                errors.append(error)
+
+        caller = threading.Thread(target=call, daemon=True)
+        caller.start()
+        time.sleep(1.0)  # the call is running on the node
+        kube.kubelets[instance.tags["node"]].crash_pod(namespace, instance.id)
+        crashed = time.monotonic()
+        caller.join(30)
+        assert not caller.is_alive()
+        reported = time.monotonic() - crashed
+    print(f"crash reported in {reported:.1f} s")
+    assert reported < 15
+    assert len(errors) == 1, errors
+    assert isinstance(errors[0], sky.WorkerLostError), errors
+    assert "OOMKilled" in str(errors[0])

@@ -15,6 +15,7 @@ import json
 import os
 import ssl
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,16 +27,24 @@ __all__ = ["JSON", "KubeAPIError", "KubeClient", "load_client"]
 JSON = dict[str, Any]
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 REQUEST_TIMEOUT = 30.0
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+"""Answers worth another try: throttling (priority and fairness, a proxy in front of the
+apiserver) and transient server errors (an apiserver restarting, etcd leader change)."""
+RETRY_ATTEMPTS = 6
+RETRY_AFTER_CAP = 10.0
 
 
 class KubeAPIError(Exception):
     """The apiserver answered with an error status (``status``, ``reason``, ``message``)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"HTTP {status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
 
 
 class KubeClient:
@@ -104,7 +113,32 @@ class KubeClient:
         content_type: str = "application/json",
         timeout: float = REQUEST_TIMEOUT,
     ) -> JSON:
-        """One request; the decoded JSON answer, or :class:`KubeAPIError`."""
+        """One request, tried again on throttling and transient server errors; the decoded
+        JSON answer, or :class:`KubeAPIError`.
+
+        A retried create may have been made by the attempt whose answer was an error: the
+        caller sees 409 AlreadyExists then and must look at what exists (the provider
+        adopts what carries its own launch token), never create blindly.
+        """
+        for attempt in range(RETRY_ATTEMPTS):
+            try:
+                return self._request_once(method, path, body, query, content_type, timeout)
+            except KubeAPIError as error:
+                if error.status not in RETRY_STATUSES or attempt == RETRY_ATTEMPTS - 1:
+                    raise
+                delay = error.retry_after or 0.2 * 2**attempt
+                time.sleep(min(delay, RETRY_AFTER_CAP))
+        raise AssertionError("unreachable")
+
+    def _request_once(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None,
+        query: Mapping[str, str] | None,
+        content_type: str,
+        timeout: float,
+    ) -> JSON:
         headers = {"Accept": "application/json", **self.auth_headers()}
         data = None
         if body is not None:
@@ -116,13 +150,14 @@ class KubeClient:
         )
         text = response.data.decode("utf-8", "replace")
         if response.status >= 300:
+            retry_after = _seconds(response.headers.get("Retry-After"))
             try:
                 status = json.loads(text)
-                raise KubeAPIError(
-                    response.status, status.get("reason", ""), status.get("message", text)
-                )
             except ValueError:
-                raise KubeAPIError(response.status, "", text[:500]) from None
+                raise KubeAPIError(response.status, "", text[:500], retry_after) from None
+            raise KubeAPIError(
+                response.status, status.get("reason", ""), status.get("message", text), retry_after
+            )
         return json.loads(text) if text else {}
 
     def get(self, path: str, **query: str) -> JSON:
@@ -150,6 +185,14 @@ class KubeClient:
         """``/api/v1/namespaces/<ns>/<kind>[/<name>]`` for core kinds of our namespace."""
         path = f"/api/v1/namespaces/{self.namespace}/{kind}"
         return f"{path}/{name}" if name else path
+
+
+def _seconds(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (the apiserver sends a number; an HTTP date is ignored)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 def _encode(query: Mapping[str, str]) -> str:

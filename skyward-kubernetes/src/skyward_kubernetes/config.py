@@ -197,6 +197,14 @@ def _hourly_price(_: object, __: object, value: float | Mapping[str, float]) -> 
             )  # fmt: skip
 
 
+def _run_as_user(_: object, __: object, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ConfigurationError(
+            "run_as_user", f"{value!r} is not a unix user id",
+            "Use e.g. 1000 (the default), or None to run as the image's own user",
+        )  # fmt: skip
+
+
 @frozen
 class Kubernetes:
     """Run pools as pods on a Kubernetes cluster you already have.
@@ -231,6 +239,12 @@ class Kubernetes:
     :param shm_size: size of the memory-backed ``/dev/shm`` (``None``: the runtime's 64 MiB).
     :param pod_overrides: a mapping merged into the pod manifest last (an escape hatch:
         volumes, sidecars, security contexts).
+    :param run_as_user: unix user id the container runs as (default 1000). Any id but 0
+        makes the pod meet the Pod Security Standards' ``restricted`` profile
+        (``runAsNonRoot``, no privilege escalation, every capability dropped, the runtime's
+        default seccomp profile), which locked-down namespaces require; ``$HOME`` is then a
+        writable ``emptyDir``. ``None`` (the image's own user, root in ``python`` images)
+        or 0 is needed for apt packages.
     :param schedule_timeout: seconds pods may stay unschedulable before the launch fails
         with the scheduler's reason (and selection tries the next offer).
     :param hourly_price: USD per pod-hour for cost events, or per accelerator name.
@@ -288,6 +302,7 @@ class Kubernetes:
         converter=_frozen_mapping,
         validator=_optional_mapping("pod_overrides", '{"spec": {"hostIPC": True}}'),
     )
+    run_as_user: int | None = field(default=1000, validator=_run_as_user)
     schedule_timeout: float = field(default=300.0, validator=_schedule_timeout)
     hourly_price: float | Mapping[str, float] = field(
         default=0.0, converter=_frozen_mapping, validator=_hourly_price
@@ -324,6 +339,13 @@ class Kubernetes:
                     "accelerator", f"{spec.accelerator.count} is not a whole number of devices",
                     "Kubernetes schedules whole devices; ask for count=1 or more",
                 )  # fmt: skip
+        if spec.image.apt and self.run_as_user:
+            raise ConfigurationError(
+                "run_as_user", f"apt packages ({', '.join(spec.image.apt)}) need root, and pods "
+                f"run as user {self.run_as_user}",
+                "Pass run_as_user=None (the image's user, root in python images) where the "
+                "namespace allows root pods, or build the packages into the image",
+            )  # fmt: skip
         if spec.volumes:
             raise ConfigurationError(
                 "volumes", "the Kubernetes provider does not mount Skyward volumes yet",

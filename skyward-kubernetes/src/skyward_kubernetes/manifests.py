@@ -11,6 +11,7 @@ also carries ``app.kubernetes.io/managed-by: skyward``.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,8 @@ from skyward.spec import ComputeSpec
 from skyward_kubernetes.config import Kubernetes
 
 __all__ = [
+    "DEADLINE_GRACE",
+    "HOME_MOUNT",
     "KEEPER_PID_FILE",
     "MANAGED_LABEL",
     "NODE_LABEL",
@@ -59,9 +62,13 @@ while True:
         signal.pause()
 """
 POWEROFF = 'kill -TERM "$(cat "$HOME/.skyward/keeper.pid")"'
-BOOTSTRAP_ALLOWANCE = 900
-"""Seconds added to the pool's timeout for ``activeDeadlineSeconds``: scheduling, image
-pull and bootstrap come before the agent's own lifetime starts."""
+HOME_MOUNT = "/home/skyward"
+"""``$HOME`` of pods that run as a non-root user the image does not know (an emptyDir)."""
+DEADLINE_GRACE = 30
+"""Seconds a pod's ``activeDeadlineSeconds`` adds to what is left of the pool's timeout.
+The client closes the pool at its timeout (counted from the pool's opening, scheduling and
+bootstrap included) and agents outlive that by 15 s so the client reports the reason first;
+the cluster's deadline only ends pods a vanished client could not."""
 
 
 def resource_name(pool_id: str) -> str:
@@ -159,14 +166,18 @@ def pod_manifest(
     tags: Mapping[str, str],
     anchor: Mapping[str, Any],
     gpu_model: tuple[str, str] | None = None,
+    remaining: float | None = None,
 ) -> dict[str, Any]:
     """The pod of node ``node``; identical on every node but for its name and node label,
     so queueing systems (Kueue) can treat the pool as one pod set.
 
     :param gpu_model: (node label, value) the pod must land on, when the pool asks for a
         GPU model.
+    :param remaining: seconds left of the pool's timeout as the pod is created (default:
+        all of it); the pod's ``activeDeadlineSeconds`` is that plus :data:`DEADLINE_GRACE`.
     """
     name = resource_name(pool_id)
+    left = float(spec.timeout) if remaining is None else remaining
     labels = {**config.labels, **labels_from_tags(tags), NODE_LABEL: str(node)}
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
@@ -200,19 +211,45 @@ def pod_manifest(
         "resources": {"requests": requests, "limits": limits},
     }
     volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    pod_security: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}}
+    if config.run_as_user:
+        # The restricted profile. The image has no home for this user: $HOME (the
+        # keeper's PID file, uv's cache, the environments) is an emptyDir.
+        pod_security.update(
+            runAsNonRoot=True, runAsUser=config.run_as_user, runAsGroup=config.run_as_user,
+            fsGroup=config.run_as_user,
+        )  # fmt: skip
+        container["securityContext"] = {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+        }
+        env += [
+            {"name": "HOME", "value": HOME_MOUNT},
+            {"name": "USER", "value": "skyward"},
+            {"name": "LOGNAME", "value": "skyward"},
+        ]
+        volumes.append({"name": "home", "emptyDir": {}})
+        mounts.append({"name": "home", "mountPath": HOME_MOUNT})
     if config.shm_size:
         volumes.append(
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": config.shm_size}}
         )
-        container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    if mounts:
+        container["volumeMounts"] = mounts
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "enableServiceLinks": False,
         "automountServiceAccountToken": config.service_account is not None,
         "terminationGracePeriodSeconds": 5,
-        "activeDeadlineSeconds": int(spec.timeout) + BOOTSTRAP_ALLOWANCE,
+        # Counted by the kubelet from the pod's start, which comes after its creation: the
+        # backstop never fires before the pool's own end.
+        "activeDeadlineSeconds": math.ceil(max(1.0, left)) + DEADLINE_GRACE,
         "hostname": f"node-{node}",
         "subdomain": name,
+        "securityContext": pod_security,
         "containers": [container],
         "tolerations": tolerations,
         "affinity": dict(config.affinity) if config.affinity is not None else _spread(pool_id),

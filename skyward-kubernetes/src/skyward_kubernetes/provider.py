@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +51,7 @@ FATAL_WAITING = frozenset(
     }
 )
 """Container waiting reasons that will not resolve by waiting: the launch fails at once."""
+LAUNCH_ANNOTATION = "skyward/launch"
 POLL_INTERVAL = 0.25
 NAME_WAIT = 30.0
 """Seconds a launch waits for a same-named pod of an earlier attempt to finish deleting."""
@@ -106,6 +108,9 @@ class KubernetesProvider:
     name: str = "kubernetes"
     client: KubeClient = field(init=False)
     _spec: ComputeSpec | None = None
+    _opened: float | None = None
+    """When :meth:`prepare` ran (the pool had just opened): what is left of its timeout is
+    counted from there."""
     clock: Callable[[], float] = time.monotonic
 
     def __attrs_post_init__(self) -> None:
@@ -172,6 +177,7 @@ class KubernetesProvider:
 
     def prepare(self, spec: ComputeSpec, pool_id: str) -> Infrastructure:
         self._spec = spec
+        self._opened = self.clock()
         tags = _pool_tags(pool_id)
         data = {"pool": pool_id, "timeout": str(spec.timeout), "nodes": str(spec.nodes)}
         anchor = self._create_or_adopt("configmaps", anchor_manifest(pool_id, tags, data), pool_id)
@@ -207,6 +213,7 @@ class KubernetesProvider:
     def _create_pod(self, manifest: JSON) -> JSON:
         name = manifest["metadata"]["name"]
         pool_id = manifest["metadata"]["labels"][POOL_LABEL]
+        token = manifest["metadata"]["annotations"][LAUNCH_ANNOTATION]
         deadline = self.clock() + NAME_WAIT
         while True:
             try:
@@ -222,6 +229,8 @@ class KubernetesProvider:
                 if error.status == 404:
                     continue
                 raise self._error(f"reading pod {name}", error) from None
+            if (existing["metadata"].get("annotations") or {}).get(LAUNCH_ANNOTATION) == token:
+                return existing  # this launch made it: an attempt whose answer was lost
             labels = existing["metadata"].get("labels") or {}
             if labels.get(POOL_LABEL) != pool_id or self.clock() > deadline:
                 raise ProvisioningError(
@@ -238,10 +247,18 @@ class KubernetesProvider:
         anchor = {"metadata": {"name": infra.anchor, "uid": infra.anchor_uid}}
         extra = request.offer.extra
         model = (extra["gpu_label"], extra["gpu_value"]) if extra.get("gpu_label") else None
+        opened = self.clock() if self._opened is None else self._opened
+        remaining = request.spec.timeout - (self.clock() - opened)
+        config, spec, pool_id = self.config, request.spec, request.pool_id
         manifests = [
-            pod_manifest(self.config, request.spec, request.pool_id, i, request.tags, anchor, model)
+            pod_manifest(config, spec, pool_id, i, request.tags, anchor, model, remaining=remaining)
             for i in range(request.count)
         ]
+        # Marks what this launch made, so a create retried after an error answer adopts
+        # the pod it may have made instead of replacing it.
+        token = secrets.token_hex(8)
+        for manifest in manifests:
+            manifest["metadata"]["annotations"][LAUNCH_ANNOTATION] = token
         names = [m["metadata"]["name"] for m in manifests]
         started = self.clock()
         try:

@@ -207,6 +207,8 @@ class PortForwardPump:
         self._partial: list[bytes] = []
         self._first = threading.Event()  # the kubelet's verdict: data, an error, or close
         self._closing = False
+        self.received = False
+        """Whether any byte came from the pod."""
         self.thread = threading.Thread(target=self._run, name=f"portforward-{port}", daemon=True)
 
     def start(self) -> None:
@@ -216,6 +218,12 @@ class PortForwardPump:
 
     def wait_verdict(self, timeout: float) -> None:
         self._first.wait(timeout)
+
+    @property
+    def closed_at_once(self) -> bool:
+        """The stream ended before the pod sent anything: the kubelet would not forward
+        (the pod is not running, or streams are refused)."""
+        return self._closing and not self.received and not self.error
 
     def _payload(self, payload: bytes) -> None:
         if not payload:
@@ -229,6 +237,7 @@ class PortForwardPump:
             return
         if channel == 0:
             self._to_local.extend(data)
+            self.received = True
             self._first.set()
         elif channel == 1:
             self.error += data.decode(errors="replace")
@@ -348,4 +357,7 @@ def open_port_forward(
     if pump.error:
         pump.user.close()
         raise ConnectionRefusedError(f"port-forward to {pod}:{port}: {pump.error.strip()}")
+    if pump.closed_at_once:
+        pump.user.close()
+        raise ConnectionError(f"port-forward to {pod}:{port} was closed before any data")
     return pump.user

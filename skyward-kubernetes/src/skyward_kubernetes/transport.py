@@ -1,34 +1,29 @@
 """``KubeTransport``: bootstrap a pod, start its agent and tunnel to it, through the API.
 
-The same steps as core's ``SSHTransport`` (uv when the platform matches, wheels once per
-fingerprint, ``Image.bootstrap()`` through ``sh -s`` on stdin with its ``::skyward:``
-markers, the agent with its environment on stdin), over ``pods/exec`` instead of an SSH
-session, and ``pods/portforward`` to the agent's loopback port instead of a
-``direct-tcpip`` channel. No sshd in the image, no port opened.
-
-This duplicates the shape of ``SSHTransport.bootstrap``/``start_agent`` (about 60 lines)
-rather than generalising it over a remote-shell protocol: core's transport is being changed
-in parallel; folding the two together is the next step.
+The same bootstrap as core's ``SSHTransport`` (:func:`skyward.remote_shell.bootstrap_node`:
+uv when the platform matches, wheels once per fingerprint, ``Image.bootstrap()`` through
+``sh -s`` on stdin), this class being the remote shell, over ``pods/exec`` instead of an
+SSH session; the agent starts with its environment on stdin, and ``pods/portforward`` to
+its loopback port replaces a ``direct-tcpip`` channel. No sshd in the image, no port
+opened.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import platform
 import shlex
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from skyward import plugins
 from skyward.errors import ProvisioningError
 from skyward.messages import READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint, BootstrapReporter, Stream
+from skyward.remote_shell import HOME, bootstrap_node
 from skyward.ssh.transport import stop_group_command
-from skyward.wheels import build_node_wheels
-from skyward_kubernetes.api import KubeClient
+from skyward_kubernetes.api import KubeAPIError, KubeClient
 from skyward_kubernetes.streams import ExecResult, exec_command, open_port_forward
 
 if TYPE_CHECKING:
@@ -36,9 +31,6 @@ if TYPE_CHECKING:
     from skyward.spec import ComputeSpec
 
 __all__ = ["KubeTransport"]
-
-HOME = ".skyward"  # relative to the container's $HOME, like the SSH transport's
-_TAIL = 25
 
 
 class KubeTransport:
@@ -129,61 +121,17 @@ class KubeTransport:
     # -- bootstrap --------------------------------------------------------------------
 
     def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
-        same_platform = self._upload_uv(reporter)
-        wheels = build_node_wheels(include_binary=same_platform)
-        remote_wheels = f"{HOME}/wheels/{wheels.fingerprint}"
-        if self.run(f"test -f {remote_wheels}/.complete").code == 0:
-            reporter.step("upload", cached=True)
-        else:
-            reporter.step("upload")
-            self.upload(wheels.files, remote_wheels)
-            self.run(f"touch {remote_wheels}/.complete")
-        script = image.bootstrap(0, steps=plugins.bootstrap_steps(image, self.spec))
-        tail: list[str] = []
-        step = "start"
-
-        def on_line(line: str) -> None:
-            nonlocal step
-            if line.startswith("::skyward:step "):
-                step = line.split(maxsplit=1)[1]
-                reporter.step(step)
-            elif line.startswith("::skyward:cached "):
-                reporter.step(line.split(maxsplit=1)[1], cached=True)
-            elif line.startswith("::skyward:python "):
-                self.python = line.split(maxsplit=1)[1]
-            else:
-                tail.append(line)
-                del tail[:-_TAIL]
-                reporter.log(line)
-
-        command = f'SKYWARD_WHEELS="$HOME/{remote_wheels}" exec sh -s'
-        result = self.run(command, stdin=script.encode(), on_line=on_line)
-        if result.code != 0:
-            output = "\n".join(tail)
-            raise self._fail(f"bootstrap step {step!r} failed (exit {result.code}):\n{output}")
-        if not self.python:
-            raise self._fail("bootstrap finished without naming the agent's Python")
-
-    def _upload_uv(self, reporter: BootstrapReporter) -> bool:
-        probe = self.run(f"uname -sm; test -x {HOME}/bin/uv && echo has-uv")
-        lines = probe.output.decode(errors="replace").split()
-        remote = " ".join(lines[:2])
-        local = f"{platform.system()} {platform.machine()}"
-        if remote != local:
-            reporter.log(f"pod is {remote}, client {local}: the pod installs uv itself")
-            return False
-        if "has-uv" not in lines:
-            from skyward.providers.local_env import find_uv
-
-            self.upload([Path(find_uv())], f"{HOME}/bin")
-            self.run(f"chmod 755 {HOME}/bin/uv")
-        return True
+        self.python = bootstrap_node(self, image, reporter, spec=self.spec, fail=self._fail)
 
     # -- the agent --------------------------------------------------------------------
 
     def start_agent(self, config: AgentConfig) -> AgentEndpoint:
         if not self.python:
             raise self._fail("start_agent called before bootstrap")
+        if self.endpoint is not None:  # a restart: the pod may be the one that ended
+            ended = self.pod_end()
+            if ended is not None:
+                raise self._fail(f"the pod has ended ({ended}); no agent can start in it")
         argv = " ".join(shlex.quote(a) for a in config.argv())
         command = (
             f"mkdir -p {self.workdir} && cd {self.workdir} && "
@@ -213,7 +161,51 @@ class KubeTransport:
         raise self._fail(f"the node agent did not start:\n{output}")
 
     def open_stream(self, endpoint: AgentEndpoint) -> Stream:
-        return open_port_forward(self.client, self.pod, endpoint.port)
+        """A port-forward to the agent. A pod that has ended (crashed, evicted, deleted,
+        past its deadline) answers no port-forward again: that is reported as a refusal,
+        so the client tries to start a new agent, which :meth:`start_agent` refuses at
+        once naming how the pod ended, instead of retrying until the heartbeat timeout."""
+        try:
+            return open_port_forward(self.client, self.pod, endpoint.port)
+        except ConnectionRefusedError:
+            raise
+        except Exception as error:
+            ended = self.pod_end()
+            if ended is not None:
+                raise ConnectionRefusedError(f"pod {self.pod} has ended: {ended}") from error
+            raise
+
+    def pod_end(self) -> str | None:
+        """How the pod ended (deleted, Succeeded or Failed and why), or None while it may
+        still run (or when the API cannot tell)."""
+        try:
+            pod = self.client.get(self.client.ns_path("pods", self.pod))
+        except KubeAPIError as error:
+            return "deleted" if error.status == 404 else None
+        except Exception:
+            return None
+        status = pod.get("status") or {}
+        if pod["metadata"].get("deletionTimestamp"):
+            return "being deleted"
+        phase = status.get("phase")
+        if phase not in ("Succeeded", "Failed"):
+            return None
+        states = [
+            (c.get("state") or {}).get("terminated") for c in status.get("containerStatuses") or []
+        ]
+        terminated: dict[str, Any] = next((t for t in states if t), {})
+        reason = status.get("reason") or terminated.get("reason") or ""
+        code = terminated.get("exitCode")
+        return (
+            f"{phase}"
+            + (f" ({reason})" if reason else "")
+            + (f", exit code {code}" if code is not None else "")
+        )
+
+    def agent_exit_cause(self) -> str | None:
+        """Why the agent stopped, as far as the cluster tells: the pod's end."""
+        ended = self.pod_end()
+        return f"the pod {ended}" if ended else None
 
     def close(self) -> None:
         """Stop the agent (if still running) and remove this pool's directory; keep caches."""

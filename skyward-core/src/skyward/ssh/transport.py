@@ -15,22 +15,19 @@ Every remote provider uses this one path:
 
 from __future__ import annotations
 
-import platform
 import select
 import shlex
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import paramiko
 
-from skyward import plugins
 from skyward.errors import ProvisioningError
 from skyward.messages import EXIT_REASON_FILE, READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint, BootstrapReporter, Stream
+from skyward.remote_shell import bootstrap_node
 from skyward.ssh.connection import SSHConnection
 from skyward.ssh.leftovers import sweep_dead_pool_dirs
-from skyward.wheels import build_node_wheels
 
 if TYPE_CHECKING:
     from skyward.image import Image
@@ -39,7 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["SSHTransport", "stop_group_command"]
 
 HOME = ".skyward"  # relative to the login directory, for SFTP and the shell alike
-_TAIL = 25
 # How long an agent's group gets to exit on SIGTERM before SIGKILL, seconds.
 STOP_GRACE = 2.0
 # How long closing a transport may spend reconnecting to stop the agent, seconds.
@@ -107,57 +103,9 @@ class SSHTransport:
         # for 10 minutes): one command, and never a reason to fail.
         for name in sweep_dead_pool_dirs(self.connection):
             reporter.log(f"removed {HOME}/pools/{name}, left by a pool whose agents are gone")
-        same_platform = self._upload_uv(reporter)
-        wheels = build_node_wheels(include_binary=same_platform)
-        remote_wheels = f"{HOME}/wheels/{wheels.fingerprint}"
-        if self.connection.run(f"test -f {remote_wheels}/.complete").code == 0:
-            reporter.step("upload", cached=True)
-        else:
-            reporter.step("upload")
-            self.connection.upload(wheels.files, remote_wheels)
-            self.connection.run(f"touch {remote_wheels}/.complete")
-        script = image.bootstrap(self.ttl, steps=plugins.bootstrap_steps(image, self.spec))
-        tail: list[str] = []
-        step = "start"
-
-        def on_line(line: str) -> None:
-            nonlocal step
-            if line.startswith("::skyward:step "):
-                step = line.split(maxsplit=1)[1]
-                reporter.step(step)
-            elif line.startswith("::skyward:cached "):
-                reporter.step(line.split(maxsplit=1)[1], cached=True)
-            elif line.startswith("::skyward:python "):
-                self.python = line.split(maxsplit=1)[1]
-            else:
-                tail.append(line)
-                del tail[:-_TAIL]
-                reporter.log(line)
-
-        command = f'SKYWARD_WHEELS="$HOME/{remote_wheels}" exec sh -s'
-        result = self.connection.run(command, stdin=script.encode(), on_line=on_line)
-        if result.code != 0:
-            output = "\n".join(tail)
-            raise self._fail(f"bootstrap step {step!r} failed (exit {result.code}):\n{output}")
-        if not self.python:
-            raise self._fail("bootstrap finished without naming the agent's Python")
-
-    def _upload_uv(self, reporter: BootstrapReporter) -> bool:
-        """Give the node the client's uv when the platforms match (the script finds one
-        otherwise). Returns whether the node has the client's platform."""
-        probe = self.connection.run(f"uname -sm; test -x {HOME}/bin/uv && echo has-uv")
-        lines = probe.output.split()
-        remote = " ".join(lines[:2])
-        local = f"{platform.system()} {platform.machine()}"
-        if remote != local:
-            reporter.log(f"node is {remote}, client {local}: the node installs uv itself")
-            return False
-        if "has-uv" not in lines:
-            from skyward.providers.local_env import find_uv
-
-            self.connection.upload([Path(find_uv())], f"{HOME}/bin")
-            self.connection.run(f"chmod 755 {HOME}/bin/uv")
-        return True
+        self.python = bootstrap_node(
+            self.connection, image, reporter, spec=self.spec, fail=self._fail, ttl=self.ttl
+        )
 
     # -- the agent --------------------------------------------------------------------
 
