@@ -56,6 +56,7 @@ from typing import Any, Self
 from urllib.parse import parse_qs
 
 from skyward.provider import Instance
+from tests.loopback_server import Served
 
 # --------------------------------------------------------------------------------------
 # recorded calls
@@ -203,8 +204,7 @@ class _LoopbackServer:
     daemon thread, and the throttles that the subclass's ``throttle_next`` arms."""
 
     def __init__(self) -> None:
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._served: Served | None = None
         self._throttles = _Throttles()
         self.url = ""
         self.port = 0
@@ -222,22 +222,17 @@ class _LoopbackServer:
         self.stop()
 
     def _serve(self, server: Any, name: str) -> Self:
-        self._server = server
-        self.port = server.socket.getsockname()[1]
+        self._served = Served(server, name)
+        self.port = self._served.port
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
-        self._thread.start()
         return self
 
     def _shutdown(self) -> bool:
         """Stop serving; False if the server was not running."""
-        if self._server is None:
+        if self._served is None:
             return False
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = None
+        self._served.close()
+        self._served = None
         return True
 
 

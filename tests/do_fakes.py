@@ -69,6 +69,8 @@ from werkzeug.routing import Map, Rule
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+from tests.loopback_server import Served
+
 CONTRACT = (
     Path(__file__).resolve().parent.parent.parent
     / "shared"
@@ -290,8 +292,7 @@ class FakeDigitalOcean:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._served: Served | None = None
         self.url = ""
         self.token = TOKEN
         self.reset()
@@ -329,23 +330,17 @@ class FakeDigitalOcean:
 
     def start(self) -> Self:
         contract()  # load before the first request, not during it
-        self._server = make_server(
+        server = make_server(
             "127.0.0.1", 0, self._wsgi, threaded=True, request_handler=_QuietHandler
         )
-        self.url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="fake-digitalocean", daemon=True
-        )
-        self._thread.start()
+        self._served = Served(server, "fake-digitalocean")
+        self.url = f"http://127.0.0.1:{self._served.port}"
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._served is not None:
+            self._served.close()
+            self._served = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -803,9 +798,7 @@ class FakeDigitalOcean:
         with self._lock:
             match = [d for d in self._existing() if d.id == droplet_id]
             if not match:
-                raise _ApiError(
-                    404, "not_found", "The resource you were accessing could not be found."
-                )
+                raise _not_found()
             return 200, {"droplet": self._droplet_json(match[0], time.monotonic())}
 
     def _op_droplets_create(self, body: dict[str, Any], **_: Any) -> tuple[int, Any]:
@@ -913,9 +906,7 @@ class FakeDigitalOcean:
         with self._lock:
             match = [d for d in self._existing() if d.id == droplet_id]
             if not match:
-                raise _ApiError(
-                    404, "not_found", "The resource you were accessing could not be found."
-                )
+                raise _not_found()
             self._destroy(match[0])
         return 204, None
 
@@ -932,7 +923,7 @@ class FakeDigitalOcean:
         for item in self.keys.values():
             if str(item["id"]) == key or item["fingerprint"] == key:
                 return item
-        raise _ApiError(404, "not_found", "The resource you were accessing could not be found.")
+        raise _not_found()
 
     def _op_sshKeys_list(self, query: dict[str, str], **_: Any) -> tuple[int, Any]:
         with self._lock:
@@ -1006,17 +997,13 @@ class FakeDigitalOcean:
     def _op_tags_get(self, tag: str, **_: Any) -> tuple[int, Any]:
         with self._lock:
             if tag not in self.tags:
-                raise _ApiError(
-                    404, "not_found", "The resource you were accessing could not be found."
-                )
+                raise _not_found()
             return 200, {"tag": self._tag_json(tag)}
 
     def _op_tags_delete(self, tag: str, **_: Any) -> tuple[int, Any]:
         with self._lock:
             if tag not in self.tags:
-                raise _ApiError(
-                    404, "not_found", "The resource you were accessing could not be found."
-                )
+                raise _not_found()
             self.tags.discard(tag)
             for droplet in self.droplets.values():  # "also untags all the resources"
                 if tag in droplet.tags:
@@ -1054,21 +1041,17 @@ class FakeDigitalOcean:
     def _op_firewalls_get(self, fid: str, **_: Any) -> tuple[int, Any]:
         with self._lock:
             if fid not in self.firewalls:
-                raise _ApiError(
-                    404, "not_found", "The resource you were accessing could not be found."
-                )
+                raise _not_found()
             return 200, {"firewall": copy.deepcopy(self.firewalls[fid])}
 
     def _op_firewalls_delete(self, fid: str, **_: Any) -> tuple[int, Any]:
         with self._lock:
             if self.firewalls.pop(fid, None) is None:
-                raise _ApiError(
-                    404, "not_found", "The resource you were accessing could not be found."
-                )
+                raise _not_found()
         return 204, None
 
     def _op_unknown(self, **_: Any) -> tuple[int, Any]:
-        raise _ApiError(404, "not_found", "The resource you were accessing could not be found.")
+        raise _not_found()
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -1082,6 +1065,11 @@ class _ApiError(Exception):
         self.status = status
         self.ident = ident
         self.message = message
+
+
+def _not_found() -> _ApiError:
+    """DigitalOcean's answer for an id, tag or fingerprint it does not know."""
+    return _ApiError(404, "not_found", "The resource you were accessing could not be found.")
 
 
 def pydo_client(url: str, token: str = TOKEN, **options: Any) -> Any:

@@ -19,6 +19,7 @@ import pytest
 
 import skyward as sky
 from tests.aws_fakes import AwsEnv, ec2_user_data
+from tests.cloud_checks import POWEROFF_HARMLESS, two_node_pool
 from tests.cloud_init import CloudInit, registered
 
 pytestmark = pytest.mark.usefixtures("fresh_plugins")
@@ -29,14 +30,6 @@ def cloud(aws_env: AwsEnv, ssh_hosts: Any, tmp_path: Path) -> Iterator[CloudInit
     hook = CloudInit(ssh_hosts(2), tmp_path / "cloud-init", ec2_user_data)
     with registered(hook):
         yield hook
-
-
-@sky.compute
-def where() -> tuple[int, str, str]:
-    import getpass
-
-    info = sky.instance_info()
-    return info.node, getpass.getuser(), info.job_id
 
 
 @sky.compute
@@ -68,30 +61,9 @@ def _aws() -> Any:
     return sky.AWS(ssh_cidr="127.0.0.1/32", instance_timeout=30)  # type: ignore[attr-defined]
 
 
-POWEROFF_HARMLESS = {"SKYWARD_POWEROFF_CMD": "true"}
-
-
 def test_two_node_pool_runs_and_leaves_nothing(aws_env: AwsEnv, cloud: CloudInit) -> None:
-    events: list[Any] = []
-    with sky.ComputePool(
-        provider=_aws(),
-        nodes=2,
-        machine="m5.large",
-        env=POWEROFF_HARMLESS,
-        display="quiet",
-        on_event=events.append,
-    ) as pool:
-        one = where() >> pool
-        every = where() @ pool
-        pool_id = pool.pool_id
-        for host in cloud.mapped.values():
-            (agent,) = [p for p in host.processes() if "skyward.agent" in p.cmdline()]
-            assert "--on-expire=poweroff" in agent.cmdline(), "a lost client powers it off"
-    assert one[2] == pool_id
-    assert [e[0] for e in every] == [0, 1]
-    assert {e[1] for e in every} == {h.user for h in cloud.mapped.values()}
+    pool_id, events = two_node_pool(_aws(), cloud, "aws", machine="m5.large")
     provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
-    assert [e.provider for e in provisioned] == ["aws", "aws"]
     expected = aws_env.pricing.prices[("us-east-1", "m5.large")]
     assert all(e.price_on_demand == pytest.approx(expected) for e in provisioned)
     assert all(e.spot and e.price_spot is not None for e in provisioned), "spot when available"

@@ -10,9 +10,9 @@ import pytest
 
 import skyward as sky
 from skyward.errors import CapacityError, ConfigurationError, ProvisioningError
-from skyward.provider import LaunchRequest
 from skyward.spec import build_spec
 from tests.aws_fakes import DLAMI_X86_64, UBUNTU_2204_AMD64, UBUNTU_2204_ARM64, AwsEnv
+from tests.cloud_checks import launch
 
 pytestmark = pytest.mark.usefixtures("fresh_plugins", "warm_catalog")
 
@@ -42,21 +42,7 @@ def _provider(**options: Any) -> Any:
 
 
 def _launch(provider: Any, spec: Any, pool_id: str = "sky-test") -> tuple[Any, list[Any]]:
-    offers = sky.selection.rank_offers(sky.selection.offers_for(provider, spec), spec)
-    assert offers, "no offer"
-    infra = provider.prepare(spec, pool_id)
-    request = LaunchRequest(
-        pool_id=pool_id,
-        offer=offers[0],
-        count=spec.nodes,
-        spec=spec,
-        tags={"skyward:managed": "true", "skyward:pool": pool_id},
-    )
-    try:
-        return infra, list(provider.launch(infra, request))
-    except BaseException:
-        provider.teardown(infra)
-        raise
+    return launch(provider, spec, pool_id)
 
 
 def _running(pool_id: str) -> list[str]:

@@ -24,9 +24,10 @@ from skyward_aws.ssm import open_tunnel
 from skyward_aws.ssm.channel import SessionError
 from skyward_aws.ssm.messages import ClientMessage, PayloadType, ProtocolError, acknowledgement
 from tests.aws_fakes import AwsEnv
+from tests.cloud_checks import POWEROFF_HARMLESS, where
 from tests.conftest import wait_until
 from tests.ssm_fakes import SessionManagerFake
-from tests.test_aws_pool import POWEROFF_HARMLESS, CloudInit, _leftovers, cloud, where
+from tests.test_aws_pool import CloudInit, _leftovers, cloud
 
 __all__ = ["cloud"]  # the fixture, shared with the SSH-reached pools of test_aws_pool
 

@@ -22,6 +22,7 @@ import pytest
 import skyward as sky
 from skyward.provider import Instance
 from tests.aws_fakes import AwsEnv, ec2_user_data
+from tests.cloud_checks import POWEROFF_HARMLESS, two_node_pool, where
 from tests.cloud_init import CloudInit, registered
 from tests.conftest import wait_until
 from tests.do_fakes import FakeDigitalOcean, do_fake
@@ -29,8 +30,6 @@ from tests.do_fakes import FakeDigitalOcean, do_fake
 __all__ = ["do_fake"]
 
 pytestmark = pytest.mark.usefixtures("fresh_plugins")
-
-POWEROFF_HARMLESS = {"SKYWARD_POWEROFF_CMD": "true"}
 
 
 def _user_data(fake: FakeDigitalOcean) -> Callable[[Instance], str]:
@@ -47,14 +46,6 @@ def cloud(do_fake: FakeDigitalOcean, ssh_hosts: Any, tmp_path: Path) -> Iterator
     hook = CloudInit(ssh_hosts(2), tmp_path / "cloud-init", _user_data(do_fake))
     with registered(hook):
         yield hook
-
-
-@sky.compute
-def where() -> tuple[int, str, str]:
-    import getpass
-
-    info = sky.instance_info()
-    return info.node, getpass.getuser(), info.job_id
 
 
 def _do(**options: Any) -> Any:
@@ -79,27 +70,8 @@ NOTHING = {"droplets": 0, "keys": 0, "firewalls": 0, "tags": 0}
 
 
 def test_two_node_pool_runs_and_leaves_nothing(do_fake: FakeDigitalOcean, cloud: CloudInit) -> None:
-    events: list[Any] = []
-    with sky.ComputePool(
-        provider=_do(),
-        nodes=2,
-        cpu=2,
-        env=POWEROFF_HARMLESS,
-        display="quiet",
-        on_event=events.append,
-    ) as pool:
-        one = where() >> pool
-        every = where() @ pool
-        pool_id = pool.pool_id
-        for host in cloud.mapped.values():
-            # the agent itself (its workers are processes of their own)
-            (agent,) = [p for p in host.processes() if "skyward.agent" in p.cmdline()]
-            assert "--on-expire=poweroff" in agent.cmdline(), "a lost client powers it off"
-    assert one[2] == pool_id
-    assert [e[0] for e in every] == [0, 1]
-    assert {e[1] for e in every} == {h.user for h in cloud.mapped.values()}
+    pool_id, events = two_node_pool(_do(), cloud, "digitalocean", cpu=2)
     provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
-    assert [e.provider for e in provisioned] == ["digitalocean", "digitalocean"]
     assert all(e.instance_type == "s-2vcpu-2gb" for e in provisioned), "cheapest 2-vCPU size"
     assert all(not e.spot and e.price_on_demand == pytest.approx(0.02679) for e in provisioned)
     assert isinstance(events[-1], sky.CostFinal)

@@ -14,6 +14,7 @@ import skyward as sky
 from skyward.errors import CapacityError, ConfigurationError, ProvisioningError
 from skyward.provider import InstanceState, LaunchRequest
 from skyward.spec import build_spec
+from tests.cloud_checks import launch, ranked_offers
 from tests.do_fakes import FakeDigitalOcean, do_fake
 
 __all__ = ["do_fake"]
@@ -31,26 +32,11 @@ def _provider(**options: Any) -> Any:
     return provider
 
 
-def _offers(provider: Any, spec: Any) -> list[Any]:
-    return sky.selection.rank_offers(sky.selection.offers_for(provider, spec), spec)
+_offers = ranked_offers
 
 
 def _launch(provider: Any, spec: Any, pool_id: str = POOL) -> tuple[Any, list[Any]]:
-    offers = _offers(provider, spec)
-    assert offers, "no offer"
-    infra = provider.prepare(spec, pool_id)
-    request = LaunchRequest(
-        pool_id=pool_id,
-        offer=offers[0],
-        count=spec.nodes,
-        spec=spec,
-        tags={"skyward:managed": "true", "skyward:pool": pool_id},
-    )
-    try:
-        return infra, list(provider.launch(infra, request))
-    except BaseException:
-        provider.teardown(infra)
-        raise
+    return launch(provider, spec, pool_id)
 
 
 def _wait_running(provider: Any, instances: list[Any], timeout: float = 10) -> list[Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import skyward as sky
 from skyward.providers.local import LocalProvider
 from skyward.providers.local_leftovers import MARKER
+from tests.cli_runs import skyward_cli
 from tests.conftest import agent_processes, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,31 +62,11 @@ def killed_client(tmp_path: Path) -> tuple[str, Path]:
 
 def test_skyward_down_removes_a_killed_clients_directory(tmp_path: Path) -> None:
     pool_id, root = killed_client(tmp_path)
-    listed = subprocess.run(
-        [sys.executable, "-m", "skyward.cli", "down", "--provider", "local", "--dry-run"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    listed = skyward_cli("down", "--provider", "local", "--dry-run")
     assert listed.returncode == 0, listed.stderr
     assert f"local\tnode-dir\t{root}" in listed.stdout
     assert root.exists()
-    swept = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "skyward.cli",
-            "down",
-            "--provider",
-            "local",
-            "--pool",
-            pool_id,
-            "--yes",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    swept = skyward_cli("down", "--provider", "local", "--pool", pool_id, "--yes")
     assert swept.returncode == 0, swept.stderr
     assert not root.exists()
 

@@ -16,6 +16,7 @@ from skyward.ssh.connection import SSHConnection
 from skyward.ssh.hosts import SSHHost
 from skyward.ssh.keys import KnownHosts
 from tests.ssh_hosts import SFTP, ClientKey, SSHTestHost, ssh_command
+from tests.test_ssh_pool import ssh_provider
 
 
 @sky.compute
@@ -96,17 +97,7 @@ def test_a_pool_starts_on_a_host_without_sftp(
 ) -> None:
     host = ssh_hosts(1)[0]
     host.run("rm -rf .skyward/wheels .skyward/bin")  # so the bootstrap must upload
-    provider = sky.SSH(
-        hosts=[
-            sky.SSHHost(
-                host.address,
-                user=host.user,
-                port=host.port,
-                identity_file=str(ssh_client_key.private_path),
-            )
-        ],
-        known_hosts=str(ssh_known_hosts),
-    )
+    provider = ssh_provider([host], ssh_client_key, ssh_known_hosts)
     with host.without_sftp(), sky.ComputePool(provider=provider, display="quiet") as pool:
         assert square(7) >> pool == 49
     assert host.run("ls .skyward/wheels").stdout.strip()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +23,10 @@ import skyward as sky
 from skyward.provider import AgentEndpoint
 from skyward.providers.ssh import SSHProvider
 from skyward.ssh.transport import SSHTransport
+from tests.cli_runs import skyward_cli
 from tests.conftest import wait_until
 from tests.ssh_hosts import ClientKey, SSHTestHost
+from tests.test_ssh_pool import ssh_provider
 
 SHELLS = ["/bin/sh", "/bin/bash"]
 
@@ -61,15 +62,7 @@ def alive(pid: int) -> bool:
 
 
 def provider_for(hosts: list[SSHTestHost], key: ClientKey, known_hosts: Path) -> SSHProvider:
-    config = sky.SSH(
-        hosts=[
-            sky.SSHHost(h.address, user=h.user, port=h.port, identity_file=str(key.private_path))
-            for h in hosts
-        ],
-        known_hosts=str(known_hosts),
-        connect_timeout=10,
-    )
-    provider = config.create()
+    provider = ssh_provider(hosts, key, known_hosts, connect_timeout=10).create()
     assert isinstance(provider, SSHProvider)
     return provider
 
@@ -118,13 +111,7 @@ def test_transport_close_kills_the_agents_whole_group(
 
 
 def down(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "skyward.cli", "down", "--yes", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return skyward_cli("down", "--yes", *args)
 
 
 def host_args(host: SSHTestHost, key: ClientKey, known_hosts: Path) -> list[str]:
@@ -196,17 +183,7 @@ def test_opening_a_pool_removes_old_directories_of_dead_pools(
     host.run(
         "mkdir -p .skyward/pools/busypool/node0 && touch -d '1 hour ago' .skyward/pools/busypool"
     )
-    config = sky.SSH(
-        hosts=[
-            sky.SSHHost(
-                host.address,
-                user=host.user,
-                port=host.port,
-                identity_file=str(ssh_client_key.private_path),
-            )
-        ],
-        known_hosts=str(ssh_known_hosts),
-    )
+    config = ssh_provider([host], ssh_client_key, ssh_known_hosts)
     with sky.ComputePool(provider=config, display="quiet") as pool:
         assert square(4) >> pool == 16
         assert "oldpool" not in pool_dirs(host)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_runs import skyward_cli
 from tests.conftest import agent_processes, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,46 +137,24 @@ def test_skyward_down_sweeps_orphans_of_a_killed_client(tmp_path: Path) -> None:
     try:
         _sweep_and_check(pool_id)
     finally:  # a failed assertion must not leave agents for 300 s
-        subprocess.run(
-            [sys.executable, "-m", "skyward.cli", "down", "--pool", pool_id, "--yes"], check=False
-        )
+        skyward_cli("down", "--pool", pool_id, "--yes")
 
 
 def _sweep_and_check(pool_id: str) -> None:
     assert len(agent_processes(pool_id)) == 2
-    listed = subprocess.run(
-        [sys.executable, "-m", "skyward.cli", "down", "--pool", pool_id, "--dry-run"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    listed = skyward_cli("down", "--pool", pool_id, "--dry-run")
+    assert listed.returncode == 0, listed.stderr
     assert len(listed.stdout.splitlines()) == 2
     assert f"{pool_id}-node0" in listed.stdout
     assert len(agent_processes(pool_id)) == 2, "--dry-run only lists"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "skyward.cli",
-            "down",
-            "--provider",
-            "local",
-            "--pool",
-            pool_id,
-            "--yes",
-        ],
-        capture_output=True,
-        check=True,
-    )
+    swept = skyward_cli("down", "--provider", "local", "--pool", pool_id, "--yes")
+    assert swept.returncode == 0, swept.stderr
     assert wait_until(lambda: not agent_processes(pool_id), 5)
 
 
 def test_skyward_providers_lists_registered_providers() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "skyward.cli", "providers"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    listed = skyward_cli("providers")
+    assert listed.returncode == 0, listed.stderr
+    out = listed.stdout
     assert "local\tsky.Local" in out
     assert "example\tsky.Example\t(from example)" in out

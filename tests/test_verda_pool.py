@@ -23,14 +23,14 @@ from skyward import cli, selection
 from skyward.provider import Instance
 from skyward.spec import build_spec
 from tests.aws_fakes import AwsEnv, ec2_user_data
+from tests.cloud_checks import POWEROFF_HARMLESS, two_node_pool, where
 from tests.cloud_init import CloudInit, registered
 from tests.conftest import wait_until
-from tests.verda_fakes import VerdaFake, verda_env, verda_fake
+from tests.verda_fakes import VerdaFake, nothing_left, verda_env, verda_fake
 
 __all__ = ["verda_env", "verda_fake"]
 
 pytestmark = pytest.mark.usefixtures("fresh_plugins")
-POWEROFF_HARMLESS = {"SKYWARD_POWEROFF_CMD": "true"}
 
 
 def _startup_script(fake: VerdaFake) -> Callable[[Instance], str]:
@@ -52,45 +52,16 @@ def boot(verda_env: VerdaFake, ssh_hosts: Any, tmp_path: Path) -> Iterator[Cloud
         yield hook
 
 
-@sky.compute
-def where() -> tuple[int, str, str]:
-    import getpass
-
-    info = sky.instance_info()
-    return info.node, getpass.getuser(), info.job_id
-
-
-def _nothing_left(fake: VerdaFake) -> None:
-    assert fake.live_instances() == []
-    assert fake.live_volumes() == [], "volumes, trash included"
-    assert fake.keys == {}
-    assert fake.scripts == {}
-    assert fake.billing() == []
-
-
 def test_two_node_pool_runs_and_leaves_nothing(verda_env: VerdaFake, boot: CloudInit) -> None:
-    events: list[Any] = []
-    with sky.ComputePool(
-        provider=sky.Verda(instance_timeout=30),  # type: ignore[attr-defined]
-        nodes=2,
+    _, events = two_node_pool(
+        sky.Verda(instance_timeout=30),  # type: ignore[attr-defined]
+        boot,
+        "verda",
         cpu=4,
-        env=POWEROFF_HARMLESS,
-        display="quiet",
-        on_event=events.append,
-    ) as pool:
-        one = where() >> pool
-        every = where() @ pool
-        pool_id = pool.pool_id
-        for host in boot.mapped.values():
-            (agent,) = [p for p in host.processes() if "skyward.agent" in p.cmdline()]
-            assert "--on-expire=poweroff" in agent.cmdline()
         # the server drops every token (refresh ones too) mid-pool: teardown re-authenticates
-        verda_env.expire_tokens(refresh_too=True)
-    assert one[2] == pool_id
-    assert [e[0] for e in every] == [0, 1]
-    assert {e[1] for e in every} == {h.user for h in boot.mapped.values()}
+        during=lambda: verda_env.expire_tokens(refresh_too=True),
+    )
     provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
-    assert [e.provider for e in provisioned] == ["verda", "verda"]
     assert all(e.spot and e.price_spot == 0.03 for e in provisioned), "spot when available"
     assert all(e.price_on_demand == 0.07 for e in provisioned)
     final = events[-1]
@@ -98,7 +69,7 @@ def test_two_node_pool_runs_and_leaves_nothing(verda_env: VerdaFake, boot: Cloud
     assert final.total_cost > 0
     grants = [c.body["grant_type"] for c in verda_env.calls if c.path == "/oauth2/token"]
     assert grants[-1] == "client_credentials"
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_pool_survives_spot_503_a_5xx_create_and_delete_refusals(
@@ -133,7 +104,7 @@ def test_pool_survives_spot_503_a_5xx_create_and_delete_refusals(
         == 2
     )
     assert refusals.hits == 2
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_client_killed_mid_launch_then_skyward_down(
@@ -161,7 +132,7 @@ def test_client_killed_mid_launch_then_skyward_down(
     verda_env.ordered_seconds = 0.2  # Verda gets on with them; deletes were refused until now
     assert cli.main(["down", "--provider", "verda", "--yes"]) == 0
     assert "2 instance(s) terminated" in capsys.readouterr().err
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 @pytest.fixture
@@ -199,39 +170,37 @@ def test_cheapest_of_aws_and_verda_and_fallback(
     assert selection.select_cheapest(both, spec).name == "aws", "live prices, not a table"
     for kind in verda_env.types:
         kind["price_per_hour"] = 0.05
-    events: list[Any] = []
-    with sky.ComputePool(
-        provider=[aws, verda],
-        selection="cheapest",
-        cpu=4,
-        allocation="on-demand",
-        env=POWEROFF_HARMLESS,
-        display="quiet",
-        on_event=events.append,
-    ) as pool:
-        assert where() >> pool
+
+    def cheapest_pool(*, call: bool) -> list[Any]:
+        """The events of an on-demand pool on the cheaper of the two (``call``: run
+        :func:`where` on it)."""
+        events: list[Any] = []
+        with sky.ComputePool(
+            provider=[aws, verda],
+            selection="cheapest",
+            cpu=4,
+            allocation="on-demand",
+            env=POWEROFF_HARMLESS,
+            display="quiet",
+            on_event=events.append,
+        ) as pool:
+            if call:
+                assert where() >> pool
+        return events
+
+    events = cheapest_pool(call=True)
     assert {e.provider for e in events if isinstance(e, sky.InstanceProvisioned)} == {"verda"}
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
     # Verda is still the cheapest and lists capacity, but every create is refused (503):
     # the pool falls back to AWS
     for location in ("FIN-01", "FIN-02", "FIN-03"):
         for kind in verda_env.types:
             for spot in (False, True):
                 verda_env.capacity[(location, kind["instance_type"], spot)] = 0
-    events.clear()
-    with sky.ComputePool(
-        provider=[aws, verda],
-        selection="cheapest",
-        cpu=4,
-        allocation="on-demand",
-        env=POWEROFF_HARMLESS,
-        display="quiet",
-        on_event=events.append,
-    ):
-        pass
+    events = cheapest_pool(call=False)
     provisioned = [e for e in events if isinstance(e, sky.InstanceProvisioned)]
     assert [e.provider for e in provisioned] == ["aws"]
     capacity = [e for e in events if isinstance(e, sky.Error) and "no capacity" in e.message]
     assert capacity
     assert all(e.message.startswith("verda:") for e in capacity)
-    _nothing_left(verda_env)
+    nothing_left(verda_env)

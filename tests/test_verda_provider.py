@@ -15,7 +15,8 @@ from skyward.spec import ComputeSpec, build_spec
 from skyward_verda import Verda
 from skyward_verda.config import DEFAULT_ENDPOINT, endpoint
 from skyward_verda.provider import VerdaInfrastructure, VerdaProvider
-from tests.verda_fakes import CLIENT_SECRET, VerdaFake, verda_env, verda_fake
+from tests.cloud_checks import launch
+from tests.verda_fakes import CLIENT_SECRET, VerdaFake, nothing_left, verda_env, verda_fake
 
 __all__ = ["verda_env", "verda_fake"]
 
@@ -31,24 +32,7 @@ def _launch(
 ) -> tuple[Infrastructure, list[Instance]]:
     offers = [o for o in provider.offers(spec) if all(getattr(o, k) == v for k, v in match.items())]
     offer = sorted(offers, key=lambda o: (not o.available, o.cheapest_price or 0))[0]
-    infra = provider.prepare(spec, pool_id)
-    tags = {"skyward:managed": "true", POOL_TAG: pool_id}
-    try:
-        request = LaunchRequest(
-            pool_id=pool_id, offer=offer, count=spec.nodes, spec=spec, tags=tags
-        )
-        return infra, list(provider.launch(infra, request))
-    except BaseException:
-        provider.teardown(infra)
-        raise
-
-
-def _nothing_left(fake: VerdaFake) -> None:
-    assert fake.live_instances() == []
-    assert fake.live_volumes() == [], "volumes, trash included"
-    assert fake.keys == {}
-    assert fake.scripts == {}
-    assert fake.billing() == []
+    return launch(provider, spec, pool_id, offer)
 
 
 def _creates(fake: VerdaFake) -> list[dict[str, Any]]:
@@ -250,7 +234,7 @@ def test_launch_describe_terminate_leaves_nothing(verda_env: VerdaFake) -> None:
     provider.terminate(instances)
     assert {i.state for i in provider.describe(instances)} == {InstanceState.TERMINATED}
     provider.teardown(infra)
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_spot_sets_on_spot_discontinue_and_falls_back_on_503(verda_env: VerdaFake) -> None:
@@ -282,7 +266,7 @@ def test_spot_sets_on_spot_discontinue_and_falls_back_on_503(verda_env: VerdaFak
     assert provider.describe(instances)[0].state is InstanceState.TERMINATED
     provider.terminate(instances)
     provider.teardown(infra)
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_always_spot_does_not_fall_back(verda_env: VerdaFake) -> None:
@@ -291,7 +275,7 @@ def test_always_spot_does_not_fall_back(verda_env: VerdaFake) -> None:
     verda_env.capacity[("FIN-01", "1H100.80S.30V", True)] = 1
     with pytest.raises(CapacityError, match="Not enough resources"):
         _launch(provider, spec)
-    _nothing_left(verda_env)  # the first node was deleted (after it left provisioning)
+    nothing_left(verda_env)  # the first node was deleted (after it left provisioning)
 
 
 def test_capacity_refusal_is_a_capacity_error(verda_env: VerdaFake) -> None:
@@ -304,7 +288,7 @@ def test_capacity_refusal_is_a_capacity_error(verda_env: VerdaFake) -> None:
     with pytest.raises(CapacityError, match="Not enough resources to deploy"):
         provider.launch(infra, request)
     provider.teardown(infra)
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 @pytest.mark.parametrize(
@@ -317,14 +301,14 @@ def test_an_order_that_fails_after_creation_is_cleaned_up(
     with pytest.raises(error) as raised:
         _launch(_provider(), build_spec(nodes=2, cpu=4, allocation="on-demand"), region="FIN-01")
     assert type(raised.value) is error
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_a_refused_second_create_removes_the_first_node(verda_env: VerdaFake) -> None:
     verda_env.inject("POST", "/instances", 400, "Instance limit exceeded", skip=1)
     with pytest.raises(ProvisioningError, match="Instance limit exceeded"):
         _launch(_provider(), build_spec(nodes=2, cpu=4), region="FIN-01")
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 @pytest.mark.parametrize("after", [True, False], ids=["made-then-500", "500-before"])
@@ -340,7 +324,7 @@ def test_5xx_on_create_looks_up_the_hostname_before_retrying(
     assert len(_creates(verda_env)) == (2 if after else 3)
     provider.terminate(instances)
     provider.teardown(infra)
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_terminate_waits_out_provisioning_and_refusals(verda_env: VerdaFake) -> None:
@@ -362,7 +346,7 @@ def test_terminate_waits_out_provisioning_and_refusals(verda_env: VerdaFake) -> 
         b["delete_permanently"] is True and len(b["volume_ids"]) == len(b["id"]) for b in deletes
     )
     provider.teardown(infra)
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_a_delete_answered_already_discontinued_counts_as_gone(verda_env: VerdaFake) -> None:
@@ -379,7 +363,7 @@ def test_a_delete_answered_already_discontinued_counts_as_gone(verda_env: VerdaF
     assert already.hits == 1
     assert {i.state for i in provider.describe(instances)} == {InstanceState.TERMINATED}
     provider.teardown(infra)
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_offline_instances_are_found_and_deleted_by_skyward_down(
@@ -410,14 +394,14 @@ def test_leftovers_without_instances_go_with_down_shared(
     provider.prepare(build_spec(cpu=2), "sky-early001")  # killed before any node existed
     assert provider.list_shared() == [("scripts", "sky-early001"), ("ssh-keys", "sky-early001")]
     assert cli.main(["down", "--provider", "verda", "--shared", "--yes"]) == 0
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_script_quota_error_is_clear_and_cleans_the_key(verda_env: VerdaFake) -> None:
     verda_env.script_quota = 0
     with pytest.raises(ProvisioningError, match="limit"):
         _provider().prepare(build_spec(cpu=2), "sky-quota001")
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_throttling_and_server_errors_are_retried(verda_env: VerdaFake) -> None:
@@ -434,7 +418,7 @@ def test_throttling_and_server_errors_are_retried(verda_env: VerdaFake) -> None:
     assert len(_creates(verda_env)) == 2
     provider.terminate(instances)
     provider.teardown(infra)
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_list_by_tag_needs_both_hostname_and_description(verda_env: VerdaFake) -> None:
@@ -482,7 +466,7 @@ def test_a_spot_node_taken_back_during_launch_is_reported_gone(verda_env: VerdaF
     assert [i.state for i in instances] == [InstanceState.TERMINATED]
     provider.terminate(instances)
     provider.teardown(infra)
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_an_api_that_refuses_tags_still_gets_the_nodes(verda_env: VerdaFake) -> None:
@@ -493,7 +477,7 @@ def test_an_api_that_refuses_tags_still_gets_the_nodes(verda_env: VerdaFake) -> 
     assert len(provider.list_by_tag("sky-test0001")) == 2, "found by hostname and description"
     provider.terminate(instances)
     provider.teardown(infra)
-    _nothing_left(verda_env)
+    nothing_left(verda_env)
 
 
 def test_ambiguous_key_and_script_creates_are_looked_up_by_name_and_content(
@@ -522,4 +506,4 @@ def test_ambiguous_key_and_script_creates_are_looked_up_by_name_and_content(
     provider.terminate([leftover, fresh])
     provider.teardown(infra)
     provider.teardown(stale)
-    _nothing_left(verda_env)
+    nothing_left(verda_env)

@@ -34,6 +34,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.loopback_server import Served
+
 __all__ = [
     "CLIENT_ID",
     "CLIENT_SECRET",
@@ -41,6 +43,7 @@ __all__ = [
     "Fault",
     "VerdaFake",
     "instance_type",
+    "nothing_left",
     "verda_env",
     "verda_fake",
 ]
@@ -250,7 +253,7 @@ class VerdaFake:
 
     def __post_init__(self) -> None:
         self.lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
+        self._served: Served | None = None
         self.reset()
 
     # -- control (what tests call) -----------------------------------------------------
@@ -288,16 +291,14 @@ class VerdaFake:
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        self._server = server
-        self.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        threading.Thread(target=server.serve_forever, name="verda-fake", daemon=True).start()
+        self._served = Served(server, "verda-fake")
+        self.url = f"http://127.0.0.1:{self._served.port}/v1"
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._served is not None:
+            self._served.close()
+            self._served = None
 
     def inject(
         self,
@@ -939,6 +940,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # -- fixtures (import them into a test module to use them) ---------------------------------
+
+
+def nothing_left(fake: VerdaFake) -> None:
+    """Nothing of any pool is left on ``fake``, and nothing bills."""
+    assert fake.live_instances() == []
+    assert fake.live_volumes() == [], "volumes, trash included"
+    assert fake.keys == {}
+    assert fake.scripts == {}
+    assert fake.billing() == []
 
 
 @pytest.fixture(scope="session")

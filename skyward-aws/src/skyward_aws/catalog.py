@@ -16,13 +16,11 @@ from typing import Any
 from attrs import asdict, frozen
 
 from skyward.spec import ComputeSpec
+from skyward.spec_matching import satisfying
 
 __all__ = ["InstanceType", "load_instance_types", "load_offerings", "matching_types"]
 
 CATALOG_TTL = 24 * 3600
-# With no cpu/memory/accelerator asked for, a node still has to run Python comfortably.
-DEFAULT_MIN_VCPUS = 2
-DEFAULT_MIN_MEMORY_GB = 4.0
 # AWS names some GPUs differently from the catalog.
 _GPU_NAMES = {"a10g": "A10G", "t4g": "T4G", "l40s": "L40S", "radeon pro v520": "V520"}
 
@@ -126,33 +124,9 @@ def load_offerings(ec2: Any, types: Iterable[str]) -> dict[str, set[str]]:
     return zones
 
 
-def _accelerator_matches(kind: InstanceType, spec: ComputeSpec) -> bool:
-    wanted = spec.accelerator
-    if wanted is None:
-        return kind.accelerator is None
-    if kind.accelerator is None or kind.accelerator.lower() != wanted.name.lower():
-        return False
-    if kind.accelerator_count < wanted.count:
-        return False
-    memory = wanted.memory_gb
-    if memory is not None and kind.accelerator_memory_gb is not None:
-        return abs(kind.accelerator_memory_gb - memory) <= 0.1 * memory  # variants differ 2x
-    return True
-
-
 def matching_types(catalog: Iterable[InstanceType], spec: ComputeSpec) -> list[InstanceType]:
     """Types that satisfy the spec, smallest first."""
-    if spec.machine is not None:
-        return [t for t in catalog if t.name == spec.machine]
-    min_cpu = spec.cpu or 0
-    min_memory = spec.memory_gb or 0.0
-    if spec.accelerator is None and spec.cpu is None and spec.memory_gb is None:
-        min_cpu, min_memory = DEFAULT_MIN_VCPUS, DEFAULT_MIN_MEMORY_GB
-    found = [
-        t
-        for t in catalog
-        if _accelerator_matches(t, spec) and t.vcpus >= min_cpu and t.memory_gb >= min_memory
-    ]
+    found = satisfying(catalog, spec, name=lambda t: t.name)
     # Previous-generation types still launch; they only come after current ones.
     return sorted(
         found, key=lambda t: (not t.current, t.accelerator_count, t.vcpus, t.memory_gb, t.name)

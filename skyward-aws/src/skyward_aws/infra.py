@@ -7,14 +7,12 @@ later pools; what the user passes (``subnet_id``, ``security_group_id``,
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
-import urllib.request
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from skyward import client_address
 from skyward.errors import ProvisioningError
 from skyward.provider import MANAGED_TAG
 
@@ -29,7 +27,6 @@ __all__ = [
     "tag_specification",
 ]
 
-CHECKIP_URL = "https://checkip.amazonaws.com"
 SECURITY_GROUP_NAME = "skyward-sg"
 SSM_SECURITY_GROUP_NAME = "skyward-ssm-sg"
 SSM_POLICY_ARN = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
@@ -66,21 +63,9 @@ def public_subnets(ec2: Any, subnet_id: str | None) -> list[tuple[str, str, str]
 
 def client_cidr(given: str | None) -> str:
     """Who may SSH in: what the user said, else this client's public address."""
-    if given is not None:
-        return given
-    # The variable lets a proxy or test stand-in answer in place of AWS's service.
-    url = os.environ.get("SKYWARD_AWS_CHECKIP_URL", CHECKIP_URL)
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            address = answer.read(64).decode("ascii", "replace").strip()
-        ipaddress.IPv4Address(address)
-    except (OSError, ValueError) as error:
-        raise ProvisioningError(
-            "aws",
-            f"could not learn this client's public address ({error}); pass "
-            "AWS(ssh_cidr='<your address>/32') (or '0.0.0.0/0' to allow everyone)",
-        ) from error
-    return f"{address}/32"
+    return client_address.client_cidr(
+        given, provider="aws", variable="SKYWARD_AWS_CHECKIP_URL", config="AWS"
+    )
 
 
 def ensure_security_group(ec2: Any, vpc_id: str, ssh_cidr: str | None) -> str:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import define, evolve, field, frozen
 from botocore.exceptions import ClientError
 
-from skyward import plugins
 from skyward.errors import ProvisioningError
+from skyward.instance_ssh import connect_launched
 from skyward.offers import Offer
 from skyward.provider import (
     MANAGED_TAG,
@@ -26,7 +27,6 @@ from skyward.provider import (
     Leftover,
 )
 from skyward.spec import ComputeSpec
-from skyward.ssh.connection import SSHConnection
 from skyward.ssh.hosts import SSHHost
 from skyward.ssh.transport import SSHTransport
 from skyward.ssh.user_data import NodeIdentity, user_data_script
@@ -457,29 +457,26 @@ class AWSProvider:
         assert infra_.identity is not None
         username = self._usernames.get(instance.id, self.config.username or "ubuntu")
         ssm = self.config.use_ssm
-        address = instance.id if ssm else instance.ip or ""
-        host = plugins.resolve_ssh_host(instance, SSHHost(address, user=username, port=22))
-        opener = (
-            functools.partial(
+
+        def tunnel(host: SSHHost) -> Callable[[], socket.socket]:
+            return functools.partial(
                 open_tunnel,
                 self.clients("ssm"),
                 instance.id,
                 host.port or 22,
                 timeout=min(60.0, float(self.config.instance_timeout)),
             )
-            if ssm
-            else None
-        )
-        connection = SSHConnection(
-            host,
-            infra_.identity.verifier(),
-            client_key=infra_.identity.client.pkey(),
-            connect_timeout=self.config.instance_timeout,
+
+        return connect_launched(
+            instance,
+            infra_.identity,
             provider=self.name,
-            opener=opener,
-        )
-        return SSHTransport(
-            connection, pool_id=instance.tags.get(POOL_TAG, ""), name=instance.id, spec=self._spec
+            username=username,
+            connect_timeout=self.config.instance_timeout,
+            pool_id=instance.tags.get(POOL_TAG, ""),
+            spec=self._spec,
+            address=instance.id if ssm else None,
+            opener=tunnel if ssm else None,
         )
 
 

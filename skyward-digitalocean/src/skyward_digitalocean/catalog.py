@@ -14,12 +14,10 @@ from typing import Any
 from attrs import frozen
 
 from skyward.spec import ComputeSpec
+from skyward.spec_matching import satisfying
 
 __all__ = ["Size", "base_image", "matching_sizes", "parse_size"]
 
-# With no cpu/memory/accelerator asked for, a node still has to run Python comfortably.
-DEFAULT_MIN_VCPUS = 2
-DEFAULT_MIN_MEMORY_GB = 4.0
 CPU_IMAGE = "ubuntu-24-04-x64"
 _VENDORS = {"nvidia": "NVIDIA", "amd": "AMD", "intel": "Intel"}
 
@@ -86,34 +84,9 @@ def parse_size(item: Mapping[str, Any]) -> Size:
     )
 
 
-def _accelerator_matches(size: Size, spec: ComputeSpec) -> bool:
-    wanted = spec.accelerator
-    if wanted is None:
-        return size.accelerator is None
-    if size.accelerator is None or size.accelerator.lower() != wanted.name.lower():
-        return False
-    if size.accelerator_count < wanted.count:
-        return False
-    memory = wanted.memory_gb
-    if memory is not None and size.accelerator_memory_gb is not None:
-        return abs(size.accelerator_memory_gb - memory) <= 0.1 * memory
-    return True
-
-
 def matching_sizes(sizes: Iterable[Size], spec: ComputeSpec, region: str) -> list[Size]:
     """Sizes sold in ``region`` that satisfy the spec, cheapest and smallest first."""
-    sold = [s for s in sizes if region in s.regions]
-    if spec.machine is not None:
-        return [s for s in sold if s.slug == spec.machine]
-    min_cpu = spec.cpu or 0
-    min_memory = spec.memory_gb or 0.0
-    if spec.accelerator is None and spec.cpu is None and spec.memory_gb is None:
-        min_cpu, min_memory = DEFAULT_MIN_VCPUS, DEFAULT_MIN_MEMORY_GB
-    found = [
-        s
-        for s in sold
-        if _accelerator_matches(s, spec) and s.vcpus >= min_cpu and s.memory_gb >= min_memory
-    ]
+    found = satisfying([s for s in sizes if region in s.regions], spec, name=lambda s: s.slug)
     return sorted(
         found,
         key=lambda s: (not s.available, s.price_hourly, s.accelerator_count, s.vcpus, s.slug),

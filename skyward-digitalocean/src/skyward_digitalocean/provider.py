@@ -12,8 +12,9 @@ from typing import Any, cast
 
 from attrs import define, evolve, field, frozen
 
-from skyward import plugins
+from skyward.api_fields import epoch_seconds, hourly_price
 from skyward.errors import CapacityError, ConfigurationError, ProvisioningError
+from skyward.instance_ssh import connect_launched
 from skyward.offers import Offer
 from skyward.provider import (
     MANAGED_TAG,
@@ -25,8 +26,6 @@ from skyward.provider import (
     Leftover,
 )
 from skyward.spec import ComputeSpec
-from skyward.ssh.connection import SSHConnection
-from skyward.ssh.hosts import SSHHost
 from skyward.ssh.transport import SSHTransport
 from skyward.ssh.user_data import NodeIdentity, user_data_script
 from skyward_digitalocean import catalog, droplets
@@ -413,8 +412,8 @@ class DigitalOceanProvider:
                 private_ip=droplets.private_ip(d),
                 region=str((d.get("region") or {}).get("slug", "")),
                 tags=droplets.instance_tags(d.get("tags") or []),
-                launched_at=_epoch(d.get("created_at")),
-                price_on_demand=_price((d.get("size") or {}).get("price_hourly")),
+                launched_at=epoch_seconds(d.get("created_at")),
+                price_on_demand=hourly_price((d.get("size") or {}).get("price_hourly")),
             )
             for d in droplets.tagged(self.api, tag)
             if d.get("status") in ("new", "active", "off")
@@ -488,35 +487,12 @@ class DigitalOceanProvider:
     def connect(self, infra_: Infrastructure, instance: Instance) -> SSHTransport:
         assert isinstance(infra_, DigitalOceanInfrastructure)
         assert infra_.identity is not None
-        username = self.config.username or "root"
-        host = plugins.resolve_ssh_host(
-            instance, SSHHost(instance.ip or "", user=username, port=22)
-        )
-        connection = SSHConnection(
-            host,
-            infra_.identity.verifier(),
-            client_key=infra_.identity.client.pkey(),
-            connect_timeout=self.config.instance_timeout,
+        return connect_launched(
+            instance,
+            infra_.identity,
             provider=self.name,
+            username=self.config.username or "root",
+            connect_timeout=self.config.instance_timeout,
+            pool_id=instance.tags.get(POOL_TAG, ""),
+            spec=self._spec,
         )
-        return SSHTransport(
-            connection, pool_id=instance.tags.get(POOL_TAG, ""), name=instance.id, spec=self._spec
-        )
-
-
-def _epoch(text: object) -> float | None:
-    """An API timestamp (ISO 8601, ``Z`` for UTC) in seconds since the epoch, for the age
-    and cost so far ``skyward ls`` shows; ``None`` when absent or unreadable."""
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(str(text)).timestamp() if text else None
-    except ValueError:
-        return None
-
-
-def _price(value: object) -> float | None:
-    try:
-        return float(value) if value is not None else None  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None

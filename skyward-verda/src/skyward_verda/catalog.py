@@ -19,12 +19,10 @@ from skyward.accelerators import default_catalog
 from skyward.allocation import AllocationStrategy, AlwaysSpot, OnDemandAllocation
 from skyward.offers import Offer
 from skyward.spec import ComputeSpec
+from skyward.spec_matching import satisfying
 
 __all__ = ["InstanceType", "availability", "matching_types", "offers", "parse_types", "price"]
 
-# With no cpu/memory/accelerator asked for, a node still has to run Python comfortably.
-DEFAULT_MIN_VCPUS = 2
-DEFAULT_MIN_MEMORY_GB = 4.0
 _DESCRIPTION = re.compile(r"^\s*\d+\s*x\s*(?P<name>.+?)(?:\s+\d+\s*GB)?\s*$", re.IGNORECASE)
 _NOISE = re.compile(r"\b(?:SXM\d*|PCIe|NVL|Tesla|NVIDIA)\b", re.IGNORECASE)
 _ARM = re.compile(r"\b(?:GH200|GB200|GB300|Grace)\b", re.IGNORECASE)
@@ -106,35 +104,19 @@ def availability(entries: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:
     }
 
 
-def _accelerator_matches(kind: InstanceType, spec: ComputeSpec) -> bool:
-    wanted = spec.accelerator
-    if wanted is None:
-        return kind.accelerator is None
-    definition = default_catalog().find(wanted.name)
-    name = definition.name if definition is not None else wanted.name
-    if kind.accelerator is None or kind.accelerator.lower() != name.lower():
-        return False
-    if kind.accelerator_count < wanted.count:
-        return False
-    memory = wanted.memory_gb  # a MIG profile picks the GPU's memory variant
-    if memory is not None and kind.accelerator_memory_gb is not None:
-        return abs(kind.accelerator_memory_gb - memory) <= 0.15 * memory
-    return True
+def _canonical(name: str) -> str:
+    """The catalog's spelling of an asked-for accelerator: Verda's types are named from
+    the catalog (see :func:`_accelerator`), so an alias must be read the same way."""
+    definition = default_catalog().find(name)
+    return definition.name if definition is not None else name
 
 
 def matching_types(types: Iterable[InstanceType], spec: ComputeSpec) -> list[InstanceType]:
     """Types that satisfy the spec, smallest first."""
-    if spec.machine is not None:
-        return [t for t in types if t.name == spec.machine]
-    min_cpu = spec.cpu or 0
-    min_memory = spec.memory_gb or 0.0
-    if spec.accelerator is None and spec.cpu is None and spec.memory_gb is None:
-        min_cpu, min_memory = DEFAULT_MIN_VCPUS, DEFAULT_MIN_MEMORY_GB
-    found = [
-        t
-        for t in types
-        if _accelerator_matches(t, spec) and t.vcpus >= min_cpu and t.memory_gb >= min_memory
-    ]
+    # Within 15 % of the asked-for memory variant (a MIG profile picks the variant).
+    found = satisfying(
+        types, spec, name=lambda t: t.name, memory_tolerance=0.15, canonical=_canonical
+    )
     return sorted(found, key=lambda t: (t.accelerator_count, t.vcpus, t.memory_gb, t.name))
 
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from attrs import evolve, frozen
 
-from skyward import plugins
 from skyward.allocation import (
     AllocationStrategy,
     AlwaysSpot,
@@ -18,7 +17,9 @@ from skyward.allocation import (
     OnDemandAllocation,
     Percent,
 )
+from skyward.api_fields import epoch_seconds, hourly_price
 from skyward.errors import CapacityError, ConfigurationError, ProvisioningError
+from skyward.instance_ssh import connect_launched
 from skyward.offers import Offer
 from skyward.provider import (
     MANAGED_TAG,
@@ -29,8 +30,6 @@ from skyward.provider import (
     LaunchRequest,
 )
 from skyward.spec import ComputeSpec
-from skyward.ssh.connection import SSHConnection
-from skyward.ssh.hosts import SSHHost
 from skyward.ssh.transport import SSHTransport
 from skyward.ssh.user_data import NodeIdentity, user_data_script
 from skyward_verda import catalog, naming
@@ -323,7 +322,7 @@ class VerdaProvider:
             if pool is None or (pool_id is not None and pool != pool_id):
                 continue
             status = str(item.get("status"))
-            price = _price(item.get("price_per_hour"))
+            price = hourly_price(item.get("price_per_hour"))
             found.append(
                 Instance(
                     id=str(item["id"]),
@@ -334,7 +333,7 @@ class VerdaProvider:
                     spot=bool(item.get("is_spot")),
                     region=str(item.get("location") or ""),
                     tags={MANAGED_TAG: "true", POOL_TAG: pool},
-                    launched_at=_epoch(item.get("created_at")),
+                    launched_at=epoch_seconds(item.get("created_at")),
                     # Verda reports the price the instance bills at (spot or not).
                     price_spot=price if item.get("is_spot") else None,
                     price_on_demand=None if item.get("is_spot") else price,
@@ -370,32 +369,12 @@ class VerdaProvider:
     def connect(self, infra_: Infrastructure, instance: Instance) -> SSHTransport:
         assert isinstance(infra_, VerdaInfrastructure)
         assert infra_.identity is not None
-        host = plugins.resolve_ssh_host(
-            instance, SSHHost(instance.ip or "", user=USERNAME, port=22)
-        )
-        connection = SSHConnection(
-            host,
-            infra_.identity.verifier(),
-            client_key=infra_.identity.client.pkey(),
-            connect_timeout=self.config.instance_timeout,
+        return connect_launched(
+            instance,
+            infra_.identity,
             provider=self.name,
+            username=USERNAME,
+            connect_timeout=self.config.instance_timeout,
+            pool_id=infra_.pool_id,
+            spec=self._spec,
         )
-        return SSHTransport(connection, pool_id=infra_.pool_id, name=instance.id, spec=self._spec)
-
-
-def _epoch(text: object) -> float | None:
-    """An API timestamp (ISO 8601, ``Z`` for UTC) in seconds since the epoch, for the age
-    and cost so far ``skyward ls`` shows; ``None`` when absent or unreadable."""
-    from datetime import datetime
-
-    try:
-        return datetime.fromisoformat(str(text)).timestamp() if text else None
-    except ValueError:
-        return None
-
-
-def _price(value: object) -> float | None:
-    try:
-        return float(value) if value is not None else None  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
