@@ -46,7 +46,6 @@ from skyward.messages import EXIT_LIFETIME, EXIT_NO_HEARTBEAT, EXIT_REASON_FILE
 POWEROFF_ENV = "SKYWARD_POWEROFF_CMD"
 """Overrides the command ``--on-expire=poweroff`` runs (tests point it at something harmless)."""
 HANDSHAKE_TIMEOUT = 10.0
-WORKER_START_TIMEOUT = 60.0
 
 _log = logging.getLogger("skyward.agent")
 _LOG_BACKLOG = 10_000
@@ -204,12 +203,6 @@ class Agent:
     def start_workers(self) -> None:
         for slot in self.slots:
             slot.start(self.board, self._complete, self.streams)
-
-    def wait_workers_ready(self, timeout: float) -> None:
-        """Workers start in parallel; the node is ready when they all are."""
-        deadline = time.monotonic() + timeout
-        for slot in self.slots:
-            slot.ready.wait(max(0.0, deadline - time.monotonic()))
 
     def _accept(self, task: messages.Task) -> None:
         with self._lock:
@@ -395,8 +388,10 @@ def main(argv: list[str] | None = None) -> None:
     listener, port = _listen(options)
 
     agent.output = OutputCapture(agent.log_line)  # before the workers: they inherit it
+    # Worker processes start while the client connects and proves its key: a call that
+    # arrives first waits on the board for its worker, so announcing now costs nothing
+    # and the pool opens a worker's start-up sooner.
     agent.start_workers()
-    agent.wait_workers_ready(WORKER_START_TIMEOUT)
     original_stdout = agent.output.original_stdout
     os.write(original_stdout, f"{messages.READY_PREFIX} {port} {os.getpid()}\n".encode())
     os.close(original_stdout)

@@ -2,11 +2,15 @@
 
 Each worker index is a slot with one thread in the agent. With ``executor="thread"`` the
 thread runs the task itself (today's model: the slots share the agent's GIL). With
-``executor="process"`` the thread hands the task to the slot's own worker process over a
-socket pair and waits for its result: one extra local hop, the payload's large buffers
-forwarded out of band as they arrived (no copy into a new pickle). A worker process that
-dies fails only the call it was running, says why, and is replaced at once; one that runs
-past a call's timeout is killed (with everything it started) and replaced.
+``executor="process"`` each slot has its own worker process on a socket pair: one extra
+local hop, the payload's large buffers forwarded out of band as they arrived (no copy into
+a new pickle). A small call for an idle worker is written to it by the connection thread
+that read it (the slot's thread wakes while the worker already runs it); while calls are
+short (under 10 ms), a worker also gets its next call before it finishes the current one
+(two in flight), so it never waits for the agent between calls. A worker process that
+dies fails only the call it was running (the calls queued behind it go back to the board,
+never having started), says why, and is replaced at once; one that runs past a call's
+timeout is killed (with everything it started) and replaced.
 """
 
 from __future__ import annotations
@@ -41,23 +45,69 @@ _log = logging.getLogger("skyward.agent")
 Complete = Callable[[messages.Result], None]
 
 
+PIPELINE = 2
+"""Calls in flight to one worker process while calls are short."""
+_SHORT_CALL = 0.010
+"""Seconds: a worker whose last call took longer gets no second call queued (a long call
+must not hold a queued one hostage while another worker is free)."""
+_SMALL_PAYLOAD = 64 * 1024
+"""Bytes: larger calls are written by the slot's own thread, to an idle worker only (so a
+write never waits on a worker busy with another call)."""
+
+
+def _small(task: messages.Task) -> bool:
+    """A plain call small enough to be written to a busy worker or by any thread."""
+    if task.window:
+        return False
+    payload = task.payload
+    size = len(payload.data)
+    for buffer in payload.buffers:
+        size += memoryview(buffer).nbytes
+    return size <= _SMALL_PAYLOAD
+
+
 class TaskBoard:
-    """Queued tasks: pinned to one worker (``@ pool``), or for whichever is free first."""
+    """Queued tasks: pinned to one worker (``@ pool``), or for whichever is free first.
+
+    Process slots with nothing in flight register here as idle: :meth:`put` hands a small
+    call straight to one of them (written by the caller's thread) instead of queueing it.
+    """
 
     def __init__(self, workers: int) -> None:
         self._shared: collections.deque[messages.Task] = collections.deque()
         self._pinned = [collections.deque[messages.Task]() for _ in range(workers)]
         self._cond = threading.Condition()
+        self._idle: list[ProcessSlot | None] = [None] * workers
+        self.busy = [False] * workers
+        """Which process slots wait on a call their worker runs (set by the slots)."""
 
     def put(self, task: messages.Task) -> None:
         with self._cond:
-            if task.worker is None:
-                self._shared.append(task)
-            else:
-                self._pinned[task.worker].append(task)
+            slot = self._idle_for(task)
+            if slot is None:
+                if task.worker is None:
+                    self._shared.append(task)
+                else:
+                    self._pinned[task.worker].append(task)
+                self._cond.notify_all()
+                return
+            self._idle[slot.info.worker] = None
+            slot.sent.append(task)
+            # Written under the lock: the slot's thread, once woken, may queue the next
+            # call behind this one, never before it. A small frame to an idle worker's
+            # roomy socket does not block.
+            slot.deliver(task)
             self._cond.notify_all()
 
+    def _idle_for(self, task: messages.Task) -> ProcessSlot | None:
+        if not _small(task):
+            return None
+        if task.worker is not None:
+            return self._idle[task.worker]
+        return next((slot for slot in self._idle if slot is not None), None)
+
     def take(self, worker: int) -> messages.Task:
+        """A thread slot's next task (blocks)."""
         with self._cond:
             while True:
                 if self._pinned[worker]:
@@ -65,6 +115,55 @@ class TaskBoard:
                 if self._shared:
                     return self._shared.popleft()
                 self._cond.wait()
+
+    def next_for(self, slot: ProcessSlot) -> messages.Task | None:
+        """A process slot with nothing in flight waits here. Returns a queued task for it
+        to write itself, or ``None`` once :meth:`put` gave it one (in ``slot.sent``)."""
+        worker = slot.info.worker
+        with self._cond:
+            try:
+                while True:
+                    if slot.sent:
+                        return None
+                    task = self._pop(worker, small_only=False)
+                    if task is not None:
+                        slot.sent.append(task)
+                        return task
+                    self._idle[worker] = slot
+                    self._cond.wait()
+            finally:
+                self._idle[worker] = None
+
+    def prefetch(self, slot: ProcessSlot) -> messages.Task | None:
+        """The next queued small call for ``slot`` (which is busy), or ``None``."""
+        with self._cond:
+            task = self._pop(slot.info.worker, small_only=True)
+            if task is not None:
+                slot.sent.append(task)
+            return task
+
+    def _pop(self, worker: int, *, small_only: bool) -> messages.Task | None:
+        queues = [self._pinned[worker], self._shared]
+        if small_only and not all(b for i, b in enumerate(self.busy) if i != worker):
+            # Another worker is (or is about to be) free: the shared calls are its, not a
+            # second call queued behind one that may turn out long.
+            queues.pop()
+        for queue in queues:
+            if queue:
+                if small_only and not _small(queue[0]):
+                    return None  # never overtake it: queues keep their order
+                return queue.popleft()
+        return None
+
+    def requeue(self, tasks: Sequence[messages.Task]) -> None:
+        """Tasks a lost worker had queued but not started: first in line again."""
+        with self._cond:
+            for task in reversed(tasks):
+                if task.worker is None:
+                    self._shared.appendleft(task)
+                else:
+                    self._pinned[task.worker].appendleft(task)
+            self._cond.notify_all()
 
 
 class Slot:
@@ -145,9 +244,13 @@ class ProcessSlot(Slot):
         super().__init__(info, env)
         self._process: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
+        self._timeout: float | None = None
         self._reader: wire.FrameReader | None = None
         self._writer: wire.FrameWriter | None = None
         self._oom_before: int | None = None
+        self.sent: collections.deque[messages.Task] = collections.deque()
+        """Tasks written to the worker, oldest (the one running) first. Appended under the
+        board's lock while the slot is idle; otherwise only the slot's thread touches it."""
 
     @property
     def pid(self) -> int | None:
@@ -162,8 +265,21 @@ class ProcessSlot(Slot):
             with contextlib.suppress(OSError):  # a dead worker held nothing
                 writer.send(messages.Release(ids))
 
+    def deliver(self, task: messages.Task) -> None:
+        """Write ``task`` to the worker (any thread). A dead worker is noticed by the
+        slot's thread, which reads its end."""
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                writer.send(task)
+
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair()
+        for sock in (ours, theirs):
+            # Room for a queued call and its neighbours' control frames: a write to a busy
+            # worker never blocks.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
         self._oom_before = oom_kills()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "skyward.agent.worker", str(theirs.fileno())],
@@ -172,7 +288,7 @@ class ProcessSlot(Slot):
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
-        self._sock = ours
+        self._sock, self._timeout = ours, None
         self._reader, self._writer = wire.FrameReader(ours), wire.FrameWriter(ours)
         self._writer.send(messages.WorkerInit(self.info))
         with contextlib.suppress(EOFError, OSError):
@@ -195,31 +311,62 @@ class ProcessSlot(Slot):
         self._spawn()
         return cause
 
-    def run(self, task: messages.Task, complete: Complete) -> messages.Result | None:
-        assert self._writer is not None
+    def _serve(self, board: TaskBoard, complete: Complete) -> None:
+        try:
+            self.prepare()
+        finally:
+            self.ready.set()
+        short = False  # until a call shows that calls are short
+        while True:
+            task = board.next_for(self)
+            if task is not None:
+                self.deliver(task)
+            while self.sent:
+                head = self.sent[0]
+                if short and not head.window:
+                    while len(self.sent) < PIPELINE:
+                        queued = board.prefetch(self)
+                        if queued is None:
+                            break
+                        self.deliver(queued)
+                started = time.monotonic()
+                board.busy[self.info.worker] = True
+                try:
+                    result = self._await(head, board)
+                finally:
+                    board.busy[self.info.worker] = False
+                short = time.monotonic() - started < _SHORT_CALL
+                complete(result)
+
+    def _set_timeout(self, timeout: float | None) -> None:
+        if timeout != self._timeout:
+            assert self._sock is not None
+            self._sock.settimeout(timeout)
+            self._timeout = timeout
+
+    def _await(self, task: messages.Task, board: TaskBoard) -> messages.Result:
+        """The answer to ``task``, the oldest in flight (the worker runs them in order)."""
         assert self._reader is not None
-        assert self._sock is not None
+        assert self._writer is not None
         gate = self.streams.get(task.id) if task.window else None
         deadline = None if task.timeout is None else time.monotonic() + task.timeout
         try:
-            self._writer.send(task)
             if gate is not None:
                 gate.attach(self._writer.send)
             while True:
                 # A stream's timeout bounds the whole call, waiting on its consumer included.
                 left = None if deadline is None else max(1e-3, deadline - time.monotonic())
-                self._sock.settimeout(left)
+                self._set_timeout(left)
                 answer = self._reader.read()
                 if gate is not None and isinstance(answer, messages.Item):
                     gate.emit(answer)
                     continue
                 break
-            self._sock.settimeout(None)
         except TimeoutError:
-            self._replace()
+            self._lose(board)
             return _failure(task.id, TaskTimeoutError(task.timeout or 0.0, self.where))
         except (EOFError, OSError):
-            cause = self._replace()
+            cause = self._lose(board)
             _log.warning("%s: the worker process died (%s); started a new one", self.where, cause)
             lost = WorkerLostError(
                 self.info.node,
@@ -232,9 +379,19 @@ class ProcessSlot(Slot):
         finally:
             if gate is not None:
                 gate.detach()
-        if not isinstance(answer, messages.Result):
-            return _failure(task.id, RuntimeError(f"worker sent {type(answer).__name__}"))
+        self.sent.popleft()
+        if not isinstance(answer, messages.Result) or answer.id != task.id:
+            return _failure(task.id, RuntimeError(f"worker sent {answer!r}"))
         return answer
+
+    def _lose(self, board: TaskBoard) -> str | None:
+        """The worker is gone (or being killed) while running ``sent[0]``: replace it, and
+        put the calls queued behind it (never started) back on the board."""
+        queued = list(self.sent)[1:]
+        self.sent.clear()
+        cause = self._replace()
+        board.requeue(queued)
+        return cause
 
 
 def _failure(task_id: int, error: BaseException) -> messages.Result:
