@@ -251,6 +251,10 @@ class ProcessSlot(Slot):
         self.sent: collections.deque[messages.Task] = collections.deque()
         """Tasks written to the worker, oldest (the one running) first. Appended under the
         board's lock while the slot is idle; otherwise only the slot's thread touches it."""
+        self.queued_behind = 0
+        """Calls written to the worker while it ran another (for tests and benchmarks)."""
+        self.calls_are_short = False
+        """The last call took under 10 ms: the next may be queued behind another."""
 
     @property
     def pid(self) -> int | None:
@@ -316,26 +320,26 @@ class ProcessSlot(Slot):
             self.prepare()
         finally:
             self.ready.set()
-        short = False  # until a call shows that calls are short
         while True:
             task = board.next_for(self)
             if task is not None:
                 self.deliver(task)
             while self.sent:
                 head = self.sent[0]
-                if short and not head.window:
+                if self.calls_are_short and not head.window:
                     while len(self.sent) < PIPELINE:
                         queued = board.prefetch(self)
                         if queued is None:
                             break
                         self.deliver(queued)
+                        self.queued_behind += 1
                 started = time.monotonic()
                 board.busy[self.info.worker] = True
                 try:
                     result = self._await(head, board)
                 finally:
                     board.busy[self.info.worker] = False
-                short = time.monotonic() - started < _SHORT_CALL
+                self.calls_are_short = time.monotonic() - started < _SHORT_CALL
                 complete(result)
 
     def _set_timeout(self, timeout: float | None) -> None:
