@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(task, messages.Release):
             refs.forget(task.ids)
             continue
+        if isinstance(task, messages.Heartbeat):
+            writer.send(task)  # an echo: wakes the agent's thread for this worker
+            continue
         if not isinstance(task, messages.Task):
             continue  # credit or cancellation for a stream that has ended: moot
         if task.window:

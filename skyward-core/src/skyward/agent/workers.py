@@ -69,8 +69,10 @@ def _small(task: messages.Task) -> bool:
 class TaskBoard:
     """Queued tasks: pinned to one worker (``@ pool``), or for whichever is free first.
 
-    Process slots with nothing in flight register here as idle: :meth:`put` hands a small
-    call straight to one of them (written by the caller's thread) instead of queueing it.
+    An idle process slot waits on its worker's socket, not here: :meth:`put` writes a
+    small call straight to its worker (the answer is what the slot's thread wakes up to:
+    no thread hand-off on the way), or queues the call and asks the worker for an echo,
+    which wakes the slot's thread to look at the board.
     """
 
     def __init__(self, workers: int) -> None:
@@ -78,30 +80,35 @@ class TaskBoard:
         self._pinned = [collections.deque[messages.Task]() for _ in range(workers)]
         self._cond = threading.Condition()
         self._idle: list[ProcessSlot | None] = [None] * workers
-        self.busy = [False] * workers
-        """Which process slots wait on a call their worker runs (set by the slots)."""
+        self._busy = [False] * workers
+        """Which process slots have calls in flight."""
 
     def put(self, task: messages.Task) -> None:
         with self._cond:
             slot = self._idle_for(task)
-            if slot is None:
-                if task.worker is None:
-                    self._shared.append(task)
-                else:
-                    self._pinned[task.worker].append(task)
-                self._cond.notify_all()
-                return
-            self._idle[slot.info.worker] = None
-            slot.sent.append(task)
-            # Written under the lock: the slot's thread, once woken, may queue the next
-            # call behind this one, never before it. A small frame to an idle worker's
-            # roomy socket does not block.
-            slot.deliver(task)
-            self._cond.notify_all()
+            if slot is not None:
+                worker = slot.info.worker
+                self._idle[worker] = None
+                if _small(task):
+                    self._busy[worker] = True
+                    if task.timeout is not None:
+                        # The worker echoes this before it runs the call: the slot's
+                        # thread wakes and keeps the call's clock.
+                        slot.wake()
+                    slot.sent.append(task)
+                    # Under the lock: the slot's thread may queue the next call behind
+                    # this one, never before it. A small frame to an idle worker's
+                    # roomy socket does not block.
+                    slot.deliver(task)
+                    return
+                slot.wake()
+            if task.worker is None:
+                self._shared.append(task)
+            else:
+                self._pinned[task.worker].append(task)
+            self._cond.notify_all()  # thread slots wait here
 
     def _idle_for(self, task: messages.Task) -> ProcessSlot | None:
-        if not _small(task):
-            return None
         if task.worker is not None:
             return self._idle[task.worker]
         return next((slot for slot in self._idle if slot is not None), None)
@@ -116,23 +123,30 @@ class TaskBoard:
                     return self._shared.popleft()
                 self._cond.wait()
 
-    def next_for(self, slot: ProcessSlot) -> messages.Task | None:
-        """A process slot with nothing in flight waits here. Returns a queued task for it
-        to write itself, or ``None`` once :meth:`put` gave it one (in ``slot.sent``)."""
+    def take_or_idle(self, slot: ProcessSlot) -> messages.Task | None:
+        """A process slot with nothing in flight: a queued task for it to write itself
+        (now in ``slot.sent``), or ``None`` and the slot is idle until :meth:`put` hands
+        it a call or wakes it."""
         worker = slot.info.worker
         with self._cond:
-            try:
-                while True:
-                    if slot.sent:
-                        return None
-                    task = self._pop(worker, small_only=False)
-                    if task is not None:
-                        slot.sent.append(task)
-                        return task
-                    self._idle[worker] = slot
-                    self._cond.wait()
-            finally:
-                self._idle[worker] = None
+            task = self._pop(worker, small_only=False)
+            if task is None:
+                self._idle[worker] = slot
+                self._busy[worker] = False
+                return None
+            slot.sent.append(task)
+            self._busy[worker] = True
+            return task
+
+    def settled(self, slot: ProcessSlot) -> None:
+        """The slot's last call in flight is answered (it may prefetch no longer)."""
+        self._busy[slot.info.worker] = False
+
+    def not_idle(self, slot: ProcessSlot) -> None:
+        """The slot's worker is gone: nothing may be handed to it until it is replaced."""
+        with self._cond:
+            if self._idle[slot.info.worker] is slot:
+                self._idle[slot.info.worker] = None
 
     def prefetch(self, slot: ProcessSlot) -> messages.Task | None:
         """The next queued small call for ``slot`` (which is busy), or ``None``."""
@@ -144,8 +158,8 @@ class TaskBoard:
 
     def _pop(self, worker: int, *, small_only: bool) -> messages.Task | None:
         queues = [self._pinned[worker], self._shared]
-        if small_only and not all(b for i, b in enumerate(self.busy) if i != worker):
-            # Another worker is (or is about to be) free: the shared calls are its, not a
+        if small_only and not all(b for i, b in enumerate(self._busy) if i != worker):
+            # Another worker is free (or about to be): the shared calls are its, not a
             # second call queued behind one that may turn out long.
             queues.pop()
         for queue in queues:
@@ -315,14 +329,25 @@ class ProcessSlot(Slot):
         self._spawn()
         return cause
 
+    def wake(self) -> None:
+        """Ask the worker for an echo: the slot's thread, idle on the worker's socket,
+        wakes up to it and looks at the board."""
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(OSError):
+                writer.send(messages.Heartbeat())
+
     def _serve(self, board: TaskBoard, complete: Complete) -> None:
         try:
             self.prepare()
         finally:
             self.ready.set()
         while True:
-            task = board.next_for(self)
-            if task is not None:
+            if not self.sent:
+                task = board.take_or_idle(self)
+                if task is None:
+                    self._idle(board, complete)
+                    continue
                 self.deliver(task)
             while self.sent:
                 head = self.sent[0]
@@ -334,13 +359,34 @@ class ProcessSlot(Slot):
                         self.deliver(queued)
                         self.queued_behind += 1
                 started = time.monotonic()
-                board.busy[self.info.worker] = True
-                try:
-                    result = self._await(head, board)
-                finally:
-                    board.busy[self.info.worker] = False
+                result = self._await(head, board)
                 self.calls_are_short = time.monotonic() - started < _SHORT_CALL
+                if not self.sent:
+                    board.settled(self)
                 complete(result)
+
+    def _idle(self, board: TaskBoard, complete: Complete) -> None:
+        """Nothing in flight: wait on the worker's socket for a call's answer (one
+        :meth:`TaskBoard.put` wrote to the worker) or the echo of a wake."""
+        assert self._reader is not None
+        try:
+            self._set_timeout(None)
+            answer = self._reader.read()
+        except (EOFError, OSError):
+            board.not_idle(self)
+            if self.sent:  # handed a call as it died
+                complete(self._lost(board, self.sent[0]))
+            else:
+                cause = self._replace()
+                _log.warning(
+                    "%s: the idle worker process died (%s); started a new one", self.where, cause
+                )
+            return
+        if isinstance(answer, messages.Result) and self.sent and answer.id == self.sent[0].id:
+            self.sent.popleft()
+            board.settled(self)
+            complete(answer)
+        # Else the echo of a wake: the caller looks at the board.
 
     def _set_timeout(self, timeout: float | None) -> None:
         if timeout != self._timeout:
@@ -365,21 +411,14 @@ class ProcessSlot(Slot):
                 if gate is not None and isinstance(answer, messages.Item):
                     gate.emit(answer)
                     continue
+                if isinstance(answer, messages.Heartbeat):
+                    continue  # the echo of a wake that crossed a call
                 break
         except TimeoutError:
             self._lose(board)
             return _failure(task.id, TaskTimeoutError(task.timeout or 0.0, self.where))
         except (EOFError, OSError):
-            cause = self._lose(board)
-            _log.warning("%s: the worker process died (%s); started a new one", self.where, cause)
-            lost = WorkerLostError(
-                self.info.node,
-                "the worker process died while running this call; a new one took its place "
-                "and the call was not retried (it may have run partly)",
-                cause,
-                worker=self.info.worker,
-            )
-            return _failure(task.id, lost)
+            return self._lost(board, task)
         finally:
             if gate is not None:
                 gate.detach()
@@ -387,6 +426,19 @@ class ProcessSlot(Slot):
         if not isinstance(answer, messages.Result) or answer.id != task.id:
             return _failure(task.id, RuntimeError(f"worker sent {answer!r}"))
         return answer
+
+    def _lost(self, board: TaskBoard, task: messages.Task) -> messages.Result:
+        """The worker died while running ``task``: its failure (the worker is replaced)."""
+        cause = self._lose(board)
+        _log.warning("%s: the worker process died (%s); started a new one", self.where, cause)
+        lost = WorkerLostError(
+            self.info.node,
+            "the worker process died while running this call; a new one took its place "
+            "and the call was not retried (it may have run partly)",
+            cause,
+            worker=self.info.worker,
+        )
+        return _failure(task.id, lost)
 
     def _lose(self, board: TaskBoard) -> str | None:
         """The worker is gone (or being killed) while running ``sent[0]``: replace it, and
