@@ -37,7 +37,7 @@ from skyward.agent.children import (
 from skyward.agent.metrics import sample
 from skyward.agent.output import OutputCapture
 from skyward.agent.streams import Streams
-from skyward.agent.workers import EXECUTORS, TaskBoard, make_slots
+from skyward.agent.workers import EXECUTORS, ProcessSlot, TaskBoard, make_slots
 from skyward.cluster import InstanceInfo
 from skyward.errors import AgentAuthenticationError
 from skyward.gpus import node_accelerators, plan_node
@@ -199,6 +199,12 @@ class Agent:
             conn.close()
 
     # -- work -------------------------------------------------------------------------
+
+    def fork_workers(self, close: list[int]) -> None:
+        """Process workers start as forks of the agent, which has imported what they need."""
+        for slot in self.slots:
+            if isinstance(slot, ProcessSlot):
+                slot.fork(close)
 
     def start_workers(self) -> None:
         for slot in self.slots:
@@ -387,10 +393,13 @@ def main(argv: list[str] | None = None) -> None:
 
     listener, port = _listen(options)
 
-    agent.output = OutputCapture(agent.log_line)  # before the workers: they inherit it
-    # Worker processes start while the client connects and proves its key: a call that
-    # arrives first waits on the board for its worker, so announcing now costs nothing
-    # and the pool opens a worker's start-up sooner.
+    # Before the workers: they inherit it. Its threads start after the first workers are
+    # forked (a fork of a process with threads inherits their locks).
+    agent.output = OutputCapture(agent.log_line, start=False)
+    agent.fork_workers([listener.fileno(), *agent.output.private_fds])
+    agent.output.start()
+    # The workers get ready while the client connects and proves its key: a call that
+    # arrives first waits on the board for its worker.
     agent.start_workers()
     original_stdout = agent.output.original_stdout
     os.write(original_stdout, f"{messages.READY_PREFIX} {port} {os.getpid()}\n".encode())

@@ -31,10 +31,16 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    serve(socket.socket(fileno=int(args[0])))
+
+
+def serve(sock: socket.socket) -> None:
+    """The worker's life on ``sock``: in a process of its own (``main``) or in a child the
+    agent forked before it started any thread (its first workers, see ``workers.py``)."""
     _die_with_parent()
     sys.stdout, sys.stderr = line_buffered(1), line_buffered(2)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's business
-    sock = socket.socket(fileno=int(args[0]))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked child had the agent's handler
     reader, writer = wire.FrameReader(sock), wire.FrameWriter(sock)
     init = reader.read()
     if not isinstance(init, messages.WorkerInit):

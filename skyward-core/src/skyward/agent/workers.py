@@ -19,6 +19,7 @@ import collections
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 
 from skyward import cluster, messages, wire
+from skyward.agent import worker
 from skyward.agent.children import kill_tree
 from skyward.agent.streams import Streams
 from skyward.agent.tasks import run_task
@@ -96,6 +98,7 @@ class TaskBoard:
                         # thread wakes and keeps the call's clock.
                         slot.wake()
                     slot.sent.append(task)
+                    slot.handed_at = time.monotonic()
                     # Under the lock: the slot's thread may queue the next call behind
                     # this one, never before it. A small frame to an idle worker's
                     # roomy socket does not block.
@@ -251,12 +254,66 @@ class ThreadSlot(Slot):
                 timer.cancel()
 
 
+def _retitle(args: list[str]) -> None:
+    """Make a forked worker's ``/proc/<pid>/cmdline`` read like a spawned one's: what
+    finds agents by their command line (``skyward down``, leftovers, tests) must not take
+    a worker for one. The original arguments' memory is rewritten in place (the kernel
+    reports ``arg_start..arg_end``, fields 48-49 of ``/proc/self/stat``), as
+    ``setproctitle`` does; Python's own copy of argv is elsewhere."""
+    try:
+        with open("/proc/self/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])
+    except (OSError, IndexError, ValueError):
+        return
+    size = end - start
+    if size <= 1:
+        return
+    # One string, spaces between the arguments, then a NUL; the rest is not NUL, so the
+    # kernel reads it the way setproctitle's users expect (up to the first NUL), and
+    # psutil and ps split it at the spaces.
+    data = " ".join(args).encode()[: size - 2] + b"\0"
+    data += b" " * (size - len(data))
+    import ctypes
+
+    ctypes.memmove(start, data, size)
+
+
+class _Forked:
+    """A worker the agent forked (what ``ProcessSlot`` needs of a ``Popen``)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: its status is lost
+                self.returncode = -signal.SIGKILL
+                break
+            if pid:
+                # As Popen says it: the exit code, or minus the signal that ended it.
+                self.returncode = os.waitstatus_to_exitcode(status)
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+            time.sleep(0.005)
+        return self.returncode
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
 class ProcessSlot(Slot):
     """Runs tasks in a worker process of its own, started once and reused."""
 
     def __init__(self, info: InstanceInfo, env: Mapping[str, str]) -> None:
         super().__init__(info, env)
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[bytes] | _Forked | None = None
         self._sock: socket.socket | None = None
         self._timeout: float | None = None
         self._reader: wire.FrameReader | None = None
@@ -269,13 +326,45 @@ class ProcessSlot(Slot):
         """Calls written to the worker while it ran another (for tests and benchmarks)."""
         self.calls_are_short = False
         """The last call took under 10 ms: the next may be queued behind another."""
+        self.handed_at = 0.0
+        """When :meth:`TaskBoard.put` last handed the idle worker a call."""
 
     @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
 
     def prepare(self) -> None:
-        self._spawn()
+        if self._process is None:
+            self._spawn()
+        else:  # forked at the agent's start: say who it is, wait until it is ready
+            self._greet()
+
+    def fork(self, close: Sequence[int]) -> None:
+        """Start the worker now as a fork of the agent, which must have no other thread
+        yet: a fork costs milliseconds where a new interpreter costs its imports (most of
+        a cold start). ``close``: the agent's descriptors the worker must not keep.
+        Replacements of a lost worker are new interpreters (``_spawn``): by then the
+        agent has threads, and a fork would inherit their locks."""
+        ours, theirs = self._socketpair()
+        self._oom_before = oom_kills()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            try:
+                ours.close()
+                for fd in close:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.close(devnull)
+                os.environ.update(self.env)
+                _retitle([sys.executable, "-m", "skyward.agent.worker", str(theirs.fileno())])
+                worker.serve(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        self._process = _Forked(pid)
+        self._attach(ours)
 
     def release_refs(self, ids: tuple[str, ...]) -> None:
         writer = self._writer
@@ -291,13 +380,30 @@ class ProcessSlot(Slot):
             with contextlib.suppress(OSError):
                 writer.send(task)
 
-    def _spawn(self) -> None:
+    @staticmethod
+    def _socketpair() -> tuple[socket.socket, socket.socket]:
         ours, theirs = socket.socketpair()
         for sock in (ours, theirs):
             # Room for a queued call and its neighbours' control frames: a write to a busy
             # worker never blocks.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024 * 1024)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024 * 1024)
+        return ours, theirs
+
+    def _attach(self, sock: socket.socket) -> None:
+        self._sock, self._timeout = sock, None
+        self._reader, self._writer = wire.FrameReader(sock), wire.FrameWriter(sock)
+
+    def _greet(self) -> None:
+        assert self._reader is not None
+        assert self._writer is not None
+        with contextlib.suppress(OSError):
+            self._writer.send(messages.WorkerInit(self.info))
+        with contextlib.suppress(EOFError, OSError):
+            self._reader.read()  # its first frame says it is ready for tasks
+
+    def _spawn(self) -> None:
+        ours, theirs = self._socketpair()
         self._oom_before = oom_kills()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "skyward.agent.worker", str(theirs.fileno())],
@@ -306,11 +412,8 @@ class ProcessSlot(Slot):
             stdin=subprocess.DEVNULL,
         )
         theirs.close()
-        self._sock, self._timeout = ours, None
-        self._reader, self._writer = wire.FrameReader(ours), wire.FrameWriter(ours)
-        self._writer.send(messages.WorkerInit(self.info))
-        with contextlib.suppress(EOFError, OSError):
-            self._reader.read()  # its first frame says it is ready for tasks
+        self._attach(ours)
+        self._greet()
 
     def _replace(self) -> str | None:
         """Stop what is left of the worker, say why it ended, start a new one."""
@@ -384,6 +487,7 @@ class ProcessSlot(Slot):
             return
         if isinstance(answer, messages.Result) and self.sent and answer.id == self.sent[0].id:
             self.sent.popleft()
+            self.calls_are_short = time.monotonic() - self.handed_at < _SHORT_CALL
             board.settled(self)
             complete(answer)
         # Else the echo of a wake: the caller looks at the board.
