@@ -177,3 +177,27 @@ def test_a_failed_write_does_not_wedge_the_writer(pair: Pair) -> None:
         flood()
     with pytest.raises(OSError):
         writer.send("again")  # raises again rather than queueing forever
+
+
+def test_a_frame_pointing_into_the_callers_memory_is_sent_before_write_returns(
+    pair: Pair,
+) -> None:
+    a, b = pair
+    stream = _SlowStream(a)
+    writer = wire.FrameWriter(stream)
+    first = threading.Thread(target=writer.send, args=("first",))
+    first.start()
+    assert stream.entered.wait(20)
+    array = np.arange(100_000, dtype=np.int64)  # an out-of-band buffer: a memoryview part
+    big = threading.Thread(target=writer.send, args=(array,))
+    big.start()
+    big.join(0.3)
+    assert big.is_alive(), "it waits for the writer instead of queueing a view of the array"
+    stream.release.set()
+    first.join(20)
+    reader = wire.FrameReader(b)
+    assert reader.read() == "first"
+    got = reader.read()
+    big.join(20)
+    array[:] = -1  # changed after write() returned: what was sent is what it was then
+    np.testing.assert_array_equal(got, np.arange(100_000, dtype=np.int64))

@@ -175,9 +175,11 @@ class FrameWriter:
 
     A frame written while another thread is writing joins a queue that thread sends next
     (in one write when the frames are small), instead of waiting for the lock: frames
-    keep the order in which :meth:`write` was called, and only a queue over 4 MiB makes a
-    writer wait. A frame queued behind a write that fails is lost with the connection,
-    like bytes still in the socket's buffer would be.
+    keep the order in which :meth:`write` was called. A frame with out-of-band buffers (it
+    points into the caller's memory), or one that would take the queue over 4 MiB, waits
+    for the writer and is written before :meth:`write` returns. A frame queued behind a
+    write that fails is lost with the connection, like bytes still in the socket's buffer
+    would be.
     """
 
     def __init__(self, stream: Stream) -> None:
@@ -195,12 +197,15 @@ class FrameWriter:
         with self._cond:
             if self._busy:
                 size = sum(_nbytes(p) for p in parts)
-                while self._busy and self._queued + size > _QUEUE_LIMIT and self._queued:
-                    self._cond.wait()
-                if self._busy:
+                # Only frames of immutable bytes wait in the queue: one that points into
+                # the caller's memory (an array's out-of-band buffer) is written before
+                # write() returns, as a caller that changes its array next may expect.
+                if all(type(p) is bytes for p in parts) and self._queued + size <= _QUEUE_LIMIT:
                     self._queue.extend(parts)
                     self._queued += size
                     return
+                while self._busy:
+                    self._cond.wait()
             self._busy = True
         pending = parts
         try:
