@@ -8,6 +8,7 @@ import pickle
 import subprocess
 import sys
 import warnings
+from typing import Any
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_requires_grad_is_kept_and_parameters_keep_torchs_own_pickle() -> None:
     assert type(got) is torch.nn.Parameter
 
 
-def test_a_read_only_buffer_gives_a_tensor_without_warnings() -> None:
+def test_a_read_only_buffer_gives_a_writable_copy_without_warnings() -> None:
     tensor = torch.arange(10, dtype=torch.int64)
     data, buffers = wire.dumps(tensor)
     frozen = [memoryview(bytes(b.raw())) for b in buffers]  # a sky.Ref's mapped file
@@ -83,6 +84,8 @@ def test_a_read_only_buffer_gives_a_tensor_without_warnings() -> None:
         warnings.simplefilter("error")
         got = wire.loads(data, frozen)
     assert torch.equal(got, tensor)
+    got.add_(1)  # in place: on read-only pages this would be a segfault
+    assert bytes(frozen[0]) == tensor.numpy().tobytes()
 
 
 def test_a_cuda_tensor_without_that_gpu_arrives_on_the_cpu_with_a_warning() -> None:
@@ -123,3 +126,28 @@ def test_skyward_never_imports_torch() -> None:
         "assert 'torch' not in sys.modules, 'skyward imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_tensors_cross_a_local_pool_both_ways_and_as_refs(local_pool_factory: Any) -> None:
+    import skyward as sky
+
+    @sky.compute
+    def double(t: Any) -> Any:
+        return t * 2
+
+    @sky.compute
+    def bump(t: Any) -> float:
+        t.add_(1)  # in place, on the node's own copy
+        return float(t.sum())
+
+    with local_pool_factory() as pool:
+        tensor = torch.arange(1 << 16, dtype=torch.float32).reshape(256, 256)
+        got = double(tensor) >> pool
+        assert isinstance(got, torch.Tensor)
+        assert torch.equal(got, tensor * 2)
+        ref = sky.put(tensor)
+        total = float(tensor.sum()) + tensor.numel()
+        assert bump(ref) >> pool == total
+        # A ref is opened once per process and shared by its calls (refs.py says to treat
+        # it as read-only): a writable copy, so the second call sees the first one's bump.
+        assert bump(ref) >> pool == total + tensor.numel()

@@ -108,14 +108,16 @@ def _rebuild_tensor(
     import torch
 
     kind = getattr(torch, dtype)
-    if memoryview(memory).nbytes == 0:
+    view = memoryview(memory)
+    if view.nbytes == 0:
         tensor = torch.empty(shape, dtype=kind)
     else:
-        with warnings.catch_warnings():
-            # A read-only buffer (a sky.Ref's mapped file): refs are read-only by contract.
-            warnings.filterwarnings("ignore", message=".*not writable.*")
-            warnings.filterwarnings("ignore", message=".*non-writable.*")
-            tensor = torch.frombuffer(memory, dtype=kind).reshape(shape)
+        if view.readonly:
+            # A sky.Ref's mapped file: torch has no read-only tensors, and an in-place
+            # operation on read-only pages would kill the process (SIGSEGV). One copy per
+            # process (refs are opened once per process).
+            memory = bytearray(view)
+        tensor = torch.frombuffer(memory, dtype=kind).reshape(shape)
     if device is not None:
         if torch.cuda.is_available() and device < torch.cuda.device_count():
             tensor = tensor.to(f"cuda:{device}")
