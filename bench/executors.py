@@ -2,8 +2,9 @@
 
 ``python -m bench.executors [calls] [rounds] [batch]``: one Local pool per executor, open
 side by side; each round times ``calls`` sequential no-op calls on each (the order
-alternates round by round), then a ``batch``-call ``gather`` on each. Prints the medians
-and the ratios.
+alternates round by round), then a ``batch``-call ``gather`` on each; then single calls
+alternate between the two pools call by call (the steadiest comparison on a loaded
+machine). Prints the medians and the ratios.
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ def _latency(pool: sky.ComputePool, calls: int) -> float:
     for _ in range(calls):
         noop() >> pool
     return (time.perf_counter() - start) / calls * 1e6
+
+
+def _alternating(pools: dict[str, sky.ComputePool], calls: int) -> dict[str, list[float]]:
+    """One call on each pool in turn (which goes first alternates): both see the same
+    machine at nearly the same moment. Microseconds per call."""
+    out: dict[str, list[float]] = {k: [] for k in pools}
+    kinds = list(pools)
+    for i in range(calls):
+        for k in kinds if i % 2 == 0 else kinds[::-1]:
+            start = time.perf_counter()
+            noop() >> pools[k]
+            out[k].append((time.perf_counter() - start) * 1e6)
+    return out
 
 
 def _throughput(pool: sky.ComputePool, calls: int) -> float:
@@ -61,6 +75,12 @@ def main() -> None:
                 lat[k].append(_latency(pools[k], calls))
             for k in order:
                 thr[k].append(_throughput(pools[k], batch))
+        single = _alternating(pools, calls * rounds)
+        sp, st = (statistics.median(single[k]) for k in kinds)
+        print(
+            f"call by call  process {sp:7.1f} µs  thread {st:7.1f} µs  ratio {sp / st:.2f}x "
+            f"(medians of {calls * rounds} calls each, alternating)"
+        )
         p, t = (statistics.median(lat[k]) for k in kinds)
         pt, tt = (statistics.median(thr[k]) for k in kinds)
         print(f"round trip  process {p:7.1f} µs  thread {t:7.1f} µs  ratio {p / t:.2f}x")
