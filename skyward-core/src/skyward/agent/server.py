@@ -201,7 +201,11 @@ class Agent:
     # -- work -------------------------------------------------------------------------
 
     def fork_workers(self, close: list[int]) -> None:
-        """Process workers start as forks of the agent, which has imported what they need."""
+        """Process workers start as forks of the agent, which has imported what they need;
+        only while it has no other thread (else they start as new interpreters)."""
+        if threading.active_count() > 1:
+            _log.warning("threads already running: worker processes start as interpreters")
+            return
         for slot in self.slots:
             if isinstance(slot, ProcessSlot):
                 slot.fork(close)
