@@ -112,8 +112,9 @@ def _describe(obj: object) -> str:
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     # Read once per pickler, at its creation (an instance attribute set later is ignored).
     # A live view: reducers added to the table later (torch, once imported) are seen.
+    # Flat (one lookup per object, not a ChainMap inside a ChainMap).
     dispatch_table: ClassVar[ChainMap[type, Any]] = ChainMap(
-        reducers.table(), cloudpickle.Pickler.dispatch_table
+        reducers.table(), *cloudpickle.Pickler.dispatch_table.maps
     )
 
 
