@@ -3,6 +3,7 @@ what happens to them when the worker dies or times out, and the order of answers
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import time
@@ -37,9 +38,15 @@ def slot(
     try:
         yield made, board, answers
     finally:
+        # A worker being replaced after a test's timeout: let the replacement come up, so
+        # the one killed here is the last.
+        deadline = time.monotonic() + 30
+        while not board.is_idle(0) and time.monotonic() < deadline:
+            time.sleep(0.01)
         pid = made.pid
         if pid is not None:
-            os.kill(pid, 9)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
 
 
 def _task(
@@ -153,3 +160,22 @@ def test_a_long_call_gets_nothing_queued_behind_it(
         board.put(_task(3, _sleep, 0.0))
     _collect(answers, 2)
     assert made.queued_behind == before, "after a long call, the next one waits on the board"
+
+
+def test_a_timed_call_handed_to_an_idle_worker_times_out_on_time(
+    slot: tuple[ProcessSlot, TaskBoard, Answers],
+) -> None:
+    _, board, answers = slot
+    for i in range(3):
+        deadline = time.monotonic() + 30
+        while not board.is_idle(0):  # the replacement of the last round's worker is up
+            assert time.monotonic() < deadline, "the slot never became idle"
+            time.sleep(0.01)
+        started = time.monotonic()
+        board.put(_task(i, _sleep, 30.0, timeout=0.3))
+        (got,) = _collect(answers, 1).values()
+        with pytest.raises(TaskTimeoutError):
+            _value(got)
+        # Answered before its worker's replacement starts (a new interpreter): well
+        # under the 30 s the call would take, whatever the machine's load.
+        assert time.monotonic() - started < 15

@@ -93,12 +93,12 @@ class TaskBoard:
                 self._idle[worker] = None
                 if _small(task):
                     self._busy[worker] = True
+                    slot.sent.append(task)  # before the wake: its echo finds it there
+                    slot.handed_at = time.monotonic()
                     if task.timeout is not None:
                         # The worker echoes this before it runs the call: the slot's
                         # thread wakes and keeps the call's clock.
                         slot.wake()
-                    slot.sent.append(task)
-                    slot.handed_at = time.monotonic()
                     # Under the lock: the slot's thread may queue the next call behind
                     # this one, never before it. A small frame to an idle worker's
                     # roomy socket does not block.
@@ -128,10 +128,13 @@ class TaskBoard:
 
     def take_or_idle(self, slot: ProcessSlot) -> messages.Task | None:
         """A process slot with nothing in flight: a queued task for it to write itself
-        (now in ``slot.sent``), or ``None`` and the slot is idle until :meth:`put` hands
-        it a call or wakes it."""
+        (now in ``slot.sent``), or ``None``: then either :meth:`put` handed it a call
+        meanwhile (in ``slot.sent``), or the slot is idle until put hands it one or wakes
+        it."""
         worker = slot.info.worker
         with self._cond:
+            if slot.sent:  # handed a call meanwhile
+                return None
             task = self._pop(worker, small_only=False)
             if task is None:
                 self._idle[worker] = slot
@@ -140,6 +143,10 @@ class TaskBoard:
             slot.sent.append(task)
             self._busy[worker] = True
             return task
+
+    def is_idle(self, worker: int) -> bool:
+        """Whether ``worker``'s process slot waits idle on its worker (for tests)."""
+        return self._idle[worker] is not None
 
     def settled(self, slot: ProcessSlot) -> None:
         """The slot's last call in flight is answered (it may prefetch no longer)."""
@@ -328,6 +335,8 @@ class ProcessSlot(Slot):
         """The last call took under 10 ms: the next may be queued behind another."""
         self.handed_at = 0.0
         """When :meth:`TaskBoard.put` last handed the idle worker a call."""
+        self._stopped = False
+        """The worker was stopped (lost or timed out) and awaits its replacement."""
 
     @property
     def pid(self) -> int | None:
@@ -417,6 +426,12 @@ class ProcessSlot(Slot):
 
     def _replace(self) -> str | None:
         """Stop what is left of the worker, say why it ended, start a new one."""
+        cause = self._stop()
+        self._spawn()
+        return cause
+
+    def _stop(self) -> str | None:
+        """Stop what is left of the worker (and everything it started); say why it ended."""
         process = self._process
         cause: str | None = None
         if process is not None:
@@ -429,7 +444,6 @@ class ProcessSlot(Slot):
             cause = describe_exit(process.returncode, oom_before=self._oom_before)
         if self._sock is not None:
             self._sock.close()
-        self._spawn()
         return cause
 
     def wake(self) -> None:
@@ -449,7 +463,8 @@ class ProcessSlot(Slot):
             if not self.sent:
                 task = board.take_or_idle(self)
                 if task is None:
-                    self._idle(board, complete)
+                    if not self.sent:  # else put() handed it a call meanwhile
+                        self._idle(board, complete)
                     continue
                 self.deliver(task)
             while self.sent:
@@ -467,6 +482,9 @@ class ProcessSlot(Slot):
                 if not self.sent:
                     board.settled(self)
                 complete(result)
+                if self._stopped:  # the worker was lost: answered first, replaced now
+                    self._stopped = False
+                    self._spawn()
 
     def _idle(self, board: TaskBoard, complete: Complete) -> None:
         """Nothing in flight: wait on the worker's socket for a call's answer (one
@@ -479,10 +497,12 @@ class ProcessSlot(Slot):
             board.not_idle(self)
             if self.sent:  # handed a call as it died
                 complete(self._lost(board, self.sent[0]))
+                self._stopped = False
+                self._spawn()
             else:
                 cause = self._replace()
                 _log.warning(
-                    "%s: the idle worker process died (%s); started a new one", self.where, cause
+                    "%s: the idle worker process died (%s); starting a new one", self.where, cause
                 )
             return
         if isinstance(answer, messages.Result) and self.sent and answer.id == self.sent[0].id:
@@ -534,7 +554,7 @@ class ProcessSlot(Slot):
     def _lost(self, board: TaskBoard, task: messages.Task) -> messages.Result:
         """The worker died while running ``task``: its failure (the worker is replaced)."""
         cause = self._lose(board)
-        _log.warning("%s: the worker process died (%s); started a new one", self.where, cause)
+        _log.warning("%s: the worker process died (%s); starting a new one", self.where, cause)
         lost = WorkerLostError(
             self.info.node,
             "the worker process died while running this call; a new one took its place "
@@ -545,11 +565,14 @@ class ProcessSlot(Slot):
         return _failure(task.id, lost)
 
     def _lose(self, board: TaskBoard) -> str | None:
-        """The worker is gone (or being killed) while running ``sent[0]``: replace it, and
-        put the calls queued behind it (never started) back on the board."""
+        """The worker is gone (or being killed) while running ``sent[0]``: stop what is
+        left of it, and put the calls queued behind it (never started) back on the board.
+        The slot starts its replacement once the lost call is answered, so a timeout is
+        answered on time rather than after a new interpreter's start."""
         queued = list(self.sent)[1:]
         self.sent.clear()
-        cause = self._replace()
+        cause = self._stop()
+        self._stopped = True
         board.requeue(queued)
         return cause
 
