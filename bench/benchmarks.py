@@ -33,6 +33,8 @@ class Settings:
     scale_rounds: int
     aws_nodes: tuple[int, ...]
     profile_seconds: float
+    tensor_bytes: int = 256 * MiB
+    tensor_rounds: int = 5
 
     @classmethod
     def make(cls, quick: bool) -> Settings:
@@ -50,6 +52,8 @@ class Settings:
                 scale_rounds=1,
                 aws_nodes=(1, 10),
                 profile_seconds=0.4,
+                tensor_bytes=32 * MiB,
+                tensor_rounds=2,
             )
         return cls(
             quick=False,
@@ -520,12 +524,55 @@ def _scale_table(
     return {"rows": rows}
 
 
+# -- 6. tensors ------------------------------------------------------------------------
+
+
+TENSORS = {
+    "numpy argument": "numpy array as an argument (`f(array) >> pool`)",
+    "torch argument": "torch CPU tensor as an argument",
+    "numpy result": "numpy array as a result",
+    "torch result": "torch CPU tensor as a result",
+}
+
+
+def tensors(settings: Settings, hosts: list[HostInfo], logs: Path) -> dict[str, Any]:
+    """A torch CPU tensor against a numpy array of the same size, both directions, on
+    one Local pool; rounds interleave the four rows."""
+    clock = Clock()
+    drivers, failed = start_drivers([("tensors", "skyward-tensors", {})], logs / "tensors")
+    clock.lap("setup")
+    values: dict[str, list[float]] = {}
+    try:
+        if "tensors" in drivers:
+            try:
+                values = drivers["tensors"].call(
+                    "transfer",
+                    timeout=1800,
+                    nbytes=settings.tensor_bytes,
+                    rounds=settings.tensor_rounds,
+                )
+            except DriverError as error:
+                failed["tensors"] = str(error).strip().splitlines()[-1][:300]
+        clock.lap("measure")
+    finally:
+        stop_drivers(drivers)
+    clock.lap("teardown")
+    return {
+        "stages": clock.stages,
+        "tools": _summaries(values),
+        "failed": failed,
+        "bytes": settings.tensor_bytes,
+        "rounds": settings.tensor_rounds,
+    }
+
+
 BENCHMARKS: dict[str, Callable[[Settings, list[HostInfo], Path], dict[str, Any]]] = {
     "latency": latency,
     "throughput": throughput,
     "bulk": bulk,
     "cold": cold,
     "scale": scale,
+    "tensors": tensors,
 }
 
 

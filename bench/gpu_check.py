@@ -11,7 +11,11 @@ GPU's model, ``concurrency="auto"``) and checks what issue 10 promises:
   environment (a Local pool with the default image runs the client's interpreter),
   ``torch.cuda.device_count() == 1`` and ``sky.current_accelerator()`` is the GPU's name;
 - per-GPU metrics (``skyward.gpus.per_gpu_metrics``) are read while every worker multiplies
-  matrices (torch), and show load on every GPU.
+  matrices (torch), and show load on every GPU;
+- with torch and CUDA in the client too: a CUDA tensor sent as an argument arrives on the
+  worker's GPU (``cuda:0``, its only visible one), one returned as a result arrives on the
+  client's ``cuda:0``, and the MiB/s of both directions against a numpy array of the same
+  size (``--tensor-mib``, default 256; issue 12's goal is 90% of numpy's rate, reported).
 
 It prints one JSON document (figures, checks, and the raw ``nvidia-smi`` outputs Skyward
 parses, to replace the written-by-hand ones under ``tests/data/nvidia-smi/``) and exits 1
@@ -101,6 +105,79 @@ def _recordings(gpus: tuple[GPU, ...]) -> dict[str, str | None]:
     return recorded
 
 
+@sky.compute
+def tensor_device(value: Any) -> tuple[str, int]:
+    """Where an argument tensor arrived on the worker, and its size."""
+    return str(value.device), int(value.numel() * value.element_size())
+
+
+@sky.compute
+def numpy_size(value: Any) -> int:
+    return int(value.nbytes)
+
+
+@sky.compute
+def make_value(kind: str, nbytes: int) -> Any:
+    """A result to send back: a CUDA tensor on the worker's GPU, or a numpy array."""
+    if kind == "cuda":
+        import torch
+
+        return torch.ones(nbytes // 4, dtype=torch.float32, device="cuda")
+    import numpy as np
+
+    return np.ones(nbytes // 4, dtype=np.float32)
+
+
+def _tensor_transfer(pool: sky.ComputePool, nbytes: int, rounds: int = 3) -> dict[str, Any]:
+    """CUDA tensors both ways against numpy arrays of the same size (MiB/s, medians)."""
+    import numpy as np
+    import torch
+
+    tensor = torch.ones(nbytes // 4, dtype=torch.float32, device="cuda:0")
+    array = np.ones(nbytes // 4, dtype=np.float32)
+    rates: dict[str, list[float]] = {}
+    devices: dict[str, str] = {}
+
+    def timed(name: str, call: Any) -> Any:
+        if name.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        got = call()
+        if name.startswith("cuda"):
+            torch.cuda.synchronize()
+        rates.setdefault(name, []).append(nbytes / 2**20 / (time.perf_counter() - start))
+        return got
+
+    tensor_device(tensor) >> pool  # warm: torch imported and CUDA initialised on the worker
+    make_value("cuda", 4096) >> pool
+    for _ in range(rounds):
+        where, size = timed("cuda argument", lambda: tensor_device(tensor) >> pool)
+        devices["argument_on_worker"] = where
+        assert size == nbytes
+        timed("numpy argument", lambda: numpy_size(array) >> pool)
+        back = timed("cuda result", lambda: make_value("cuda", nbytes) >> pool)
+        devices["result_on_client"] = str(back.device)
+        timed("numpy result", lambda: make_value("numpy", nbytes) >> pool)
+    medians = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    return {
+        "mib": nbytes / 2**20,
+        "mib_per_s": {k: round(v) for k, v in medians.items()},
+        "cuda_share_of_numpy": {
+            d: round(medians[f"cuda {d}"] / medians[f"numpy {d}"], 3)
+            for d in ("argument", "result")
+        },
+        "devices": devices,
+    }
+
+
+def _cuda_in_client() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
 def _accelerator(gpus: tuple[GPU, ...], nodes: int) -> tuple[AcceleratorSpec, list[GPU]]:
     first = gpus[0]
     same = [gpu for gpu in gpus if gpu.accelerator == first.accelerator]
@@ -113,6 +190,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--tensor-mib", type=int, default=256)
     options = parser.parse_args()
 
     gpus = detect_gpus()
@@ -165,6 +243,8 @@ def main() -> int:
         done.set()
         sampler.join()
         samples.append(per_gpu_metrics())  # at least one, however short the load
+        if _cuda_in_client():
+            report["cuda_tensors"] = _tensor_transfer(pool, options.tensor_mib * 2**20)
 
     by_worker: dict[tuple[int, int], dict[str, Any]] = {}
     for view in views:
@@ -202,6 +282,14 @@ def main() -> int:
         )
     else:
         report["torch"] = "no torch with CUDA here: the per-worker CUDA checks were skipped"
+    if "cuda_tensors" in report:
+        devices = report["cuda_tensors"]["devices"]
+        checks["cuda_tensor_argument_on_the_workers_gpu"] = (
+            devices.get("argument_on_worker") == "cuda:0"
+        )
+        checks["cuda_tensor_result_on_the_clients_gpu"] = (
+            devices.get("result_on_client") == "cuda:0"
+        )
     report["checks"] = checks
     print(json.dumps(report, indent=2))
     return 0 if all(checks.values()) else 1

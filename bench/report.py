@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from bench.benchmarks import BULK, COLD, LATENCY_LOCAL, LATENCY_SSH, THROUGHPUT
+from bench.benchmarks import BULK, COLD, LATENCY_LOCAL, LATENCY_SSH, TENSORS, THROUGHPUT
 from bench.profiling import CATEGORIES
 
 TIMES = "\u00d7"  # multiplication sign
@@ -17,6 +17,7 @@ SECTIONS = {
     "bulk": "3. Bulk transfer to an SSH host",
     "cold": "4. Cold start on `Local`",
     "scale": "5. Scale of provisioning",
+    "tensors": "6. Tensor transfer on `Local`",
 }
 
 
@@ -248,6 +249,30 @@ def target_rows(benches: dict[str, Any]) -> list[dict[str, Any]]:
         True,
         "{:.3f} s",
     )
+    add(
+        "cached cold start to the first result ≤ 0.15 s on Local",
+        median(cld, "skyward-cached"),
+        0.15,
+        True,
+        "{:.3f} s",
+    )
+    add(
+        f"process-executor round trip ≤ 1.3{TIMES} the thread executor's",
+        div(median(lat, "skyward-local"), median(lat, "skyward-local-thread")),
+        1.3,
+        True,
+        "{:.2f}" + TIMES + " the thread executor",
+    )
+    ten = benches.get("tensors", {})
+    for direction in ("argument", "result"):
+        add(
+            f"torch CPU tensor as {'an' if direction == 'argument' else 'a'} {direction} "
+            "≥ 90% of numpy's rate",
+            div(median(ten, f"torch {direction}"), median(ten, f"numpy {direction}")),
+            0.9,
+            False,
+            "{:.0%} of numpy",
+        )
     return rows
 
 
@@ -932,10 +957,44 @@ def scale_analysis(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def render_tensors(result: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    size = result["bytes"] / 2**20
+    out = [
+        f"A {size:.0f} MiB float32 torch CPU tensor and a numpy array of the same size, to "
+        f"a Local pool's process worker and back, {rounds(result['rounds'])} (the four "
+        "rows interleave, and which kind goes first alternates); MiB/s (higher is better). "
+        "A tensor travels as its dtype, shape and one out-of-band buffer over its memory "
+        "(`skyward/reducers.py`), as a numpy array does. CUDA tensors: `bench/gpu_check.py` "
+        "on a GPU machine.",
+        "",
+    ]
+    tools = result.get("tools", {})
+    rows = []
+    for name, label in TENSORS.items():
+        if name not in tools:
+            continue
+        s = tools[name]["summary"]
+        numpy_rate = median(result, name.replace("torch", "numpy"))
+        rows.append(
+            [
+                label,
+                num(s["median"]),
+                num(s["p10"]),
+                num(s["p90"]),
+                NONE
+                if name.startswith("numpy") or not numpy_rate
+                else pct(s["median"] / numpy_rate),
+            ]
+        )
+    out += table(["value", "median MiB/s", "p10", "p90", "÷ numpy"], rows)
+    return out
+
+
 RENDERERS = {
     "latency": render_latency,
     "throughput": render_throughput,
     "bulk": render_bulk,
     "cold": render_cold,
     "scale": render_scale,
+    "tensors": render_tensors,
 }

@@ -962,6 +962,24 @@ class AWSCalls(Tool):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+class SkywardTensors(Tool):
+    """A Local pool (process workers) moving torch tensors and numpy arrays both ways."""
+
+    def setup(self, **_: Any) -> None:
+        import skyward as sky
+
+        self.pool = sky.ComputePool(provider=sky.Local(), display="quiet", collect_metrics=False)
+        self.pool.open()
+
+    def transfer(self, nbytes: int, rounds: int) -> dict[str, list[float]]:
+        from bench.tensors import measure
+
+        return measure(self.pool, nbytes, rounds)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 KINDS: dict[str, type[Tool]] = {
     "skyward-local": SkywardLocal,
     "skyward-ssh": SkywardSSH,
@@ -977,4 +995,5 @@ KINDS: dict[str, type[Tool]] = {
     "dask-cold": DaskCold,
     "ssh-scale": SSHScale,
     "aws-calls": AWSCalls,
+    "skyward-tensors": SkywardTensors,
 }

@@ -66,14 +66,7 @@ def nothing_to_read(sock: socket.socket) -> bool:
 
 def header(parts: list[Any]) -> tuple[int, list[int]]:
     """(payload length, buffer lengths) from the head of an encoded frame."""
-    head = bytes(parts[0][: wire._HEAD.size])
-    size, count = wire._HEAD.unpack(head)
-    start = wire._HEAD.size
-    lengths = [
-        wire._BUFLEN.unpack(bytes(parts[0][start + i * 8 : start + (i + 1) * 8]))[0]
-        for i in range(count)
-    ]
-    return size, lengths
+    return wire.frame_lengths(bytes(parts[0][:4096]))
 
 
 class CustomError(Exception):

@@ -5,11 +5,17 @@ A task's function and arguments, and a result's value, travel as a separate inne
 (``Payload``): when *that* fails to unpickle (a module missing on the node, an exception
 type missing on the client), the receiver still knows which task it belonged to and can
 answer with a clear error instead of losing the connection.
+
+The hot messages (:class:`Task`, :class:`Result`, :class:`Item`) are not pickled at all:
+their frames carry the ids and options as binary fields and the payload's own pickle as
+data (see the end of this module), so a call costs one pickle each way.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
+import struct
 import traceback
 from typing import Any
 
@@ -55,6 +61,8 @@ EXIT_LIFETIME = 4
 _PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), refs.Ref})
 """Argument types the standard pickler handles exactly as cloudpickle would."""
 
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
 SEND_FUNCTIONS_ONCE = True
 """Send a call's function once per node, then its hash (False: by value in every call;
 kept for benchmarks that compare the two)."""
@@ -73,6 +81,9 @@ class Payload:
     @classmethod
     def of(cls, obj: object) -> Payload:
         """Pickle ``obj``; raises :class:`~skyward.errors.SerializationError`."""
+        if type(obj) in _SCALARS:
+            # A plain result (None, a number, a string): the C pickler, no ref to collect.
+            return cls(pickle.dumps(obj, 5))
         with refs.collecting() as found:
             data, buffers = wire.dumps(obj)
         return cls(data, tuple(buffers), tuple({id(r): r for r in found}.values()))
@@ -304,3 +315,71 @@ class Sample:
     gpu_temperature: float | None = None
     gpus: tuple[GpuSample, ...] = ()
     """Every GPU the node sees."""
+
+
+# -- binary frames of the hot messages (see skyward.wire) ---------------------------------
+
+KIND_TASK = 1
+KIND_RESULT = 2
+KIND_ITEM = 3
+
+_TASK = struct.Struct("!QidI")
+"""id, worker (-1: any), timeout (NaN: none), window."""
+_RESULT = struct.Struct("!QB")
+"""id, what the data is (``_VALUE``, ``_FAILURE`` or ``_EMPTY``)."""
+_ITEM = struct.Struct("!QQ")
+"""id, seq."""
+_VALUE, _FAILURE, _EMPTY = 0, 1, 2
+
+
+def _pack_task(task: Task) -> tuple[tuple[Any, ...], bytes, tuple[Any, ...]]:
+    worker = -1 if task.worker is None else task.worker
+    timeout = math.nan if task.timeout is None else task.timeout
+    fields = (task.id, worker, timeout, task.window)
+    return fields, task.payload.data, task.payload.buffers
+
+
+def _unpack_task(fields: tuple[Any, ...], data: bytes, buffers: list[bytearray]) -> Task:
+    task_id, worker, timeout, window = fields
+    return Task(
+        task_id,
+        Payload(data, tuple(buffers)),
+        None if worker < 0 else worker,
+        None if math.isnan(timeout) else timeout,
+        window,
+    )
+
+
+def _pack_result(result: Result) -> tuple[tuple[Any, ...], bytes, Any]:
+    if result.failure is not None:
+        data, buffers = wire.dumps_envelope(result.failure)
+        return (result.id, _FAILURE), data, buffers
+    if result.value is None:
+        return (result.id, _EMPTY), b"", ()
+    return (result.id, _VALUE), result.value.data, result.value.buffers
+
+
+def _unpack_result(fields: tuple[Any, ...], data: bytes, buffers: list[bytearray]) -> Result:
+    result_id, what = fields
+    if what == _FAILURE:
+        failure = wire.loads(data, buffers)
+        if not isinstance(failure, Failure):
+            raise ValueError(f"a result frame carried {type(failure).__name__}, not a Failure")
+        return Result(result_id, failure=failure)
+    if what == _EMPTY:
+        return Result(result_id)
+    return Result(result_id, Payload(data, tuple(buffers)))
+
+
+def _pack_item(item: Item) -> tuple[tuple[Any, ...], bytes, tuple[Any, ...]]:
+    return (item.id, item.seq), item.value.data, item.value.buffers
+
+
+def _unpack_item(fields: tuple[Any, ...], data: bytes, buffers: list[bytearray]) -> Item:
+    item_id, seq = fields
+    return Item(item_id, seq, Payload(data, tuple(buffers)))
+
+
+wire.register(KIND_TASK, Task, _TASK, _pack_task, _unpack_task)
+wire.register(KIND_RESULT, Result, _RESULT, _pack_result, _unpack_result)
+wire.register(KIND_ITEM, Item, _ITEM, _pack_item, _unpack_item)

@@ -1,49 +1,99 @@
-"""Length-prefixed frames carrying pickle protocol 5 with out-of-band buffers.
+"""Length-prefixed frames: a binary header, one pickle, and its out-of-band buffers.
 
 A frame is::
 
-    u32 payload length | u16 buffer count | u64 length of each buffer | payload | buffers
+    u8 kind | u32 data length | u16 buffer count | fields of the kind | u64 length of
+    each buffer | data | buffers
 
-The payload is a pickle; large buffers (numpy arrays, bytes handed over as
-``PickleBuffer``) travel after it untouched, so a 256 MB array is neither copied into the
-pickle nor copied again on the way out. The same framing serves a local socket and an SSH
-channel: all it needs is :class:`skyward.provider.Stream`.
+Kind 0 carries any object as a pickle (Skyward's envelopes: greetings, logs, samples...).
+The hot messages (a call, its result, a stream's item) have kinds of their own (see
+:func:`register`): their ids and options are the fixed binary fields and ``data`` is the
+user's pickle itself, so a call is pickled once, not once more inside an envelope. Large
+buffers (numpy arrays, tensors, bytes handed over as ``PickleBuffer``) travel after the
+data untouched: a 256 MB array is neither copied into the pickle nor copied again on the
+way out. The same framing serves a local socket and an SSH channel: all it needs is
+:class:`skyward.provider.Stream`.
+
+Writers coalesce: a frame written while another thread is writing on the same stream is
+queued, and the writing thread sends everything queued in one more write before it
+returns. A lone frame goes out at once; frames that pile up (results of several workers,
+log lines, a batch of calls) share system calls and segments.
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import select
 import struct
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections import ChainMap
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import cloudpickle
 
+from skyward import reducers
 from skyward.errors import SerializationError
 from skyward.provider import Stream
 
-__all__ = ["FrameReader", "FrameWriter", "dumps", "encode", "loads"]
+__all__ = [
+    "FrameReader",
+    "FrameWriter",
+    "dumps",
+    "dumps_envelope",
+    "encode",
+    "frame_lengths",
+    "loads",
+    "register",
+]
 
-_HEAD = struct.Struct("!IH")
+_HEAD = struct.Struct("!BIH")
 _BUFLEN = struct.Struct("!Q")
 _MAX_BUFFERS = 0xFFFF
 _READ_CHUNK = 256 * 1024
-# Buffers at least this large are received straight into their own memory.
+# Buffers at least this large are received straight into their own memory, and sent
+# without being joined to the frame's head.
 _DIRECT_READ = 64 * 1024
+# A writer's queue of frames waiting for the writing thread; past this, writers wait.
+_QUEUE_LIMIT = 4 * 1024 * 1024
 
-Parts = list[bytes | memoryview]
+Part = bytes | memoryview
+Parts = list[Part]
+
+KIND_PICKLE = 0
+"""A pickled object (no fields)."""
+
+Pack = Callable[[Any], tuple[tuple[Any, ...], bytes, Sequence[Any]]]
+"""``obj -> (field values, data, buffers)``."""
+Unpack = Callable[[tuple[Any, ...], bytes, list[bytearray]], Any]
+"""``(field values, data, buffers) -> obj``."""
+
+_by_type: dict[type, tuple[int, struct.Struct, Pack]] = {}
+_by_kind: dict[int, tuple[struct.Struct, Unpack]] = {}
+
+
+def register(kind: int, cls: type, fields: struct.Struct, pack: Pack, unpack: Unpack) -> None:
+    """Frames of ``cls`` carry ``fields`` in binary and their own pickle as data."""
+    if not 0 < kind < 256:
+        raise ValueError(f"frame kind {kind} is not in 1..255")
+    _by_type[cls] = (kind, fields, pack)
+    _by_kind[kind] = (fields, unpack)
 
 
 def dumps(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
-    """Pickle ``obj`` by value where needed, keeping large buffers out of band.
+    """Pickle ``obj`` by value where needed, keeping large buffers out of band (tensors
+    and ``array.array`` too: see :mod:`skyward.reducers`).
 
     :raises SerializationError: when something in ``obj`` cannot be pickled.
     """
     buffers: list[pickle.PickleBuffer] = []
     try:
-        data = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+        with io.BytesIO() as file:
+            reducers.table()  # adds torch's reducer once the user imported torch
+            pickler = _Pickler(file, protocol=5, buffer_callback=buffers.append)
+            pickler.dump(obj)
+            data = file.getvalue()
     except Exception as error:
         raise SerializationError(f"cannot pickle {_describe(obj)}: {error}") from error
     return data, buffers
@@ -59,7 +109,16 @@ def _describe(obj: object) -> str:
     return f"a {name}" if name[0] not in "AEIOU" else f"an {name}"
 
 
-def _dumps_envelope(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    # Read once per pickler, at its creation (an instance attribute set later is ignored).
+    # A live view: reducers added to the table later (torch, once imported) are seen.
+    # Flat (one lookup per object, not a ChainMap inside a ChainMap).
+    dispatch_table: ClassVar[ChainMap[type, Any]] = ChainMap(
+        reducers.table(), *cloudpickle.Pickler.dispatch_table.maps
+    )
+
+
+def dumps_envelope(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
     """Frames carry Skyward's own message types, which the C pickler handles several
     times faster than cloudpickle's; the user's objects inside them are already pickled
     (by value, where needed) in a ``Payload``. Anything else falls back to cloudpickle."""
@@ -70,35 +129,121 @@ def _dumps_envelope(obj: object) -> tuple[bytes, list[pickle.PickleBuffer]]:
         return dumps(obj)
 
 
+def _raw(buffer: Any) -> memoryview:
+    if isinstance(buffer, pickle.PickleBuffer):
+        return buffer.raw()
+    view = memoryview(buffer)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
 def encode(obj: object) -> Parts:
     """The parts of one frame, ready for :meth:`FrameWriter.write`."""
-    payload, buffers = _dumps_envelope(obj)
-    raws = [b.raw() for b in buffers]
+    codec = _by_type.get(type(obj))
+    if codec is None:
+        kind, fields = KIND_PICKLE, b""
+        data, buffers = dumps_envelope(obj)
+        raws = [b.raw() for b in buffers]
+    else:
+        kind, layout, pack = codec
+        values, data, found = pack(obj)
+        fields = layout.pack(*values)
+        raws = [_raw(b) for b in found]
     if len(raws) > _MAX_BUFFERS:
         raise SerializationError(f"too many out-of-band buffers ({len(raws)})")
-    head = bytearray(_HEAD.pack(len(payload), len(raws)))
-    for raw in raws:
-        head += _BUFLEN.pack(raw.nbytes)
+    head = _HEAD.pack(kind, len(data), len(raws)) + fields
+    if raws:
+        head += struct.pack(f"!{len(raws)}Q", *(r.nbytes for r in raws))
     # Small frames go out in one write: one syscall, one segment.
     if not raws or sum(r.nbytes for r in raws) < _DIRECT_READ:
-        return [b"".join([bytes(head), payload, *(bytes(r) for r in raws)])]
-    return [bytes(head) + payload, *raws]
+        return [b"".join([head, data, *raws])]
+    return [head + data, *raws]
+
+
+def frame_lengths(head: bytes | memoryview) -> tuple[int, list[int]]:
+    """``(data length, buffer lengths)`` from the start of a frame (for tests and tools)."""
+    kind, size, count = _HEAD.unpack(head[: _HEAD.size])
+    start = _HEAD.size + (_by_kind[kind][0].size if kind else 0)
+    lengths = struct.unpack(f"!{count}Q", head[start : start + 8 * count])
+    return size, list(lengths)
+
+
+def _nbytes(part: Part) -> int:
+    return len(part) if isinstance(part, bytes) else part.nbytes
 
 
 class FrameWriter:
-    """Writes whole frames to a stream; safe to share between threads."""
+    """Writes whole frames to a stream; safe to share between threads.
+
+    A frame written while another thread is writing joins a queue that thread sends next
+    (in one write when the frames are small), instead of waiting for the lock: frames
+    keep the order in which :meth:`write` was called. A frame with out-of-band buffers (it
+    points into the caller's memory), or one that would take the queue over 4 MiB, waits
+    for the writer and is written before :meth:`write` returns. A frame queued behind a
+    write that fails is lost with the connection, like bytes still in the socket's buffer
+    would be.
+    """
 
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
-        self._lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: Parts = []
+        self._queued = 0
+        self._busy = False
         self.written = 0
         """Bytes written so far (whole frames)."""
+        self.writes = 0
+        """Batches of frames written (several queued frames are one)."""
 
     def write(self, parts: Parts) -> None:
-        with self._lock:
-            for part in parts:
-                self._stream.sendall(part)
-                self.written += len(part) if isinstance(part, bytes) else part.nbytes
+        with self._cond:
+            if self._busy:
+                size = sum(_nbytes(p) for p in parts)
+                # Only frames of immutable bytes wait in the queue: one that points into
+                # the caller's memory (an array's out-of-band buffer) is written before
+                # write() returns, as a caller that changes its array next may expect.
+                if all(type(p) is bytes for p in parts) and self._queued + size <= _QUEUE_LIMIT:
+                    self._queue.extend(parts)
+                    self._queued += size
+                    return
+                while self._busy:
+                    self._cond.wait()
+            self._busy = True
+        pending = parts
+        try:
+            while True:
+                self._send(pending)
+                with self._cond:
+                    if not self._queue:
+                        self._busy = False
+                        self._cond.notify_all()
+                        return
+                    pending, self._queue, self._queued = self._queue, [], 0
+                    self._cond.notify_all()
+        except BaseException:
+            with self._cond:
+                self._busy = False
+                self._queue, self._queued = [], 0
+                self._cond.notify_all()
+            raise
+
+    def _send(self, parts: Parts) -> None:
+        small: Parts = []
+        for part in parts:
+            if _nbytes(part) < _DIRECT_READ:
+                small.append(part)
+                continue
+            if small:
+                self._sendall(small)
+                small = []
+            self._sendall([part])
+        if small:
+            self._sendall(small)
+
+    def _sendall(self, parts: Parts) -> None:
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._stream.sendall(data)
+        self.written += _nbytes(data)
+        self.writes += 1
 
     def send(self, obj: object) -> None:
         """Encode and write ``obj``; encoding errors surface before anything is written."""
@@ -169,9 +314,19 @@ class FrameReader:
         return bool(readable)
 
     def read(self) -> Any:
-        """Read one frame and unpickle it. Raises ``EOFError`` when the peer closed."""
-        size, count = _HEAD.unpack(self._take(_HEAD.size))
-        lengths = [_BUFLEN.unpack(self._take(_BUFLEN.size))[0] for _ in range(count)]
-        payload = bytes(self._take(size))
+        """Read one frame and decode it. Raises ``EOFError`` when the peer closed."""
+        kind, size, count = _HEAD.unpack(self._take(_HEAD.size))
+        values: tuple[Any, ...] = ()
+        unpack: Unpack | None = None
+        if kind:
+            try:
+                layout, unpack = _by_kind[kind]
+            except KeyError:
+                raise ValueError(f"unknown frame kind {kind}") from None
+            values = layout.unpack(self._take(layout.size))
+        lengths = struct.unpack(f"!{count}Q", self._take(8 * count)) if count else ()
+        data = bytes(self._take(size))
         buffers = [self._read_buffer(n) for n in lengths]
-        return loads(payload, buffers)
+        if unpack is None:
+            return loads(data, buffers)
+        return unpack(values, data, buffers)

@@ -51,7 +51,9 @@ class _Pump:
         self._busy = False
         self._lock = threading.Condition()
         self._reached: set[int] = set()
-        threading.Thread(target=self._run, daemon=True, name=f"skyward-{stream}").start()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, daemon=True, name=f"skyward-{self.stream}").start()
 
     def idle(self) -> bool:
         """Nothing in the pipe and nothing read but not yet emitted (but a partial line)."""
@@ -120,7 +122,7 @@ def line_buffered(fd: int) -> io.TextIOWrapper:
 class OutputCapture:
     """Route fds 1 and 2 into pipes whose lines go to ``emit``."""
 
-    def __init__(self, emit: Emit) -> None:
+    def __init__(self, emit: Emit, *, start: bool = True) -> None:
         self._tokens = itertools.count()
         self._pumps: list[_Pump] = []
         self.original_stdout = os.dup(1)
@@ -131,6 +133,20 @@ class OutputCapture:
             self._pumps.append(_Pump(read_end, fd, stream, emit))
         sys.stdout = line_buffered(1)
         sys.stderr = line_buffered(2)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start reading the pipes (``start=False`` leaves the process without threads, so
+        the agent can fork its first workers)."""
+        for pump in self._pumps:
+            pump.start()
+
+    @property
+    def private_fds(self) -> list[int]:
+        """Descriptors a forked worker must not keep (the pipes' read ends, the agent's
+        original stdout)."""
+        return [self.original_stdout, *(p.read_fd for p in self._pumps)]
 
     def drain(self, *, final: bool = False) -> None:
         """Return once every byte written to fds 1 and 2 before the call has been emitted.

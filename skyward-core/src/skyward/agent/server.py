@@ -37,7 +37,7 @@ from skyward.agent.children import (
 from skyward.agent.metrics import sample
 from skyward.agent.output import OutputCapture
 from skyward.agent.streams import Streams
-from skyward.agent.workers import EXECUTORS, TaskBoard, cancelled, make_slots
+from skyward.agent.workers import EXECUTORS, ProcessSlot, TaskBoard, cancelled, make_slots
 from skyward.cluster import InstanceInfo
 from skyward.errors import AgentAuthenticationError
 from skyward.gpus import node_accelerators, plan_node
@@ -46,7 +46,6 @@ from skyward.messages import EXIT_LIFETIME, EXIT_NO_HEARTBEAT, EXIT_REASON_FILE
 POWEROFF_ENV = "SKYWARD_POWEROFF_CMD"
 """Overrides the command ``--on-expire=poweroff`` runs (tests point it at something harmless)."""
 HANDSHAKE_TIMEOUT = 10.0
-WORKER_START_TIMEOUT = 60.0
 
 _log = logging.getLogger("skyward.agent")
 _LOG_BACKLOG = 10_000
@@ -203,15 +202,19 @@ class Agent:
 
     # -- work -------------------------------------------------------------------------
 
+    def fork_workers(self, close: list[int]) -> None:
+        """Process workers start as forks of the agent, which has imported what they need;
+        only while it has no other thread (else they start as new interpreters)."""
+        if threading.active_count() > 1:
+            _log.warning("threads already running: worker processes start as interpreters")
+            return
+        for slot in self.slots:
+            if isinstance(slot, ProcessSlot):
+                slot.fork(close)
+
     def start_workers(self) -> None:
         for slot in self.slots:
             slot.start(self.board, self._complete, self.streams)
-
-    def wait_workers_ready(self, timeout: float) -> None:
-        """Workers start in parallel; the node is ready when they all are."""
-        deadline = time.monotonic() + timeout
-        for slot in self.slots:
-            slot.ready.wait(max(0.0, deadline - time.monotonic()))
 
     def _accept(self, task: messages.Task) -> None:
         with self._lock:
@@ -231,11 +234,11 @@ class Agent:
         """Nobody wants task ``message.id``: drop it if queued, stop a stream at its next
         item, and with ``force`` kill the worker process running it (a thread runs on)."""
         self.streams.on_message(message)
-        found = self.board.cancel(message.id)
-        if isinstance(found, messages.Task):
+        if self.board.cancel(message.id) is not None:
             self._complete(cancelled(message.id))
-        elif found is not None and message.force:
-            self.slots[found].cancel(message.id)
+        elif message.force:
+            for slot in self.slots:
+                slot.cancel(message.id)
 
     # -- watchdog and metrics ---------------------------------------------------------
 
@@ -406,9 +409,14 @@ def main(argv: list[str] | None = None) -> None:
 
     listener, port = _listen(options)
 
-    agent.output = OutputCapture(agent.log_line)  # before the workers: they inherit it
+    # Before the workers: they inherit it. Its threads start after the first workers are
+    # forked (a fork of a process with threads inherits their locks).
+    agent.output = OutputCapture(agent.log_line, start=False)
+    agent.fork_workers([listener.fileno(), *agent.output.private_fds])
+    agent.output.start()
+    # The workers get ready while the client connects and proves its key: a call that
+    # arrives first waits on the board for its worker.
     agent.start_workers()
-    agent.wait_workers_ready(WORKER_START_TIMEOUT)
     original_stdout = agent.output.original_stdout
     os.write(original_stdout, f"{messages.READY_PREFIX} {port} {os.getpid()}\n".encode())
     os.close(original_stdout)

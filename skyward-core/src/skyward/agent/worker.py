@@ -8,10 +8,12 @@ dies with the agent.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import signal
 import socket
 import sys
+from concurrent.futures import CancelledError
 
 from skyward import cluster, messages, refs, wire
 from skyward.agent.output import line_buffered
@@ -31,10 +33,16 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    serve(socket.socket(fileno=int(args[0])))
+
+
+def serve(sock: socket.socket) -> None:
+    """The worker's life on ``sock``: in a process of its own (``main``) or in a child the
+    agent forked before it started any thread (its first workers, see ``workers.py``)."""
     _die_with_parent()
     sys.stdout, sys.stderr = line_buffered(1), line_buffered(2)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's business
-    sock = socket.socket(fileno=int(args[0]))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked child had the agent's handler
     reader, writer = wire.FrameReader(sock), wire.FrameWriter(sock)
     init = reader.read()
     if not isinstance(init, messages.WorkerInit):
@@ -42,20 +50,46 @@ def main(argv: list[str] | None = None) -> None:
     cluster.set_node_info(init.info)
     cluster.set_worker(init.info.worker)
     writer.send(messages.Heartbeat())  # ready
+    ahead: collections.deque[object] = collections.deque()
+    """Frames read early, looking for cancellations of calls queued behind the current."""
+    skip: set[int] = set()
     while True:
         try:
-            task = reader.read()
+            task = ahead.popleft() if ahead else reader.read()
         except EOFError:
             return  # the agent closed our socket: we are done
         if isinstance(task, messages.Release):
             refs.forget(task.ids)
             continue
+        if isinstance(task, messages.Heartbeat):
+            writer.send(task)  # an echo: wakes the agent's thread for this worker
+            continue
+        if isinstance(task, messages.Cancel):
+            skip.add(task.id)  # a call queued behind the one that just ended
+            continue
         if not isinstance(task, messages.Task):
-            continue  # credit or cancellation for a stream that has ended: moot
+            continue  # credit for a stream that has ended: moot
+        with contextlib.suppress(EOFError):
+            while reader.ready():  # a cancellation of this call may be waiting behind it
+                frame = reader.read()
+                if isinstance(frame, messages.Cancel):
+                    skip.add(frame.id)
+                else:
+                    ahead.append(frame)
+        if task.id in skip:
+            skip.discard(task.id)
+            writer.send(cancelled(task.id))
+            continue
         if task.window:
             writer.send(run_task(task, _SocketGate(task, reader), writer.send))
         else:
             writer.send(run_task(task))
+
+
+def cancelled(task_id: int) -> messages.Result:
+    """The answer to a call cancelled before it started here."""
+    error = CancelledError("the client cancelled this call")
+    return messages.Result(task_id, failure=messages.Failure.of(error))
 
 
 class _SocketGate:
