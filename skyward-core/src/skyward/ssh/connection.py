@@ -25,6 +25,7 @@ import paramiko
 from attrs import frozen
 
 from skyward.errors import ConnectError, HostKeyError
+from skyward.ssh.bulk import send_bulk
 from skyward.ssh.hosts import SSHHost
 from skyward.ssh.keys import HostKeyVerifier
 
@@ -51,8 +52,9 @@ class ChannelStream:
         self._channel = channel
 
     def sendall(self, data: bytes | memoryview, /) -> None:
-        # paramiko's stubs say bytes; memoryviews of large buffers work and avoid a copy.
-        self._channel.sendall(data)  # type: ignore[arg-type]
+        # Large buffers (arrays, refs) go out in batches of pre-built packets; small
+        # frames through paramiko as before (skyward.ssh.bulk says why).
+        send_bulk(self._channel, data)
 
     def recv_into(self, buffer: memoryview, nbytes: int = 0, /) -> int:
         data = self._channel.recv(nbytes or len(buffer))
