@@ -2,9 +2,12 @@
 
 Every remote provider uses this one path:
 
-1. ``uname`` tells the machine's platform; when it matches the client's, the client's own
-   ``uv`` binary is uploaded (no download on the node);
-2. Skyward's wheels (:mod:`skyward.wheels`) are uploaded once per fingerprint;
+1. one probe command tells the machine's platform, whether uv and which wheel sets are
+   there, and which pool directories dead clients left (swept); when the platform
+   matches the client's, the client's own ``uv`` binary is uploaded (no download on the
+   node);
+2. Skyward's wheels (:mod:`skyward.wheels`, fingerprinted once per pool) are uploaded
+   once per fingerprint;
 3. ``Image.bootstrap()`` (plus plugin steps) runs through ``sh -s`` on stdin — nothing is
    left on disk, and it holds no secrets; its ``::skyward:`` markers become progress
    events and every other line a log line;
@@ -18,19 +21,27 @@ from __future__ import annotations
 import platform
 import select
 import shlex
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import paramiko
+from attrs import frozen
 
 from skyward import plugins
 from skyward.errors import ProvisioningError
 from skyward.messages import EXIT_REASON_FILE, READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint, BootstrapReporter, Stream
 from skyward.ssh.connection import SSHConnection
-from skyward.ssh.leftovers import sweep_dead_pool_dirs
-from skyward.wheels import build_node_wheels
+from skyward.ssh.leftovers import (
+    SWEEP_AGE,
+    HostScan,
+    parse_scan,
+    scan_script,
+    sweep_dead_pool_dirs,
+)
+from skyward.wheels import NodeWheels, build_node_wheels
 
 if TYPE_CHECKING:
     from skyward.image import Image
@@ -103,14 +114,15 @@ class SSHTransport:
 
     def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
         self.connection.ensure()  # a host that cannot be reached fails here, once
+        probe = self._probe()
         # What SIGKILLed clients left here (pool directories without an agent, untouched
-        # for 10 minutes): one command, and never a reason to fail.
-        for name in sweep_dead_pool_dirs(self.connection):
+        # for 10 minutes): found by the probe, and never a reason to fail.
+        for name in sweep_dead_pool_dirs(self.connection, probe.scan):
             reporter.log(f"removed {HOME}/pools/{name}, left by a pool whose agents are gone")
-        same_platform = self._upload_uv(reporter)
-        wheels = build_node_wheels(include_binary=same_platform)
+        same_platform = self._upload_uv(probe, reporter)
+        wheels = _node_wheels(self.pool_id, include_binary=same_platform)
         remote_wheels = f"{HOME}/wheels/{wheels.fingerprint}"
-        if self.connection.run(f"test -f {remote_wheels}/.complete").code == 0:
+        if wheels.fingerprint in probe.wheels:
             reporter.step("upload", cached=True)
         else:
             reporter.step("upload")
@@ -142,17 +154,38 @@ class SSHTransport:
         if not self.python:
             raise self._fail("bootstrap finished without naming the agent's Python")
 
-    def _upload_uv(self, reporter: BootstrapReporter) -> bool:
+    def _probe(self) -> _Probe:
+        """One command for everything the client must know before uploading: the
+        platform, whether uv and which wheel sets are there, and the sweep's scan (each
+        was its own command, and every command is a channel and a shell on the host)."""
+        script = (
+            f"uname -sm; test -x {HOME}/bin/uv && echo {_HAS_UV}\n"
+            f"for f in {HOME}/wheels/*/.complete; do\n"
+            f'  [ -e "$f" ] && f=${{f%/.complete}} && echo "{_WHEELS_MARK} ${{f##*/}}"\n'
+            f"done\n"
+            f"{scan_script(SWEEP_AGE)}"
+        )
+        output = self.connection.run(f"sh -c {shlex.quote(script)}", timeout=60).output
+        lines = output.splitlines()
+        wheels = frozenset(
+            line.split()[1] for line in lines if line.startswith(_WHEELS_MARK) and line.split()[1:]
+        )
+        platform_line = lines[0].split() if lines else []
+        return _Probe(
+            platform=" ".join(platform_line[:2]),
+            has_uv=_HAS_UV in lines,
+            wheels=wheels,
+            scan=parse_scan(output),
+        )
+
+    def _upload_uv(self, probe: _Probe, reporter: BootstrapReporter) -> bool:
         """Give the node the client's uv when the platforms match (the script finds one
         otherwise). Returns whether the node has the client's platform."""
-        probe = self.connection.run(f"uname -sm; test -x {HOME}/bin/uv && echo has-uv")
-        lines = probe.output.split()
-        remote = " ".join(lines[:2])
         local = f"{platform.system()} {platform.machine()}"
-        if remote != local:
-            reporter.log(f"node is {remote}, client {local}: the node installs uv itself")
+        if probe.platform != local:
+            reporter.log(f"node is {probe.platform}, client {local}: the node installs uv itself")
             return False
-        if "has-uv" not in lines:
+        if not probe.has_uv:
             from skyward.providers.local_env import find_uv
 
             self.connection.upload([Path(find_uv())], f"{HOME}/bin")
@@ -219,6 +252,39 @@ class SSHTransport:
             pass  # unreachable now: the agent's watchdog stops it, down/next open sweep the dir
         finally:
             self.connection.close()
+
+
+@frozen
+class _Probe:
+    platform: str
+    """``uname -sm``: ``Linux x86_64``."""
+    has_uv: bool
+    wheels: frozenset[str]
+    """Fingerprints of the complete wheel sets on the host."""
+    scan: HostScan
+
+
+_HAS_UV = "::skyward:has-uv"
+_WHEELS_MARK = "::skyward:wheels"
+# The wheels a pool's nodes install, built (or fingerprinted) once per pool: every
+# node's bootstrap asked for them, and fingerprinting an editable install hashes its
+# whole source tree (about 10 ms of the client's GIL per node).
+_WHEELS: dict[tuple[str, bool], NodeWheels] = {}
+_WHEELS_LOCK = threading.Lock()
+_WHEELS_KEPT = 8  # pools remembered; a process rarely opens more at once
+
+
+def _node_wheels(pool_id: str, *, include_binary: bool) -> NodeWheels:
+    with _WHEELS_LOCK:  # the other nodes wait for the first, which they would redo
+        key = (pool_id, include_binary)
+        wheels = _WHEELS.get(key) if pool_id else None
+        if wheels is None:
+            wheels = build_node_wheels(include_binary=include_binary)
+            if pool_id:
+                while len(_WHEELS) >= _WHEELS_KEPT:
+                    del _WHEELS[next(iter(_WHEELS))]
+                _WHEELS[key] = wheels
+        return wheels
 
 
 def _read_ready(channel: paramiko.Channel, timeout: float) -> tuple[int, int, str]:
