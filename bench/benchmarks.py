@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Driver, DriverError, Summary, start_drivers, stop_drivers
+from bench.data_bench import data
 from bench.hosts import HostInfo
 
 MiB = 2**20
@@ -526,6 +527,7 @@ BENCHMARKS: dict[str, Callable[[Settings, list[HostInfo], Path], dict[str, Any]]
     "bulk": bulk,
     "cold": cold,
     "scale": scale,
+    "data": data,
 }
 
 

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from bench.benchmarks import BULK, COLD, LATENCY_LOCAL, LATENCY_SSH, THROUGHPUT
+from bench.data_bench import render_data
 from bench.profiling import CATEGORIES
 
 TIMES = "\u00d7"  # multiplication sign
@@ -17,6 +18,7 @@ SECTIONS = {
     "bulk": "3. Bulk transfer to an SSH host",
     "cold": "4. Cold start on `Local`",
     "scale": "5. Scale of provisioning",
+    "data": "6. Streams, `sky.put` and functions sent once (`Local`)",
 }
 
 
@@ -938,4 +940,5 @@ RENDERERS = {
     "bulk": render_bulk,
     "cold": render_cold,
     "scale": render_scale,
+    "data": render_data,
 }

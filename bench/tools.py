@@ -26,6 +26,7 @@ from typing import Any
 
 from bench import hosts as hostlib
 from bench import workloads
+from bench.data_bench import SkywardData
 from bench.floor_server import HEAD, SIZE, Reader
 
 now = time.perf_counter_ns
@@ -977,4 +978,5 @@ KINDS: dict[str, type[Tool]] = {
     "dask-cold": DaskCold,
     "ssh-scale": SSHScale,
     "aws-calls": AWSCalls,
+    "skyward-data": SkywardData,  # type: ignore[dict-item]  # the same duck-typed interface
 }

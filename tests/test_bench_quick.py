@@ -27,6 +27,7 @@ SECTIONS = (
     "## 3. Bulk transfer",
     "## 4. Cold start",
     "## 5. Scale of provisioning",
+    "## 6. Streams",
 )
 
 
