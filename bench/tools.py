@@ -266,12 +266,17 @@ class SkywardSSH(SkywardBase):
         nodes: int = 1,
         numpy: bool = False,
         cipher: str | None = None,
+        batched: bool = True,
         **_: Any,
     ) -> None:
         import skyward as sky
 
         if cipher:
             prefer_cipher(cipher)
+        if not batched:  # what-if: every write through paramiko's own Channel.sendall
+            from skyward.ssh import bulk
+
+            bulk.BULK_MIN = 1 << 62
         image = None
         if numpy:  # the bulk benchmark sends an ndarray: the node needs the client's numpy
             import numpy as np
