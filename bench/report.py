@@ -910,14 +910,27 @@ def scale_analysis(result: dict[str, Any]) -> list[str]:
             f"crypto, one thread per node) was {num(row['warm_client_cpu_s'], 's')} s of CPU "
             f"warm and {num(row['cold_client_cpu_s'], 's')} s cold, and grows with N."
         )
+        phases = row.get("warm_phases", {})
+        agent = phases.get("start agent + connect client")
+        if agent is not None:
+            out.append(
+                f"- Warm, {num(agent, 's')} s of the last node's time is `start agent + "
+                "connect client`: every host starts its agent's Python interpreter at once "
+                "(importing `skyward.agent` costs about 0.2 s of CPU), and N interpreters on "
+                "2 cores take N/2 times as long as one. That is host work, not the client's: "
+                "the client's per-host work is an SSH handshake (about 5 ms of its CPU), one "
+                "probe command (platform, uv, wheel sets and the sweep's scan in one), the "
+                "bootstrap script and the agent start, each on the node's own thread; the "
+                "wheels are fingerprinted once per pool. A cheaper agent import is what "
+                "would move this row here; on machines of their own the agents would start "
+                "in parallel."
+            )
         out.append(
             "- Cold, the time goes to shipping and installing: uploading uv over SFTP "
             "(before the first step), the wheels (`upload`), then uv creating the venv "
             "(`deps`) and installing Skyward's wheels into it (`skyward`), on every host at "
             "once. Uploading once per machine image, or letting nodes fetch from each other, "
-            "would flatten it. Warm, each node still costs an SSH handshake, a few commands "
-            "(probe, cache checks, the bootstrap script) and an agent start, which could be "
-            "folded into fewer round trips."
+            "would flatten it."
         )
     aws = result.get("aws")
     if aws:
