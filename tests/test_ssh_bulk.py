@@ -222,3 +222,26 @@ def test_a_closed_channel_refuses_the_write(connection: SSHConnection) -> None:
     channel.close()
     with pytest.raises(OSError):
         bulk.send_bulk(channel, bytes(MiB))
+
+
+def test_results_come_back_in_large_packets(connection: SSHConnection) -> None:
+    # sshd may send up to the maximum packet size the client announced: 255 KiB
+    # packets cost paramiko's receive path an eighth of the per-packet Python.
+    transport = connection.ensure()
+    get = bulk._getter(transport.packetizer)
+    bytes_before, packets_before = get("received_bytes"), get("received_packets")
+    size = 16 * MiB
+    script = f"import hashlib, sys; sys.stdout.buffer.write(hashlib.shake_256(b'x').digest({size}))"
+    channel = connection.open_session()
+    try:
+        channel.exec_command(f'python3 -c "{script}"')
+        received = bytearray()
+        while chunk := channel.recv(1 << 20):
+            received += chunk
+        assert channel.recv_exit_status() == 0
+    finally:
+        channel.close()
+    assert received == hashlib.shake_256(b"x").digest(size)
+    packets = get("received_packets") - packets_before
+    # more per packet than 32 KiB packets could carry (sshd sends what it has read)
+    assert (get("received_bytes") - bytes_before) / packets > 40 * 1024
