@@ -196,8 +196,8 @@ def render_data(result: dict[str, Any], data: dict[str, Any]) -> list[str]:
         ],
         [
             f"{size} MiB array used by {calls} calls: wall s",
-            num(med("put_s")),
-            f"passed each call: {num(med('each_s'))}",
+            num(med("put_s"), "s"),
+            f"passed each call: {num(med('each_s'), 's')}",
             rel(med("put_s"), med("each_s")),
         ],
     ]
