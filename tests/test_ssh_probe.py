@@ -101,3 +101,35 @@ def test_sweep_without_a_scan_runs_its_own(
         assert leftovers.sweep_dead_pool_dirs(connection) == ["own-dead"]
     finally:
         connection.close()
+
+
+def test_uv_is_replaced_while_another_pool_runs_the_old_one(
+    ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path
+) -> None:
+    host: SSHTestHost = ssh_hosts(1)[0]
+    # a "uv" that is running (a copy of sleep): writing into it would fail with ETXTBSY
+    host.run("mkdir -p .skyward/bin && cp /bin/sleep .skyward/bin/uv && chmod 755 .skyward/bin/uv")
+    host.run("nohup .skyward/bin/uv 30 >/dev/null 2>&1 &")
+    provider = provider_for([host], ssh_client_key, ssh_known_hosts)
+    transport = SSHTransport(
+        provider._connection(provider.config.hosts[0]), pool_id="uvswap", name="node0"
+    )
+    logged: list[str] = []
+
+    class Reporter:
+        def step(self, name: str, *, cached: bool = False) -> None:
+            pass
+
+        def log(self, line: str) -> None:
+            logged.append(line)
+
+    try:
+        probe = transport._probe()
+        stale = type(probe)(probe.platform, False, probe.wheels, probe.scan)
+        assert transport._upload_uv(stale, Reporter())
+        version = host.run(".skyward/bin/uv --version")
+        assert version.stdout.startswith("uv "), version
+        assert host.run("ls -a .skyward/bin").stdout.split() == [".", "..", "uv"]
+    finally:
+        transport.connection.close()
+        host.kill_processes()

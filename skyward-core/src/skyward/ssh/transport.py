@@ -19,6 +19,7 @@ Every remote provider uses this one path:
 from __future__ import annotations
 
 import platform
+import secrets
 import select
 import shlex
 import threading
@@ -126,8 +127,14 @@ class SSHTransport:
             reporter.step("upload", cached=True)
         else:
             reporter.step("upload")
-            self.connection.upload(wheels.files, remote_wheels)
-            self.connection.run(f"touch {remote_wheels}/.complete")
+            # Uploaded beside the target and renamed into place, complete: a pool opening
+            # on the same host at the same time never installs from a half-written set.
+            incoming = f"{HOME}/wheels/.incoming-{secrets.token_hex(6)}"
+            self.connection.upload(wheels.files, incoming)
+            self.connection.run(
+                f"touch {incoming}/.complete; [ -e {remote_wheels}/.complete ] || "
+                f"{{ rm -rf {remote_wheels}; mv {incoming} {remote_wheels}; }}; rm -rf {incoming}"
+            )
         script = image.bootstrap(self.ttl, steps=plugins.bootstrap_steps(image, self.spec))
         tail: list[str] = []
         step = "start"
@@ -188,8 +195,13 @@ class SSHTransport:
         if not probe.has_uv:
             from skyward.providers.local_env import find_uv
 
-            self.connection.upload([Path(find_uv())], f"{HOME}/bin")
-            self.connection.run(f"chmod 755 {HOME}/bin/uv")
+            # Renamed into place: another pool opening on this host may be running the
+            # uv already there, and writing into a running binary fails (ETXTBSY).
+            incoming = f"{HOME}/bin/.incoming-{secrets.token_hex(6)}"
+            self.connection.upload([Path(find_uv())], incoming)
+            self.connection.run(
+                f"chmod 755 {incoming}/uv && mv -f {incoming}/uv {HOME}/bin/uv; rm -rf {incoming}"
+            )
         return True
 
     # -- the agent --------------------------------------------------------------------
