@@ -76,7 +76,10 @@ def test_the_probe_answers_everything_and_the_sweep_spares_live_and_young_pools(
         assert "fp2" not in probe.wheels  # no .complete: an upload cut short
         assert probe.has_uv == (Path(host.home) / ".skyward/bin/uv").exists()
         assert probe.scan.agents.get(leader) == "probe-live"
-        assert sweep_dead_pool_dirs(transport.connection, probe.scan) == ["probe-dead"]
+        # (other dead pools the farm's hosts collected in this session may go too)
+        swept = sweep_dead_pool_dirs(transport.connection, probe.scan)
+        assert "probe-dead" in swept
+        assert not {"probe-young", "probe-live"} & set(swept)
         left = host.run("ls .skyward/pools").stdout.split()
         assert "probe-dead" not in left
         assert {"probe-young", "probe-live"} <= set(left)
@@ -98,7 +101,7 @@ def test_sweep_without_a_scan_runs_its_own(
     provider = provider_for([host], ssh_client_key, ssh_known_hosts)
     connection = provider._connection(provider.config.hosts[0])
     try:
-        assert leftovers.sweep_dead_pool_dirs(connection) == ["own-dead"]
+        assert "own-dead" in leftovers.sweep_dead_pool_dirs(connection)
     finally:
         connection.close()
 
