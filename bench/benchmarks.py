@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Driver, DriverError, Summary, start_drivers, stop_drivers
+from bench.data_bench import data
 from bench.hosts import HostInfo
 
 MiB = 2**20
@@ -285,8 +286,9 @@ GCM = "aes128-gcm@openssh.com"
 BULK = {
     "skyward-ssh": "Skyward `SSH`: `consume(array) >> pool`",
     "skyward-ssh-alt": "what-if: Skyward `SSH` with the other cipher",
+    "skyward-ssh-unbatched": "what-if: Skyward `SSH` writing through paramiko's `sendall`",
     "tcp": "raw TCP straight to the host's address (no SSH)",
-    "paramiko": "raw bytes through a paramiko direct-tcpip channel",
+    "paramiko": "raw bytes through Skyward's SSH channel (paramiko direct-tcpip, batched writes)",
     "paramiko-alt": "what-if: the same with the other cipher",
     "ssh-L": "raw bytes through OpenSSH `ssh -L`",
     "ssh-cat": "`ssh host 'cat > /dev/null'` (a new ssh per transfer)",
@@ -311,6 +313,7 @@ def bulk(settings: Settings, hosts: list[HostInfo], logs: Path) -> dict[str, Any
         ("ssh-L", "sink", {"via": "ssh-L", "hosts": hosts}),
         ("ssh-cat", "sink", {"via": "ssh-cat", "hosts": hosts}),
         ("skyward-ssh-alt", "skyward-ssh", {"hosts": hosts, "numpy": True, "cipher": alt}),
+        ("skyward-ssh-unbatched", "skyward-ssh", {"hosts": hosts, "numpy": True, "batched": False}),
         ("paramiko-alt", "sink", {"via": "paramiko", "hosts": hosts, "cipher": alt}),
     ]
     labels = {
@@ -573,6 +576,7 @@ BENCHMARKS: dict[str, Callable[[Settings, list[HostInfo], Path], dict[str, Any]]
     "cold": cold,
     "scale": scale,
     "tensors": tensors,
+    "data": data,
 }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from bench import hosts as hostlib
 from bench import workloads
+from bench.data_bench import SkywardData
 from bench.floor_server import HEAD, SIZE, Reader
 
 now = time.perf_counter_ns
@@ -265,12 +266,17 @@ class SkywardSSH(SkywardBase):
         nodes: int = 1,
         numpy: bool = False,
         cipher: str | None = None,
+        batched: bool = True,
         **_: Any,
     ) -> None:
         import skyward as sky
 
         if cipher:
             prefer_cipher(cipher)
+        if not batched:  # what-if: every write through paramiko's own Channel.sendall
+            from skyward.ssh import bulk
+
+            bulk.BULK_MIN = 1 << 62
         image = None
         if numpy:  # the bulk benchmark sends an ndarray: the node needs the client's numpy
             import numpy as np
@@ -996,4 +1002,5 @@ KINDS: dict[str, type[Tool]] = {
     "ssh-scale": SSHScale,
     "aws-calls": AWSCalls,
     "skyward-tensors": SkywardTensors,
+    "skyward-data": SkywardData,  # type: ignore[dict-item]  # the same duck-typed interface
 }

@@ -28,6 +28,7 @@ SECTIONS = (
     "## 4. Cold start",
     "## 5. Scale of provisioning",
     "## 6. Tensor transfer",
+    "## 7. Streams",
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -95,13 +96,15 @@ class KnownHosts:
     paths: tuple[Path, ...] = (Path("~/.ssh/known_hosts"), Path("/etc/ssh/ssh_known_hosts"))
 
     def _keys(self, host: str, port: int) -> dict[str, paramiko.PKey]:
-        keys = paramiko.HostKeys()
+        name = known_hosts_name(host, port)
+        found: dict[str, paramiko.PKey] = {}
         for path in self.paths:
-            expanded = path.expanduser()
-            if expanded.exists():
-                keys.load(str(expanded))
-        found = keys.lookup(known_hosts_name(host, port))
-        return dict(found.items()) if found else {}
+            keys = _parsed(path.expanduser())
+            entry = keys.lookup(name) if keys is not None else None
+            for key_type, key in (entry or {}).items():
+                # as one HostKeys loaded from every file would: the first entry wins
+                found.setdefault(key_type, key)
+        return found
 
     def key_types(self, host: str, port: int) -> list[str]:
         return list(self._keys(host, port))
@@ -129,6 +132,30 @@ class KnownHosts:
                 f"connection, or the machine was reinstalled. If you are sure, remove the old "
                 f"entry with `ssh-keygen -R '{name}' -f {first}` and trust the new key.",
             )
+
+
+_PARSED: dict[Path, tuple[tuple[int, int], paramiko.HostKeys]] = {}
+_PARSED_LOCK = threading.Lock()
+
+
+def _parsed(path: Path) -> paramiko.HostKeys | None:
+    """``path`` parsed, once per version of the file: every connection asks twice (which
+    key types to request, then whether the key is right), and a pool of N hosts makes N
+    connections at once; a long known_hosts file costs milliseconds of the GIL each time."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    version = (info.st_mtime_ns, info.st_size)
+    with _PARSED_LOCK:
+        cached = _PARSED.get(path)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+    keys = paramiko.HostKeys()
+    keys.load(str(path))
+    with _PARSED_LOCK:
+        _PARSED[path] = (version, keys)
+    return keys
 
 
 @frozen

@@ -15,24 +15,50 @@ from attrs import frozen
 
 from skyward.ssh.connection import SSHConnection
 
-__all__ = ["HostScan", "remove_pool_dirs", "scan_host", "sweep_dead_pool_dirs"]
+__all__ = [
+    "SWEEP_AGE",
+    "HostScan",
+    "parse_scan",
+    "remove_pool_dirs",
+    "scan_host",
+    "scan_script",
+    "sweep_dead_pool_dirs",
+]
 
 POOLS_DIR = ".skyward/pools"  # relative to the login directory, as the transport uses it
 # A pool id as a directory name: anything else found there is not ours to remove.
 _POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _DIRS_MARK = "::skyward:dirs"
 _NOW_MARK = "::skyward:now"
-# busybox ps has no -U: fall back to every process (only our own can be signalled anyway).
+_PS_MARK = "::skyward:ps"
+# Directories (with their mtime) first, then the processes: reading every process's
+# command line is the costly part, and a pool opening needs it only when some directory
+# is old enough to be swept (@OLDER@ seconds; -1: always). busybox ps has no -U: fall
+# back to every process (only our own can be signalled anyway).
 _SCAN = f"""\
-ps -U "$(id -u)" -o pid=,args= 2>/dev/null || ps -o pid,args
+now=$(date +%s); old=
 echo {_DIRS_MARK}
 for d in {POOLS_DIR}/*/; do
   [ -d "$d" ] || continue
   n=${{d%/}}; n=${{n##*/}}
-  printf '%s %s\\n' "$(stat -c %Y "$d" 2>/dev/null || echo 0)" "$n"
+  m=$(stat -c %Y "$d" 2>/dev/null || echo 0)
+  printf '%s %s\\n' "$m" "$n"
+  [ $((now - m)) -ge @OLDER@ ] && old=1
 done
-echo "{_NOW_MARK} $(date +%s)"
+echo "{_NOW_MARK} $now"
+if [ @OLDER@ -lt 0 ] || [ -n "$old" ]; then
+  echo {_PS_MARK}
+  ps -U "$(id -u)" -o pid=,args= 2>/dev/null || ps -o pid,args
+fi
 """
+
+
+def scan_script(older_than: float | None = None) -> str:
+    """The shell script :func:`parse_scan` reads: every agent when ``older_than`` is
+    ``None``, else agents only if some pool directory is at least that many seconds old
+    (without one there is nothing to sweep)."""
+    seconds = -1 if older_than is None else max(0, int(older_than))
+    return _SCAN.replace("@OLDER@", str(seconds))
 
 
 @frozen
@@ -63,24 +89,29 @@ def _sh(script: str) -> str:
 
 def scan_host(connection: SSHConnection) -> HostScan:
     """List the host's agents and pool directories (one command; raises if unreachable)."""
-    output = connection.run(_sh(_SCAN), timeout=30).output
+    return parse_scan(connection.run(_sh(scan_script()), timeout=30).output)
+
+
+def parse_scan(output: str) -> HostScan:
+    """What :func:`scan_script` printed (lines before its first mark are ignored, so it
+    may follow other output in one command)."""
     agents: dict[int, str] = {}
     dirs: dict[str, int] = {}
     now = 0
-    section = "ps"
+    section = ""
     for line in output.splitlines():
         if line.startswith(_DIRS_MARK):
             section = "dirs"
-            continue
-        if line.startswith(_NOW_MARK):
-            now = int(line.split()[1]) if line.split()[1:] and line.split()[1].isdigit() else 0
-            continue
-        if section == "ps":
+        elif line.startswith(_PS_MARK):
+            section = "ps"
+        elif line.startswith(_NOW_MARK):
+            value = line.split()[1:]
+            now = int(value[0]) if value and value[0].isdigit() else 0
+        elif section == "ps":
             pid, _, args = line.strip().partition(" ")
-            if not pid.isdigit() or "skyward.agent" not in args or "--job-id=" not in args:
-                continue
-            agents[int(pid)] = args.split("--job-id=", 1)[1].split()[0]
-        else:
+            if pid.isdigit() and "skyward.agent" in args and "--job-id=" in args:
+                agents[int(pid)] = args.split("--job-id=", 1)[1].split()[0]
+        elif section == "dirs":
             mtime, _, name = line.partition(" ")
             if mtime.isdigit() and _POOL_NAME.fullmatch(name):
                 dirs[name] = int(mtime)
@@ -97,12 +128,20 @@ def remove_pool_dirs(connection: SSHConnection, names: list[str]) -> str:
     return "" if result.code == 0 else result.output.strip() or f"rm exited {result.code}"
 
 
-def sweep_dead_pool_dirs(connection: SSHConnection, older_than: float = 600.0) -> list[str]:
+SWEEP_AGE = 600.0
+"""A pool directory without an agent is swept once it has not changed for this long (a
+grace for a pool whose agent is starting right now)."""
+
+
+def sweep_dead_pool_dirs(connection: SSHConnection, scan: HostScan | None = None) -> list[str]:
     """Remove pool directories whose agents are gone and that have not changed for
-    ``older_than`` seconds (what a pool opening on the host does, cheaply). Returns
-    the names removed; never raises."""
+    :data:`SWEEP_AGE` seconds (what a pool opening on the host does, cheaply), from
+    ``scan`` when the caller already ran :func:`scan_script` with that age. Returns the
+    names removed; never raises."""
     try:
-        dead = scan_host(connection).dead_pool_dirs(older_than)
+        if scan is None:
+            scan = parse_scan(connection.run(_sh(scan_script(SWEEP_AGE)), timeout=30).output)
+        dead = scan.dead_pool_dirs(SWEEP_AGE)
         if dead and not remove_pool_dirs(connection, dead):
             return dead
     except Exception:

@@ -2,9 +2,12 @@
 
 Every remote provider uses this one path:
 
-1. ``uname`` tells the machine's platform; when it matches the client's, the client's own
-   ``uv`` binary is uploaded (no download on the node);
-2. Skyward's wheels (:mod:`skyward.wheels`) are uploaded once per fingerprint;
+1. one probe command tells the machine's platform, whether uv and which wheel sets are
+   there, and which pool directories dead clients left (swept); when the platform
+   matches the client's, the client's own ``uv`` binary is uploaded (no download on the
+   node);
+2. Skyward's wheels (:mod:`skyward.wheels`, fingerprinted once per pool) are uploaded
+   once per fingerprint;
 3. ``Image.bootstrap()`` (plus plugin steps) runs through ``sh -s`` on stdin — nothing is
    left on disk, and it holds no secrets; its ``::skyward:`` markers become progress
    events and every other line a log line;
@@ -25,9 +28,9 @@ import paramiko
 from skyward.errors import ProvisioningError
 from skyward.messages import EXIT_REASON_FILE, READY_PREFIX
 from skyward.provider import AgentConfig, AgentEndpoint, BootstrapReporter, Stream
-from skyward.remote_shell import bootstrap_node
+from skyward.remote_shell import HOME, bootstrap_node, probe_node
 from skyward.ssh.connection import SSHConnection
-from skyward.ssh.leftovers import sweep_dead_pool_dirs
+from skyward.ssh.leftovers import SWEEP_AGE, parse_scan, scan_script, sweep_dead_pool_dirs
 
 if TYPE_CHECKING:
     from skyward.image import Image
@@ -35,7 +38,6 @@ if TYPE_CHECKING:
 
 __all__ = ["SSHTransport", "stop_group_command"]
 
-HOME = ".skyward"  # relative to the login directory, for SFTP and the shell alike
 # How long an agent's group gets to exit on SIGTERM before SIGKILL, seconds.
 STOP_GRACE = 2.0
 # How long closing a transport may spend reconnecting to stop the agent, seconds.
@@ -99,12 +101,20 @@ class SSHTransport:
 
     def bootstrap(self, image: Image, reporter: BootstrapReporter) -> None:
         self.connection.ensure()  # a host that cannot be reached fails here, once
+        probe = probe_node(self.connection, extra=scan_script(SWEEP_AGE))
         # What SIGKILLed clients left here (pool directories without an agent, untouched
-        # for 10 minutes): one command, and never a reason to fail.
-        for name in sweep_dead_pool_dirs(self.connection):
+        # for 10 minutes): found by the probe, and never a reason to fail.
+        for name in sweep_dead_pool_dirs(self.connection, parse_scan(probe.output)):
             reporter.log(f"removed {HOME}/pools/{name}, left by a pool whose agents are gone")
         self.python = bootstrap_node(
-            self.connection, image, reporter, spec=self.spec, fail=self._fail, ttl=self.ttl
+            self.connection,
+            image,
+            reporter,
+            spec=self.spec,
+            fail=self._fail,
+            ttl=self.ttl,
+            pool_id=self.pool_id,
+            probe=probe,
         )
 
     # -- the agent --------------------------------------------------------------------
