@@ -12,9 +12,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import attrs
+
+from skyward import remote_shell
+from skyward.remote_shell import probe_node
 from skyward.ssh import leftovers
 from skyward.ssh.leftovers import SWEEP_AGE, parse_scan, scan_script, sweep_dead_pool_dirs
 from skyward.ssh.transport import SSHTransport
+from tests.conftest import wait_until
 from tests.ssh_hosts import ClientKey, SSHTestHost
 from tests.test_ssh_orphans import alive, provider_for, start_fake_agent
 
@@ -70,14 +75,15 @@ def test_the_probe_answers_everything_and_the_sweep_spares_live_and_young_pools(
         provider._connection(provider.config.hosts[0]), pool_id="probe", name="node0"
     )
     try:
-        probe = transport._probe()
+        probe = probe_node(transport.connection, extra=scan_script(SWEEP_AGE))
+        scan = parse_scan(probe.output)
         assert probe.platform == f"{platform.system()} {platform.machine()}"
         assert "fp1" in probe.wheels
         assert "fp2" not in probe.wheels  # no .complete: an upload cut short
         assert probe.has_uv == (Path(host.home) / ".skyward/bin/uv").exists()
-        assert probe.scan.agents.get(leader) == "probe-live"
+        assert scan.agents.get(leader) == "probe-live"
         # (other dead pools the farm's hosts collected in this session may go too)
-        swept = sweep_dead_pool_dirs(transport.connection, probe.scan)
+        swept = sweep_dead_pool_dirs(transport.connection, scan)
         assert "probe-dead" in swept
         assert not {"probe-young", "probe-live"} & set(swept)
         left = host.run("ls .skyward/pools").stdout.split()
@@ -127,12 +133,39 @@ def test_uv_is_replaced_while_another_pool_runs_the_old_one(
             logged.append(line)
 
     try:
-        probe = transport._probe()
-        stale = type(probe)(probe.platform, False, probe.wheels, probe.scan)
-        assert transport._upload_uv(stale, Reporter())
+        probe = probe_node(transport.connection)
+        stale = attrs.evolve(probe, has_uv=False)
+        assert remote_shell._upload_uv(transport.connection, stale, Reporter())
         version = host.run(".skyward/bin/uv --version")
         assert version.stdout.startswith("uv "), version
         assert host.run("ls -a .skyward/bin").stdout.split() == [".", "..", "uv"]
     finally:
         transport.connection.close()
+        host.kill_processes()
+
+
+def test_closing_while_the_agent_starts_stops_it(
+    ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path
+) -> None:
+    # Another node failed while this one's agent was starting: close() has no pid yet, so
+    # it stops the agent by its node and pool, and nothing of another pool or node.
+    host: SSHTestHost = ssh_hosts(1)[0]
+    started = []
+    for node, pool in ((0, "closing"), (1, "closing"), (0, "otherpool")):
+        result = host.run(
+            f"setsid sh -c 'sleep 300; true' -m skyward.agent --node={node} --total-nodes=2 "
+            f"--job-id={pool} --head-addr=x </dev/null >/dev/null 2>&1 & echo $!"
+        )
+        started.append(int(result.stdout.strip()))
+    provider = provider_for([host], ssh_client_key, ssh_known_hosts)
+    transport = SSHTransport(
+        provider._connection(provider.config.hosts[0]), pool_id="closing", name="node0"
+    )
+    transport._starting = "[s]kyward[.]agent --node=0 .*--job-id=closing "
+    try:
+        transport.close()
+        assert wait_until(lambda: not alive(started[0]), 5), "the starting agent was stopped"
+        assert alive(started[1]), "another node's agent lives"
+        assert alive(started[2]), "another pool's agent lives"
+    finally:
         host.kill_processes()

@@ -85,6 +85,7 @@ class SSHTransport:
         self.agent_timeout = agent_timeout
         self.python = ""
         self.endpoint: AgentEndpoint | None = None
+        self._starting = ""
 
     @property
     def workdir(self) -> str:
@@ -123,6 +124,10 @@ class SSHTransport:
         if not self.python:
             raise self._fail("start_agent called before bootstrap")
         argv = " ".join(shlex.quote(a) for a in config.argv())
+        # What close() kills by, should it run before the agent says its pid: the node's
+        # and the pool's arguments, in the order the agent's command line has them (the
+        # bracket keeps the pattern from matching the shell that runs pkill).
+        self._starting = f"[s]kyward[.]agent --node={config.node} .*--job-id={config.job_id} "
         command = (
             f"mkdir -p {self.workdir} && cd {self.workdir} && "
             f"exec {shlex.quote(self.python)} -m skyward.agent {argv} --env-stdin"
@@ -161,6 +166,9 @@ class SSHTransport:
         stop = ""
         if self.endpoint is not None and self.endpoint.pid:
             stop = f"{stop_group_command(self.endpoint.pid)}; "
+        elif self._starting:
+            # Closed while the agent starts (another node failed): it has no pid yet here.
+            stop = f"pkill -KILL -f -- {shlex.quote(self._starting)}; "
         pool_dir = f"{HOME}/pools/{self.pool_id}"
         try:
             if self.connection.failure is not None and not self.connection.active:
