@@ -88,6 +88,17 @@ def _assert_cancelled(markers: list[Path], started: float) -> None:
     assert not any(m.exists() for m in markers), "a cancelled call ran to its end"
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt here, as at a terminal: Python leaves it ignored when
+    it starts ignored (a test run started in the background by a non-interactive shell)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def pool() -> Iterator[sky.ComputePool]:
     """One open pool shared by the cases below: each proves it is still usable."""
@@ -200,10 +211,13 @@ def test_a_call_on_a_thread_runs_on_and_its_late_result_is_dropped(
 
 
 SCRIPT = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 import skyward as sky
 from tests.test_cancel import pid, slow
+
+# Ctrl-C as at a terminal, however the test run was started (see the ctrl_c fixture)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 marker = sys.argv[1]
 with sky.ComputePool(provider=sky.Local(), concurrency=1, display="quiet") as pool:
