@@ -517,21 +517,28 @@ class ComputePool:
         """
         function = fn if isinstance(fn, ComputeFunction) else compute(fn)
         sizes = [len(it) for it in iterables if isinstance(it, Sized)]
-        if sizes and len(sizes) == len(iterables):
+        sized = bool(sizes) and len(sizes) == len(iterables)
+        if sized:
             self._emit(BatchSubmitted(min(sizes)))
-        return self._map(function, zip(*iterables, strict=False), ordered)
+        return self._map(function, zip(*iterables, strict=False), ordered, sized)
 
     def _map(
-        self, fn: ComputeFunction[..., R], items: Iterator[tuple[Any, ...]], ordered: bool
+        self,
+        fn: ComputeFunction[..., R],
+        items: Iterator[tuple[Any, ...]],
+        ordered: bool,
+        batched: bool,
     ) -> Iterator[R]:
         cluster, _ = self._active()
         ahead = 4 * sum(c.workers for c in cluster.clients)
         waiting: collections.deque[Future[R]] = collections.deque()
         try:
             while True:
-                # Calls sent up to the window go out together; they are flushed before
-                # this generator yields or waits.
-                with wire.holding():
+                # Calls sent up to the window go out together, flushed before this
+                # generator yields or waits. Only over sized iterables (lists, ranges):
+                # a lazy one may block between items, and a call already made must not
+                # wait for the next item.
+                with wire.holding() if batched else contextlib.nullcontext():
                     for args in items:
                         waiting.append(self.submit(fn(*args)))
                         if len(waiting) >= ahead:
