@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +161,31 @@ def test_calls_cancelled_while_held_are_dropped_and_none_runs_twice(
         cluster = pool._cluster
         assert cluster is not None
         assert all(c.inflight == 0 for c in cluster.clients)
+
+
+@sky.compute
+def touch(path: str) -> str:
+    Path(path).write_text("ran")
+    return path
+
+
+def test_map_over_a_lazy_iterable_sends_each_call_at_once(
+    local_pool_factory: Callable[..., sky.ComputePool], tmp_path: Path
+) -> None:
+    first = tmp_path / "first"
+    held: list[bool] = []
+
+    def items() -> Iterator[str]:
+        yield str(first)
+        # A producer that waits on the calls it fed: the first call must not be held
+        # back until the next item comes (a heartbeat would send it, seconds later).
+        held.append(wire.has_held())
+        deadline = time.monotonic() + 20
+        while not first.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.exists(), "the first call was held back"
+        yield str(tmp_path / "second")
+
+    with local_pool_factory(concurrency=1) as pool:
+        assert list(pool.map(touch, items())) == [str(first), str(tmp_path / "second")]
+    assert held == [False]
