@@ -360,9 +360,11 @@ class NodeClient:
         if writer is not None:
             # While reconnecting the write fails; the greeting will show the task missing
             # and it is sent then (its refs first).
+            # Inside wire.holding() (a pool sending a batch) the call waits to go out
+            # with the next ones; a Put is never held, and sends what is held first.
             with contextlib.suppress(OSError, EOFError), self._refs_lock:
                 self._send_refs(payload.refs, writer)
-                writer.write(parts)
+                writer.write(parts, hold=True)
         return task_id, future
 
     def _on_done(self, task_id: int, future: Future[Any]) -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import attrs
 
-from skyward import callbacks, context, messages
+from skyward import callbacks, context, messages, wire
 from skyward.call_options import CallOptions
 from skyward.compute import ComputeFunction, compute
 from skyward.cost import CostTracker
@@ -99,15 +99,32 @@ class _Scheduler:
         self._cond = threading.Condition()
 
     def acquire(self) -> int:
+        refill = False
         with self._cond:
             while True:
                 live = [i for i, c in enumerate(self._clients) if c.alive]
                 if not live:
                     raise WorkerLostError(-1, "no node of the pool is reachable")
                 best = min(live, key=lambda i: self._load[i] / self._clients[i].workers)
-                if self._load[best] < 4 * self._clients[best].workers:
+                window = 4 * self._clients[best].workers
+                # A batch that filled the window waits until half of it is free, then
+                # refills it in one write rather than one write per freed call.
+                if self._load[best] < (window + 1) // 2 or (
+                    not refill and self._load[best] < window
+                ):
                     self._load[best] += 1
                     return best
+                if wire.has_held():
+                    # Calls this thread holds back (a batch being sent) go out before it
+                    # waits for room they free; not under the lock, which the threads
+                    # reading results need.
+                    refill = True
+                    self._cond.release()
+                    try:
+                        wire.flush_held()
+                    finally:
+                        self._cond.acquire()
+                    continue
                 self._cond.wait(0.5)
 
     def release(self, index: int) -> None:
@@ -452,7 +469,9 @@ class ComputePool:
         """Send several calls. Sending waits while the nodes' windows are full: Ctrl-C
         then cancels the calls already sent."""
         futures: list[Future[Any]] = []
-        with _cancelled_on_interrupt(futures):
+        # Held calls go out as a few writes per node, not one each (the scheduler
+        # sends them before it waits for room).
+        with _cancelled_on_interrupt(futures), wire.holding():
             for payload, options, target in calls:
                 futures.append(self._dispatch(payload, options, target))
         return futures
@@ -498,22 +517,34 @@ class ComputePool:
         """
         function = fn if isinstance(fn, ComputeFunction) else compute(fn)
         sizes = [len(it) for it in iterables if isinstance(it, Sized)]
-        if sizes and len(sizes) == len(iterables):
+        sized = bool(sizes) and len(sizes) == len(iterables)
+        if sized:
             self._emit(BatchSubmitted(min(sizes)))
-        return self._map(function, zip(*iterables, strict=False), ordered)
+        return self._map(function, zip(*iterables, strict=False), ordered, sized)
 
     def _map(
-        self, fn: ComputeFunction[..., R], items: Iterator[tuple[Any, ...]], ordered: bool
+        self,
+        fn: ComputeFunction[..., R],
+        items: Iterator[tuple[Any, ...]],
+        ordered: bool,
+        batched: bool,
     ) -> Iterator[R]:
         cluster, _ = self._active()
         ahead = 4 * sum(c.workers for c in cluster.clients)
         waiting: collections.deque[Future[R]] = collections.deque()
         try:
-            for args in items:
-                waiting.append(self.submit(fn(*args)))
-                while len(waiting) >= ahead:
-                    yield self._next(waiting, ordered)
-            while waiting:
+            while True:
+                # Calls sent up to the window go out together, flushed before this
+                # generator yields or waits. Only over sized iterables (lists, ranges):
+                # a lazy one may block between items, and a call already made must not
+                # wait for the next item.
+                with wire.holding() if batched else contextlib.nullcontext():
+                    for args in items:
+                        waiting.append(self.submit(fn(*args)))
+                        if len(waiting) >= ahead:
+                            break
+                if not waiting:
+                    return
                 yield self._next(waiting, ordered)
         finally:
             _cancel(waiting)

@@ -18,17 +18,25 @@ Writers coalesce: a frame written while another thread is writing on the same st
 queued, and the writing thread sends everything queued in one more write before it
 returns. A lone frame goes out at once; frames that pile up (results of several workers,
 log lines, a batch of calls) share system calls and segments.
+
+One thread sending many calls never builds such a queue, so it says so: inside
+:func:`holding`, frames written with ``hold=True`` wait in their writer until the block
+ends, :func:`flush_held` is called (before the thread waits for anything), or any other
+frame is written to that writer (which sends them first, so order is kept across
+threads). A gather of thousands of calls goes out in a few writes; a lone call, written
+outside such a block, is never delayed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import select
 import struct
 import threading
 from collections import ChainMap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import cloudpickle
@@ -43,7 +51,10 @@ __all__ = [
     "dumps",
     "dumps_envelope",
     "encode",
+    "flush_held",
     "frame_lengths",
+    "has_held",
+    "holding",
     "loads",
     "register",
 ]
@@ -57,6 +68,8 @@ _READ_CHUNK = 256 * 1024
 _DIRECT_READ = 64 * 1024
 # A writer's queue of frames waiting for the writing thread; past this, writers wait.
 _QUEUE_LIMIT = 4 * 1024 * 1024
+# Frames held by holding() past this many bytes in one writer are sent at once.
+_HOLD_LIMIT = 1024 * 1024
 
 Part = bytes | memoryview
 Parts = list[Part]
@@ -171,6 +184,48 @@ def _nbytes(part: Part) -> int:
     return len(part) if isinstance(part, bytes) else part.nbytes
 
 
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def holding() -> Iterator[None]:
+    """In this thread, frames written with ``hold=True`` wait until the block ends.
+
+    For a loop that sends many calls: they go out together. The caller must call
+    :func:`flush_held` before it waits for anything those calls lead to (room on a node,
+    a result). Nested blocks flush when the outermost one ends.
+    """
+    if getattr(_local, "writers", None) is not None:
+        yield
+        return
+    _local.writers = []
+    try:
+        yield
+    finally:
+        try:
+            flush_held()
+        finally:
+            _local.writers = None
+
+
+def flush_held() -> None:
+    """Send the frames this thread holds (in :func:`holding`). A write that fails is
+    ignored, as a failed write of a call is: the call waits in its node client, which
+    sends it again on the next connection if the agent does not have it."""
+    writers: list[FrameWriter] | None = getattr(_local, "writers", None)
+    if not writers:
+        return
+    pending, writers[:] = list(writers), []
+    for writer in pending:
+        with contextlib.suppress(OSError, EOFError):
+            writer.write([])
+
+
+def has_held() -> bool:
+    """True when this thread holds frames not yet sent."""
+    return bool(getattr(_local, "writers", None))
+
+
 class FrameWriter:
     """Writes whole frames to a stream; safe to share between threads.
 
@@ -193,9 +248,28 @@ class FrameWriter:
         """Bytes written so far (whole frames)."""
         self.writes = 0
         """Batches of frames written (several queued frames are one)."""
+        self._held: Parts = []
+        self._held_size = 0
 
-    def write(self, parts: Parts) -> None:
+    def write(self, parts: Parts, *, hold: bool = False) -> None:
+        """Write a frame (its encoded ``parts``); ``hold=True`` lets it wait inside
+        :func:`holding` (see the module's notes)."""
         with self._cond:
+            held_here: list[FrameWriter] | None = getattr(_local, "writers", None)
+            if hold and held_here is not None and all(type(p) is bytes for p in parts):
+                size = sum(_nbytes(p) for p in parts)
+                if self._held_size + size < _HOLD_LIMIT:
+                    self._held.extend(parts)
+                    self._held_size += size
+                    if self not in held_here:
+                        held_here.append(self)
+                    return
+            if self._held:
+                # Frames held by a holding thread go first: order is kept.
+                parts = self._held + parts
+                self._held, self._held_size = [], 0
+            if not parts:
+                return
             if self._busy:
                 size = sum(_nbytes(p) for p in parts)
                 # Only frames of immutable bytes wait in the queue: one that points into
