@@ -7,6 +7,7 @@ question the same way: is any ``skyward.agent`` process of this pool still alive
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,6 +43,22 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
             return True
         time.sleep(interval)
     return condition()
+
+
+Pair = tuple[socket.socket, socket.socket]
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    """(writer side, reader side) of a connected socket pair, with a timeout."""
+    a, b = socket.socketpair()
+    a.settimeout(20)
+    b.settimeout(20)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
 
 
 @pytest.fixture

@@ -519,6 +519,32 @@ def register_cloud_init(hosts: Sequence[SSHTestHost], scratch: Path) -> Any:
     return hook
 
 
+def _host_keys(hosts: Sequence[SSHTestHost]) -> dict[str, tuple[bytes, bytes, bytes]]:
+    """Each host's host key pair and authorized keys, which cloud-init replaces."""
+    saved = {}
+    for host in hosts:
+        key_file = host.state_dir / "ssh_host_ed25519_key"
+        saved[host.user] = (
+            key_file.read_bytes(),
+            key_file.with_suffix(".pub").read_bytes(),
+            (host.home / ".ssh" / "authorized_keys").read_bytes(),
+        )
+    return saved
+
+
+def _restore_host_keys(
+    hosts: Sequence[SSHTestHost], saved: dict[str, tuple[bytes, bytes, bytes]]
+) -> None:
+    """Put back what :func:`_host_keys` saved (the farm serves the whole session)."""
+    for host in hosts:
+        key, public, authorized = saved[host.user]
+        key_file = host.state_dir / "ssh_host_ed25519_key"
+        key_file.write_bytes(key)
+        key_file.with_suffix(".pub").write_bytes(public)
+        (host.home / ".ssh" / "authorized_keys").write_bytes(authorized)
+        host.restart()
+
+
 class AWSTarget(Target):
     name = "AWS"
     provider = "aws"
@@ -564,14 +590,7 @@ class AWSTarget(Target):
         else:
             self.hosts = request.getfixturevalue("ssh_hosts")(2)
         self.scratch = request.getfixturevalue("tmp_path") / "cloud-init"
-        self.saved = {}
-        for host in self.hosts:
-            key_file = host.state_dir / "ssh_host_ed25519_key"
-            self.saved[host.user] = (
-                key_file.read_bytes(),
-                key_file.with_suffix(".pub").read_bytes(),
-                (host.home / ".ssh" / "authorized_keys").read_bytes(),
-            )
+        self.saved = _host_keys(self.hosts)
         self.hook = register_cloud_init(self.hosts, self.scratch)
         request.addfinalizer(self._restore)
 
@@ -580,13 +599,7 @@ class AWSTarget(Target):
 
         with contextlib.suppress(ValueError):
             plugins.get_plugin_manager().unregister(name="test-cloud-init")
-        for host in self.hosts:
-            key, public, authorized = self.saved[host.user]
-            key_file = host.state_dir / "ssh_host_ed25519_key"
-            key_file.write_bytes(key)
-            key_file.with_suffix(".pub").write_bytes(public)
-            (host.home / ".ssh" / "authorized_keys").write_bytes(authorized)
-            host.restart()
+        _restore_host_keys(self.hosts, self.saved)
 
     def config(self) -> ProviderConfig:
         return sky.AWS(ssh_cidr="127.0.0.1/32", instance_timeout=15)  # type: ignore[no-any-return]
@@ -790,14 +803,7 @@ class _TestHostCloud(Target):
         else:
             self.hosts = request.getfixturevalue("ssh_hosts")(2)
         self.scratch = request.getfixturevalue("tmp_path") / "cloud-init"
-        self.saved = {}
-        for host in self.hosts:
-            key_file = host.state_dir / "ssh_host_ed25519_key"
-            self.saved[host.user] = (
-                key_file.read_bytes(),
-                key_file.with_suffix(".pub").read_bytes(),
-                (host.home / ".ssh" / "authorized_keys").read_bytes(),
-            )
+        self.saved = _host_keys(self.hosts)
         self.hook = _register_hook(
             CloudInit(self.hosts, self.scratch, self.user_data, provider=self.provider)
         )
@@ -808,13 +814,7 @@ class _TestHostCloud(Target):
 
         with contextlib.suppress(ValueError):
             plugins.get_plugin_manager().unregister(name="test-cloud-init")
-        for host in self.hosts:
-            key, public, authorized = self.saved[host.user]
-            key_file = host.state_dir / "ssh_host_ed25519_key"
-            key_file.write_bytes(key)
-            key_file.with_suffix(".pub").write_bytes(public)
-            (host.home / ".ssh" / "authorized_keys").write_bytes(authorized)
-            host.restart()
+        _restore_host_keys(self.hosts, self.saved)
 
     def pool_options(self) -> dict[str, Any]:
         return {"cpu": 4, "env": {"SKYWARD_POWEROFF_CMD": "true"}}

@@ -3,30 +3,14 @@ writes, a lone call goes out at once, and every guarantee of the dispatch path h
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
 import skyward as sky
 from skyward import messages, wire
-
-Pair = tuple[socket.socket, socket.socket]
-
-
-@pytest.fixture
-def pair() -> Iterator[Pair]:
-    a, b = socket.socketpair()
-    a.settimeout(20)
-    b.settimeout(20)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+from tests.conftest import Pair
 
 
 def _task(task_id: int) -> wire.Parts:

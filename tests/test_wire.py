@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,21 +14,7 @@ import pytest
 from skyward import messages, wire
 from skyward.errors import RemoteError, RemoteTraceback, SerializationError, SkywardError
 from skyward.node import rebuild_exception
-
-Pair = tuple[socket.socket, socket.socket]
-
-
-@pytest.fixture
-def pair() -> Iterator[Pair]:
-    """(writer side, reader side) of a connected socket pair, with a timeout."""
-    a, b = socket.socketpair()
-    a.settimeout(20)
-    b.settimeout(20)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+from tests.conftest import Pair
 
 
 def in_background(fn: Callable[[], None]) -> Callable[[], None]:

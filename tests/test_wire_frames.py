@@ -5,26 +5,12 @@ from __future__ import annotations
 import math
 import socket
 import threading
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from skyward import messages, wire
-
-Pair = tuple[socket.socket, socket.socket]
-
-
-@pytest.fixture
-def pair() -> Iterator[Pair]:
-    a, b = socket.socketpair()
-    a.settimeout(20)
-    b.settimeout(20)
-    try:
-        yield a, b
-    finally:
-        a.close()
-        b.close()
+from tests.conftest import Pair
 
 
 def _round_trip(pair: Pair, obj: object) -> object:
