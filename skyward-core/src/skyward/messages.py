@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 from attrs import frozen
 
-from skyward import refs, wire
+from skyward import function_blobs, refs, wire
 
 __all__ = [
     "EXIT_LIFETIME",
@@ -96,9 +96,15 @@ class Payload:
         if not SEND_FUNCTIONS_ONCE:
             return cls.of((fn, args, kwargs))
         buffers: list[pickle.PickleBuffer] = []
+        # Refs the function closes over travel (once) as well as those in its arguments.
+        function, captured = function_blobs.function_blob(fn)
+        if all(type(a) in _SCALARS for a in args) and all(
+            type(v) in _SCALARS for v in kwargs.values()
+        ):
+            # Numbers and strings hold no ref: the C pickler alone, nothing to collect.
+            data = pickle.dumps((function, args, kwargs), 5)
+            return cls(data, (), (function, *captured))
         with refs.collecting() as found:
-            # Refs the function closes over travel (once) as well as those in its arguments.
-            function = refs.FunctionBlob(*wire.dumps(fn))
             if all(type(a) in _PLAIN for a in args) and all(
                 type(v) in _PLAIN for v in kwargs.values()
             ):
@@ -106,7 +112,7 @@ class Payload:
                 data = pickle.dumps((function, args, kwargs), 5, buffer_callback=buffers.append)
             else:
                 data, buffers = wire.dumps((function, args, kwargs))
-        unique = {id(r): r for r in found}
+        unique = {id(r): r for r in (*captured, *found)}
         return cls(data, tuple(buffers), (function, *unique.values()))
 
     def open(self) -> Any:

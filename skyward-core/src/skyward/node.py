@@ -120,6 +120,7 @@ class NodeClient:
         self.reconnect = reconnect
         self._emit = emit
         self._ids = itertools.count(1)
+        self._tasks = 0
         self._pending: dict[int, _Pending] = {}
         self._acks: list[int] = []
         self._cancelled: set[int] = set()
@@ -345,6 +346,7 @@ class NodeClient:
         stream: _Stream | None,
     ) -> tuple[int, Future[Any]]:
         task_id = next(self._ids)
+        self._tasks = task_id
         window = 0 if stream is None else stream.window
         task = messages.Task(task_id, payload, worker=worker, timeout=timeout, window=window)
         parts = wire.encode(task)
@@ -397,6 +399,12 @@ class NodeClient:
             self._refs.difference_update(held)
         if held:
             self._send_quietly(messages.Release(held))
+
+    @property
+    def tasks_sent(self) -> int:
+        """Tasks submitted to this node so far (a chunk of calls is one; for tests and
+        benches)."""
+        return self._tasks
 
     @property
     def bytes_sent(self) -> int:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import attrs
 
-from skyward import callbacks, context, messages, wire
+from skyward import callbacks, chunks, context, messages, wire
 from skyward.call_options import CallOptions
 from skyward.compute import ComputeFunction, compute
 from skyward.cost import CostTracker
@@ -41,6 +41,7 @@ from skyward.errors import (
     ConfigurationError,
     PoolClosedError,
     PoolTimeoutError,
+    SerializationError,
     WorkerLostError,
 )
 from skyward.events import (
@@ -52,7 +53,7 @@ from skyward.events import (
     TaskFinished,
     TaskSubmitted,
 )
-from skyward.node import STREAM_WINDOW
+from skyward.node import STREAM_WINDOW, rebuild_exception
 from skyward.provisioning import AgentSettings, Cluster, provision
 from skyward.selection import SelectionLike, check_selection
 from skyward.spec import (
@@ -240,6 +241,7 @@ class ComputePool:
         self._closing = threading.Lock()
         self._previous_sigterm: Any = None
         self._task_numbers = itertools.count(1)
+        self._chunk_sizer = chunks.ChunkSizer()
 
     # -- life -------------------------------------------------------------------------
 
@@ -405,13 +407,18 @@ class ComputePool:
         payload: messages.Payload,
         options: CallOptions,
         target: tuple[int, int] | None = None,
+        *,
+        first: int = 1,
+        outcome: Future[Any] | None = None,
     ) -> Future[Any]:
         """Send a call, with its retries: the future holds the last attempt's outcome.
 
         Each attempt is reported as ``TaskSubmitted`` and ``TaskFinished`` (for the display's
         task counts and progress). Cancelling the future cancels the attempt on its node
-        and any retry still to come."""
-        outcome: Future[Any] = _CallFuture()
+        and any retry still to come. ``first`` numbers the first attempt (a call retried
+        alone after its chunk); ``outcome`` is the future to settle, if the caller made it."""
+        if outcome is None:
+            outcome = _CallFuture()
         task = next(self._task_numbers)
         worker = target[1] if target is not None else None
         current: list[Future[Any]] = []
@@ -459,22 +466,131 @@ class ComputePool:
                     future.cancel()  # the node client sends Cancel to the agent
 
         outcome.add_done_callback(on_outcome)
-        attempt(1)
+        attempt(first)
         return outcome
 
     def _dispatch_all(
         self,
         calls: Sequence[tuple[messages.Payload, CallOptions, tuple[int, int] | None]],
+        *,
+        chunkable: Sequence[bool] = (),
     ) -> list[Future[Any]]:
         """Send several calls. Sending waits while the nodes' windows are full: Ctrl-C
-        then cancels the calls already sent."""
+        then cancels the calls already sent.
+
+        Of a batch larger than the pool's window, consecutive calls marked ``chunkable``
+        share tasks (see :mod:`skyward.chunks`)."""
         futures: list[Future[Any]] = []
+        workers = self.workers
+        chunking = chunks.ENABLED and len(calls) > 4 * workers and any(chunkable)
         # Held calls go out as a few writes per node, not one each (the scheduler
         # sends them before it waits for room).
         with _cancelled_on_interrupt(futures), wire.holding():
-            for payload, options, target in calls:
-                futures.append(self._dispatch(payload, options, target))
+            index = 0
+            while index < len(calls):
+                payload, options, target = calls[index]
+                if not (chunking and chunkable[index]):
+                    futures.append(self._dispatch(payload, options, target))
+                    index += 1
+                    continue
+                key = chunks.function_key(payload)
+                size = self._chunk_sizer.size(key, len(calls) - index, workers)
+                end = index + 1
+                while end < len(calls) and end - index < size and chunkable[end]:
+                    end += 1
+                items = [(p, o) for p, o, _ in calls[index:end]]
+                futures.extend(self._dispatch_chunk(items, key))
+                index = end
         return futures
+
+    def _dispatch_chunk(
+        self, items: list[tuple[messages.Payload, CallOptions]], key: str
+    ) -> list[Future[Any]]:
+        """Send ``items`` as one chunk; a future per call. A call that fails is retried on
+        its own (as its options allow); the chunk is cancelled on its node only once every
+        call in it was cancelled."""
+        outcomes: list[Future[Any]] = [_CallFuture() for _ in items]
+        tasks = [next(self._task_numbers) for _ in items]
+        live = [len(items)]
+        chunk: list[Future[Any]] = []
+
+        def settle(index: int, error: BaseException | None, value: Any) -> None:
+            outcome = outcomes[index]
+            if outcome.done():
+                return
+            payload, options = items[index]
+            if error is None:
+                _settle(outcome.set_result, value)
+            elif options.should_retry(error, 1) and self.is_active:
+                # Alone this time, through the usual retries (attempt 2 onwards); never on
+                # the connection's reader thread, as the next send may wait.
+                timer = threading.Timer(
+                    options.backoff(1),
+                    lambda: self._dispatch(payload, options, first=2, outcome=outcome),
+                )
+                timer.daemon = True
+                timer.start()
+            else:
+                _settle(outcome.set_exception, self._explain(error, 1))
+
+        def on_chunk(done: Future[Any], node: int, sent: float) -> None:
+            seconds = time.monotonic() - sent
+            if done.cancelled():
+                for task in tasks:
+                    self._emit(TaskFinished(task, node, False, seconds, 1))
+                return
+            error = done.exception()
+            results: list[Any] = []
+            if error is None:
+                try:
+                    took, results = chunks.unpack(done.result(), len(items))
+                except SerializationError as bad:
+                    error = bad
+                else:
+                    self._chunk_sizer.observe(key, len(items), took)
+            for index, task in enumerate(tasks):
+                failure: BaseException | None = error
+                value: Any = None
+                if failure is None:
+                    answer = results[index]
+                    if isinstance(answer, messages.Failure):
+                        failure = rebuild_exception(answer)
+                    else:
+                        try:
+                            value = answer.open()
+                        except Exception as broken:
+                            failure = SerializationError(
+                                f"node {node}: the result cannot be unpickled here: {broken!r}"
+                            )
+                self._emit(TaskFinished(task, node, failure is None, seconds, 1))
+                settle(index, failure, value)
+
+        def on_outcome(done: Future[Any]) -> None:
+            if done.cancelled():
+                live[0] -= 1
+                if live[0] == 0:
+                    for future in list(chunk):
+                        future.cancel()  # the node client sends Cancel to the agent
+
+        for outcome in outcomes:
+            outcome.add_done_callback(on_outcome)
+        try:
+            future, node = self._send(chunks.pack([p for p, _ in items]), items[0][1], None)
+        except KeyboardInterrupt:
+            _cancel(outcomes)
+            raise
+        except BaseException as error:
+            for outcome in outcomes:
+                _settle(outcome.set_exception, self._explain(error, 1))
+            return outcomes
+        chunk.append(future)
+        if live[0] == 0:
+            future.cancel()
+        sent = time.monotonic()
+        for task in tasks:
+            self._emit(TaskSubmitted(task, node, 1, None))
+        future.add_done_callback(lambda done: on_chunk(done, node, sent))
+        return outcomes
 
     def _explain(self, error: BaseException, attempts: int) -> BaseException:
         if isinstance(error, WorkerLostError | PoolClosedError) and self._ended is not None:
@@ -603,7 +719,10 @@ class ComputePool:
         """
         payloads = [(_payload(p), p.options) for p in batch.computations]
         self._emit(BatchSubmitted(len(payloads)))
-        futures = self._dispatch_all([(payload, options, None) for payload, options in payloads])
+        futures = self._dispatch_all(
+            [(payload, options, None) for payload, options in payloads],
+            chunkable=[_chunkable(p) for p in batch.computations],
+        )
         with _cancelled_on_interrupt(futures):
             return tuple(self._result(f) for f in futures)
 
@@ -611,7 +730,10 @@ class ComputePool:
         """``gather(..., ordered=False / return_exceptions=True) >> pool``."""
         payloads = [(_payload(p), p.options) for p in gathered.batch.computations]
         self._emit(BatchSubmitted(len(payloads)))
-        futures = self._dispatch_all([(payload, options, None) for payload, options in payloads])
+        futures = self._dispatch_all(
+            [(payload, options, None) for payload, options in payloads],
+            chunkable=[_chunkable(p) for p in gathered.batch.computations],
+        )
         if gathered.ordered:
             with _cancelled_on_interrupt(futures):
                 return tuple(self._outcome(f, gathered.return_exceptions) for f in futures)
@@ -690,6 +812,12 @@ def _cancelled_on_interrupt(futures: Sequence[Future[Any]]) -> Iterator[None]:
     except KeyboardInterrupt:
         _cancel(futures)
         raise
+
+
+def _chunkable(pending: PendingCompute[Any]) -> bool:
+    """Whether a call may share a task with others: not one with a time limit of its own
+    (a chunk has one clock), nor a generator function (its items stream)."""
+    return pending.options.timeout is None and not inspect.isgeneratorfunction(pending.fn)
 
 
 def _payload(pending: PendingCompute[Any]) -> messages.Payload:

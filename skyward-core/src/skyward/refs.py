@@ -114,10 +114,11 @@ class Ref(Generic[T]):
 class FunctionBlob:
     """A call's function, pickled by value, named by the hash of its pickle.
 
-    It travels like a ref (a ``Put`` once per node, then its id), but the client builds a
-    new one for every call: pickling again is what proves the function unchanged (an
-    edited function, or globals it captured that changed, give another hash and so are
-    sent again). On the node it is unpickled once per process and reused.
+    It travels like a ref (a ``Put`` once per node, then its id). The client pickles the
+    function again whenever what it captured may have changed (see
+    :mod:`skyward.function_blobs`): an edited function, or globals it captured that
+    changed, give another hash and so are sent again. On the node it is unpickled once per
+    process and reused.
     """
 
     __slots__ = ("_buffers", "_data", "id")

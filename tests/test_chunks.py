@@ -1,0 +1,127 @@
+"""Large batches go to the nodes in chunks: many calls per task, each call settled alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+import skyward as sky
+from skyward import chunks
+
+Factory = Callable[..., sky.ComputePool]
+EXECUTORS = pytest.mark.parametrize("executor", ["process", "thread"])
+
+
+@sky.compute
+def double(x: int) -> int:
+    return 2 * x
+
+
+@sky.compute
+def fails_on_sevens(x: int) -> int:
+    if x % 7 == 0:
+        raise ValueError(f"seven divides {x}")
+    return x
+
+
+def _tasks(pool: sky.ComputePool) -> int:
+    return sum(c.tasks_sent for c in pool._cluster.clients)  # type: ignore[union-attr]
+
+
+@EXECUTORS
+def test_a_large_gather_takes_far_fewer_tasks_than_calls(
+    local_pool_factory: Factory, executor: str
+) -> None:
+    with local_pool_factory(nodes=2, executor=executor) as pool:
+        before = _tasks(pool)
+        results = sky.gather(*(double(i) for i in range(3000))) >> pool
+        assert results == tuple(2 * i for i in range(3000))
+        first = _tasks(pool) - before
+        assert first < 3000 / 4, f"{first} tasks for 3000 calls"
+        # The cost per call is known now: a second batch starts with large chunks.
+        before = _tasks(pool)
+        assert sky.gather(*(double(i) for i in range(3000))) >> pool == results
+        assert _tasks(pool) - before < first
+
+
+def test_a_small_batch_is_a_task_per_call(local_pool_factory: Factory) -> None:
+    with local_pool_factory(nodes=1, executor="thread") as pool:
+        before = _tasks(pool)
+        assert sky.gather(*(double(i) for i in range(3))) >> pool == (0, 2, 4)
+        assert _tasks(pool) - before == 3
+
+
+@EXECUTORS
+def test_each_call_of_a_chunk_fails_alone_with_its_own_traceback(
+    local_pool_factory: Factory, executor: str
+) -> None:
+    with local_pool_factory(nodes=1, executor=executor) as pool:
+        calls = [fails_on_sevens(i) for i in range(1, 400)]
+        outcomes = sky.gather(*calls, return_exceptions=True) >> pool
+        for x, outcome in zip(range(1, 400), outcomes, strict=True):
+            if x % 7 == 0:
+                assert isinstance(outcome, ValueError)
+                assert str(outcome) == f"seven divides {x}"
+                text = outcome.remote_traceback  # type: ignore[attr-defined]
+                assert "fails_on_sevens" in text
+                assert "run_chunk" not in text
+            else:
+                assert outcome == x
+        with pytest.raises(ValueError, match="seven divides 7"):
+            sky.gather(*calls) >> pool
+        unordered = sky.gather(*calls, ordered=False, return_exceptions=True) >> pool
+        assert sorted(o for o in unordered if isinstance(o, int)) == [
+            x for x in range(1, 400) if x % 7
+        ]
+
+
+@sky.compute(retries=2, retry_on=(ConnectionError,))
+def flaky(x: int) -> int:
+    from skyward import instance_info
+
+    marker = f"/tmp/skyward-chunk-test-{instance_info().node}-{x}"
+    import os
+
+    if x % 50 == 0 and not os.path.exists(marker):
+        open(marker, "w").close()
+        raise ConnectionError("first try fails")
+    return x
+
+
+def test_a_failed_call_is_retried_alone(local_pool_factory: Factory) -> None:
+    import glob
+    import os
+
+    for leftover in glob.glob("/tmp/skyward-chunk-test-*"):
+        os.unlink(leftover)
+    events: list[sky.SkywardEvent] = []
+    try:
+        with local_pool_factory(nodes=1, executor="thread", on_event=events.append) as pool:
+            assert sky.gather(*(flaky(i) for i in range(1, 500))) >> pool == tuple(range(1, 500))
+        retried = [e for e in events if isinstance(e, sky.TaskSubmitted) and e.attempt == 2]
+        assert len(retried) == len(range(50, 500, 50)), "each failed call, alone, once"
+    finally:
+        for leftover in glob.glob("/tmp/skyward-chunk-test-*"):
+            os.unlink(leftover)
+
+
+def test_chunk_sizes_follow_the_measured_cost() -> None:
+    sizer = chunks.ChunkSizer()
+    assert sizer.size("fn", 10_000, 2) == 1, "unknown: one call"
+    sizer.observe("fn", 10, 10 * 1e-5)  # 10 µs a call
+    assert sizer.size("fn", 10_000, 2) == min(chunks.MAX_CALLS, 1000)
+    assert sizer.size("fn", 40, 2) == 5, "near the end: a quarter of each worker's share"
+    sizer.observe("slow", 1, 1.0)
+    assert sizer.size("slow", 10_000, 2) == 1, "a call longer than the target goes alone"
+
+
+def test_chunking_can_be_turned_off(local_pool_factory: Factory) -> None:
+    with local_pool_factory(nodes=1, executor="thread") as pool:
+        chunks.ENABLED = False
+        try:
+            before = _tasks(pool)
+            sky.gather(*(double(i) for i in range(50))) >> pool
+            assert _tasks(pool) - before == 50
+        finally:
+            chunks.ENABLED = True
