@@ -227,10 +227,15 @@ class SkywardLocal(SkywardBase):
         concurrency: int = 1,
         executor: str = "process",
         cpu_bound: bool = False,
+        chunked: bool = True,
         **_: Any,
     ) -> None:
         import skyward as sky
 
+        if not chunked:  # what-if: a task per call (this driver process only)
+            from skyward import chunks
+
+            chunks.ENABLED = False
         self.cpu_bound = cpu_bound
         self._open(sky.Local(), nodes, concurrency, executor=executor)
 

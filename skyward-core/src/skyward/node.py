@@ -273,12 +273,18 @@ class NodeClient:
         return self.submit_payload(messages.Payload.call(fn, args, kwargs))
 
     def submit_payload(
-        self, payload: messages.Payload, *, worker: int | None = None, timeout: float | None = None
+        self,
+        payload: messages.Payload,
+        *,
+        worker: int | None = None,
+        timeout: float | None = None,
+        future: Future[Any] | None = None,
     ) -> Future[Any]:
         """Send one task already pickled as ``(fn, args, kwargs)``: to ``worker`` of this
-        node, or whichever is free first; ``timeout`` bounds how long it may run."""
-        _, future = self._submit(payload, worker, timeout, None)
-        return future
+        node, or whichever is free first; ``timeout`` bounds how long it may run. The
+        answer settles ``future`` when given (a new one otherwise), which is returned."""
+        _, settled = self._submit(payload, worker, timeout, None, future)
+        return settled
 
     def submit_stream(
         self, payload: messages.Payload, *, window: int = STREAM_WINDOW, timeout: float | None
@@ -344,13 +350,15 @@ class NodeClient:
         worker: int | None,
         timeout: float | None,
         stream: _Stream | None,
+        future: Future[Any] | None = None,
     ) -> tuple[int, Future[Any]]:
         task_id = next(self._ids)
         self._tasks = task_id
         window = 0 if stream is None else stream.window
         task = messages.Task(task_id, payload, worker=worker, timeout=timeout, window=window)
         parts = wire.encode(task)
-        future: Future[Any] = Future()
+        if future is None:
+            future = Future()
         future.add_done_callback(lambda done: self._on_done(task_id, done))
         with self._lock:
             if self._dead is not None:

@@ -382,20 +382,26 @@ class ComputePool:
     # -- work -------------------------------------------------------------------------
 
     def _send(
-        self, payload: messages.Payload, options: CallOptions, target: tuple[int, int] | None
+        self,
+        payload: messages.Payload,
+        options: CallOptions,
+        target: tuple[int, int] | None,
+        future: Future[Any] | None = None,
     ) -> tuple[Future[Any], int]:
         """One attempt: to ``target`` (node, worker), or the least-loaded node; returns the
-        attempt's future and the node it went to."""
+        attempt's future (``future`` when given) and the node it went to."""
         cluster, scheduler = self._active()
         if target is not None:
             node, worker = target
             future = cluster.clients[node].submit_payload(
-                payload, worker=worker, timeout=options.timeout
+                payload, worker=worker, timeout=options.timeout, future=future
             )
             return future, node
         index = scheduler.acquire()
         try:
-            future = cluster.clients[index].submit_payload(payload, timeout=options.timeout)
+            future = cluster.clients[index].submit_payload(
+                payload, timeout=options.timeout, future=future
+            )
         except BaseException:
             scheduler.release(index)
             raise
@@ -421,6 +427,8 @@ class ComputePool:
             outcome = _CallFuture()
         task = next(self._task_numbers)
         worker = target[1] if target is not None else None
+        if first == 1 and options.retries == 0:
+            return self._dispatch_once(payload, options, target, outcome, task, worker)
         current: list[Future[Any]] = []
 
         def attempt(number: int) -> None:
@@ -467,6 +475,38 @@ class ComputePool:
 
         outcome.add_done_callback(on_outcome)
         attempt(first)
+        return outcome
+
+    def _dispatch_once(
+        self,
+        payload: messages.Payload,
+        options: CallOptions,
+        target: tuple[int, int] | None,
+        outcome: Future[Any],
+        task: int,
+        worker: int | None,
+    ) -> Future[Any]:
+        """A call that is never retried: its one attempt settles ``outcome`` itself (no
+        second future, no callbacks between them; a warm call's client side is mostly
+        such bookkeeping)."""
+        if isinstance(outcome, _CallFuture):
+            outcome.explain = lambda error: self._explain(error, 1)
+        try:
+            _, node = self._send(payload, options, target, outcome)
+        except KeyboardInterrupt:
+            outcome.cancel()
+            raise
+        except BaseException as error:
+            _settle(outcome.set_exception, self._explain(error, 1))
+            return outcome
+        sent = time.monotonic()
+        self._emit(TaskSubmitted(task, node, 1, worker))
+
+        def finished(done: Future[Any]) -> None:
+            ok = not done.cancelled() and done.exception() is None
+            self._emit(TaskFinished(task, node, ok, time.monotonic() - sent, 1))
+
+        outcome.add_done_callback(finished)
         return outcome
 
     def _dispatch_all(
@@ -686,7 +726,7 @@ class ComputePool:
     def run(self, pending: PendingCompute[R]) -> R:
         """Run one computation on the least-loaded worker and return its result (for a
         generator function: an iterator of its items, streamed as the node yields them)."""
-        if inspect.isgeneratorfunction(pending.fn):
+        if _is_generator_function(pending.fn):
             items: Any = self._stream(pending)
             return items  # type: ignore[no-any-return]
         result: R = self._result(self._dispatch(_payload(pending), pending.options))
@@ -776,7 +816,17 @@ class ComputePool:
 
 
 class _CallFuture(Future[R]):
-    """A call's future: Ctrl-C while waiting for it cancels the call (on its node too)."""
+    """A call's future: Ctrl-C while waiting for it cancels the call (on its node too).
+
+    ``explain`` rewrites an exception set on it (a node's "the pool was shut down" becomes
+    why the pool ended), for a future the node client settles directly."""
+
+    explain: Callable[[BaseException], BaseException] | None = None
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        if self.explain is not None and exception is not None:
+            exception = self.explain(exception)
+        super().set_exception(exception)
 
     def result(self, timeout: float | None = None) -> R:
         try:
@@ -817,7 +867,15 @@ def _cancelled_on_interrupt(futures: Sequence[Future[Any]]) -> Iterator[None]:
 def _chunkable(pending: PendingCompute[Any]) -> bool:
     """Whether a call may share a task with others: not one with a time limit of its own
     (a chunk has one clock), nor a generator function (its items stream)."""
-    return pending.options.timeout is None and not inspect.isgeneratorfunction(pending.fn)
+    return pending.options.timeout is None and not _is_generator_function(pending.fn)
+
+
+def _is_generator_function(fn: Any) -> bool:
+    # inspect's check unwraps partials and methods, at a few µs a call: plain functions
+    # answer from their code flags.
+    if type(fn) is types.FunctionType:
+        return bool(fn.__code__.co_flags & inspect.CO_GENERATOR)
+    return inspect.isgeneratorfunction(fn)
 
 
 def _payload(pending: PendingCompute[Any]) -> messages.Payload:
