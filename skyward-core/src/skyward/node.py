@@ -17,6 +17,8 @@ import contextlib
 import itertools
 import logging
 import queue
+import select
+import socket
 import sys
 import threading
 import time
@@ -58,6 +60,10 @@ def rebuild_exception(failure: messages.Failure) -> BaseException:
         error.remote_traceback = failure.traceback  # type: ignore[attr-defined]
     return error
 
+
+CALLER_READS = True
+"""A caller waiting for a lone call's answer reads it from the connection itself (see
+:meth:`NodeClient.read_until`); False: the reader thread always does (for benchmarks)."""
 
 STREAM_WINDOW = 64
 """Items a node may send ahead of what a stream's consumer took (see :class:`_Stream`)."""
@@ -136,6 +142,12 @@ class NodeClient:
         self.workers = 1
         """Workers on the node, as its agent said in its greeting."""
         self._reading_done = threading.Event()
+        # Who reads the connection (a socket): the reader thread, or a caller waiting for
+        # its own answer (see read_until); never both.
+        self._role = threading.Condition(threading.Lock())
+        self._caller_reading = False
+        self._thread_reading = False
+        self._shared: tuple[wire.FrameReader, socket.socket, int] | None = None
         # sky.put values the agent holds (by id). Held while a Put is written, so a task
         # that names a ref never overtakes the Put that carries it.
         self._refs: set[str] = set()
@@ -209,8 +221,10 @@ class NodeClient:
         with self._refs_lock:
             # What the agent really holds: a Put lost with the old connection is sent again.
             self._refs = set() if restarted else set(hello.refs)
+        shared = isinstance(stream, socket.socket)
+        self._shared = (reader, stream, generation) if shared else None
         threading.Thread(
-            target=self._read_loop,
+            target=self._read_loop_shared if shared else self._read_loop,
             args=(reader, generation),
             daemon=True,
             name=f"skyward-node{self.node}",
@@ -448,6 +462,83 @@ class NodeClient:
         finally:
             if generation == self._generation:
                 self._reading_done.set()
+
+    def _read_loop_shared(self, reader: wire.FrameReader, generation: int) -> None:
+        """The reader thread of a socket connection: it reads only while no caller does,
+        and waits for the socket to be readable before it takes the connection, so a
+        caller that arrives meanwhile reads its own answer (see :meth:`read_until`)."""
+        assert self._shared is not None
+        sock = self._shared[1]
+        try:
+            while True:
+                with self._role:
+                    while self._caller_reading:
+                        self._role.wait()
+                if not reader.buffered():
+                    select.select([sock], [], [])
+                if not self._take_reading():
+                    continue  # a caller reads what arrived
+                try:
+                    # What woke us may have been read by a caller since: read only what
+                    # is there, so a caller is never kept waiting behind an empty read.
+                    while reader.ready():
+                        self._dispatch(reader.read())
+                finally:
+                    with self._role:
+                        self._thread_reading = False
+                        self._role.notify_all()
+        except (EOFError, OSError, ValueError) as error:  # ValueError: select on a closed fd
+            self._on_lost(error if not isinstance(error, ValueError) else EOFError(), generation)
+        except Exception as error:  # a frame we cannot read: the stream is unusable
+            _log.exception("node %d: bad frame", self.node)
+            self._on_lost(error, generation)
+        finally:
+            if generation == self._generation:
+                self._reading_done.set()
+
+    def _take_reading(self) -> bool:
+        """The reader thread takes the connection, unless a caller took it meanwhile."""
+        with self._role:
+            if self._caller_reading:
+                return False
+            self._thread_reading = True
+            return True
+
+    def read_until(self, future: Future[Any]) -> None:
+        """Wait for ``future`` by reading the connection on this thread, when nobody else
+        reads it: the answer wakes this thread, not a reader thread that would then wake
+        it (one thread hand-off fewer on a lone call's way back). Frames for other calls,
+        logs and samples read meanwhile are handled as the reader thread would.
+
+        Returns early (the caller then waits on the future as usual) when another thread
+        is reading or the connection is not a plain socket."""
+        shared = self._shared
+        if shared is None or not CALLER_READS:
+            return
+        reader, sock, generation = shared
+        with self._role:
+            if self._caller_reading or self._thread_reading or generation != self._generation:
+                return
+            self._caller_reading = True
+        try:
+            while not future.done():
+                self._dispatch(reader.read())
+        except (EOFError, OSError):
+            self._break(sock)  # the reader thread sees it too and reconnects
+        except BaseException:
+            # Interrupted inside a frame (Ctrl-C): where the stream stands is unknown.
+            # Drop the connection; the reconnect resends what the agent lacks.
+            self._break(sock)
+            raise
+        finally:
+            with self._role:
+                self._caller_reading = False
+                self._role.notify_all()
+
+    @staticmethod
+    def _break(sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
     def _dispatch(self, message: object) -> None:
         if isinstance(message, messages.Result):

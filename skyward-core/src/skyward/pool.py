@@ -501,6 +501,10 @@ class ComputePool:
             return outcome
         sent = time.monotonic()
         self._emit(TaskSubmitted(task, node, 1, worker))
+        if isinstance(outcome, _CallFuture):
+            cluster = self._cluster
+            if cluster is not None:
+                outcome.reader = cluster.clients[node].read_until
 
         def finished(done: Future[Any]) -> None:
             ok = not done.cancelled() and done.exception() is None
@@ -822,6 +826,8 @@ class _CallFuture(Future[R]):
     why the pool ended), for a future the node client settles directly."""
 
     explain: Callable[[BaseException], BaseException] | None = None
+    reader: Callable[[Future[Any]], None] | None = None
+    """Reads the connection its answer comes on until it is done (``NodeClient.read_until``)."""
 
     def set_exception(self, exception: BaseException | None) -> None:
         if self.explain is not None and exception is not None:
@@ -830,6 +836,9 @@ class _CallFuture(Future[R]):
 
     def result(self, timeout: float | None = None) -> R:
         try:
+            reader = self.reader
+            if reader is not None and timeout is None and not self.done():
+                reader(self)
             return super().result(timeout)
         except KeyboardInterrupt:
             self.cancel()

@@ -376,6 +376,10 @@ class FrameReader:
             have += got
         return out
 
+    def buffered(self) -> bool:
+        """True when bytes of the stream wait in this reader's buffer."""
+        return self._end > self._start
+
     def ready(self) -> bool:
         """True when bytes wait to be read (buffered here or on the socket): a read will
         not block for long. Only for streams with a ``fileno`` (sockets)."""
