@@ -125,3 +125,24 @@ def test_chunking_can_be_turned_off(local_pool_factory: Factory) -> None:
             assert _tasks(pool) - before == 50
         finally:
             chunks.ENABLED = True
+
+
+@EXECUTORS
+def test_map_over_a_list_goes_in_chunks_in_order(
+    local_pool_factory: Factory, executor: str
+) -> None:
+    with local_pool_factory(nodes=2, executor=executor) as pool:
+        before = _tasks(pool)
+        assert list(pool.map(double, range(3000))) == [2 * i for i in range(3000)]
+        assert _tasks(pool) - before < 3000 / 4
+        unordered = list(pool.map(double, range(3000), ordered=False))
+        assert sorted(unordered) == [2 * i for i in range(3000)]
+
+
+def test_map_stops_at_the_first_failure_of_a_chunked_call(local_pool_factory: Factory) -> None:
+    with local_pool_factory(nodes=1, executor="thread") as pool:
+        results = pool.map(fails_on_sevens, range(1, 3000))
+        got = [next(results) for _ in range(6)]
+        assert got == [1, 2, 3, 4, 5, 6]
+        with pytest.raises(ValueError, match="seven divides 7"):
+            next(results)

@@ -680,18 +680,29 @@ class ComputePool:
         sized = bool(sizes) and len(sizes) == len(iterables)
         if sized:
             self._emit(BatchSubmitted(min(sizes)))
-        return self._map(function, zip(*iterables, strict=False), ordered, sized)
+        total = min(sizes) if sized else None
+        return self._map(function, zip(*iterables, strict=False), ordered, total)
 
     def _map(
         self,
         fn: ComputeFunction[..., R],
         items: Iterator[tuple[Any, ...]],
         ordered: bool,
-        batched: bool,
+        total: int | None,
     ) -> Iterator[R]:
+        """``total``: how many calls a sized iterable makes (``None``: a lazy one)."""
+        batched = total is not None
         cluster, _ = self._active()
-        ahead = 4 * sum(c.workers for c in cluster.clients)
+        workers = sum(c.workers for c in cluster.clients)
+        ahead = 4 * workers
         waiting: collections.deque[Future[R]] = collections.deque()
+        # Over a sized iterable, calls go in chunks as in gather (see skyward.chunks),
+        # sized by what the node measured; the window then counts chunks, not calls.
+        chunked = batched and chunks.ENABLED and fn.options.timeout is None
+        chunked = chunked and not _is_generator_function(fn.local)
+        key: str | None = None
+        size = 1
+        sent = 0
         try:
             while True:
                 # Calls sent up to the window go out together, flushed before this
@@ -699,10 +710,22 @@ class ComputePool:
                 # a lazy one may block between items, and a call already made must not
                 # wait for the next item.
                 with wire.holding() if batched else contextlib.nullcontext():
-                    for args in items:
-                        waiting.append(self.submit(fn(*args)))
-                        if len(waiting) >= ahead:
+                    while len(waiting) < ahead * size:
+                        group = list(itertools.islice(items, size))
+                        if not group:
                             break
+                        sent += len(group)
+                        calls = [fn(*args) for args in group]
+                        payloads = [(_payload(c), c.options) for c in calls]
+                        if key is None:
+                            key = chunks.function_key(payloads[0][0])
+                        if chunked:  # a chunk of one too: the node measures it
+                            waiting.extend(self._dispatch_chunk(payloads, key))
+                        else:
+                            waiting.append(self._dispatch(*payloads[0]))
+                        if chunked:
+                            left = max(1, (total or 0) - sent)
+                            size = self._chunk_sizer.size(key, left, workers)
                 if not waiting:
                     return
                 yield self._next(waiting, ordered)
