@@ -89,15 +89,24 @@ class Payload:
         return cls(data, tuple(buffers), tuple({id(r): r for r in found}.values()))
 
     @classmethod
-    def call(cls, fn: object, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Payload:
+    def call(
+        cls,
+        fn: object,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        blob: tuple[Any, tuple[Any, ...]] | None = None,
+    ) -> Payload:
         """Pickle a call: its function as a :class:`~skyward.refs.FunctionBlob` (sent to a
         node once, then named by its hash), then the arguments. Opens to ``(fn, args,
-        kwargs)`` like ``Payload.of((fn, args, kwargs))``."""
+        kwargs)`` like ``Payload.of((fn, args, kwargs))``. ``blob``: what
+        :func:`~skyward.function_blobs.function_blob` gave for ``fn`` (a batch of calls
+        asks once)."""
         if not SEND_FUNCTIONS_ONCE:
             return cls.of((fn, args, kwargs))
         buffers: list[pickle.PickleBuffer] = []
         # Refs the function closes over travel (once) as well as those in its arguments.
-        function, captured = function_blobs.function_blob(fn)
+        function, captured = function_blobs.function_blob(fn) if blob is None else blob
         if all(type(a) in _SCALARS for a in args) and all(
             type(v) in _SCALARS for v in kwargs.values()
         ):

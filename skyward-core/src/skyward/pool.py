@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import attrs
 
-from skyward import callbacks, chunks, context, messages, wire
+from skyward import callbacks, chunks, context, function_blobs, messages, wire
 from skyward.call_options import CallOptions
 from skyward.compute import ComputeFunction, compute
 from skyward.cost import CostTracker
@@ -716,7 +716,7 @@ class ComputePool:
                             break
                         sent += len(group)
                         calls = [fn(*args) for args in group]
-                        payloads = [(_payload(c), c.options) for c in calls]
+                        payloads = _payloads(calls)
                         if key is None:
                             key = chunks.function_key(payloads[0][0])
                         if chunked:  # a chunk of one too: the node measures it
@@ -784,7 +784,7 @@ class ComputePool:
         Every computation is pickled before the first is sent: one that cannot be sent
         fails the batch before any of it runs.
         """
-        payloads = [(_payload(p), p.options) for p in batch.computations]
+        payloads = _payloads(batch.computations)
         self._emit(BatchSubmitted(len(payloads)))
         futures = self._dispatch_all(
             [(payload, options, None) for payload, options in payloads],
@@ -795,7 +795,7 @@ class ComputePool:
 
     def run_gather(self, gathered: PendingGather) -> tuple[Any, ...] | Iterator[Any]:
         """``gather(..., ordered=False / return_exceptions=True) >> pool``."""
-        payloads = [(_payload(p), p.options) for p in gathered.batch.computations]
+        payloads = _payloads(gathered.batch.computations)
         self._emit(BatchSubmitted(len(payloads)))
         futures = self._dispatch_all(
             [(payload, options, None) for payload, options in payloads],
@@ -913,6 +913,23 @@ def _is_generator_function(fn: Any) -> bool:
 def _payload(pending: PendingCompute[Any]) -> messages.Payload:
     """Pickle a call; raises :class:`~skyward.errors.SerializationError` before sending."""
     return messages.Payload.call(pending.fn, pending.args, pending.kwargs)
+
+
+def _payloads(
+    computations: Sequence[PendingCompute[Any]],
+) -> list[tuple[messages.Payload, CallOptions]]:
+    """Pickle a batch of calls (with their options), each function once for the batch:
+    nothing it captured can change while the batch is pickled."""
+    functions: dict[int, tuple[Any, tuple[Any, ...]]] = {}
+    out = []
+    for pending in computations:
+        fn = pending.fn
+        blob = functions.get(id(fn))
+        if blob is None:
+            blob = functions[id(fn)] = function_blobs.function_blob(fn)
+        payload = messages.Payload.call(fn, pending.args, pending.kwargs, blob=blob)
+        out.append((payload, pending.options))
+    return out
 
 
 class _SigintDeferred:
