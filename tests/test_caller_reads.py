@@ -5,9 +5,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import skyward as sky
 from skyward import node
+from tests.ssh_hosts import ClientKey
 
 Factory = Callable[..., sky.ComputePool]
 
@@ -87,3 +90,27 @@ def test_two_threads_waiting_on_one_node_both_get_their_answers(
         for thread in threads:
             thread.join(60)
         assert results == {k: [100 * k + i for i in range(50)] for k in (0, 1)}
+
+
+def test_over_ssh_the_waiting_thread_reads_its_own_answer(
+    ssh_hosts: Any, ssh_client_key: ClientKey, ssh_known_hosts: Path
+) -> None:
+    from tests.test_ssh_pool import ssh_provider
+
+    events: list[tuple[str, sky.SkywardEvent]] = []
+
+    def record(event: sky.SkywardEvent) -> None:
+        events.append((threading.current_thread().name, event))
+
+    provider = ssh_provider(ssh_hosts(1), ssh_client_key, ssh_known_hosts)
+    main = threading.current_thread().name
+    with sky.ComputePool(provider=provider, display="quiet", on_event=record) as pool:
+        assert [echo(i) >> pool for i in range(20)] == list(range(20))
+        finishers = _finishers(events)
+        assert finishers.count(main) >= 15, finishers
+        # Broken mid-read (what Ctrl-C inside a frame does): the channel is dropped, the
+        # client reconnects, and the pool serves the next calls.
+        client = pool._cluster.clients[0]  # type: ignore[union-attr]
+        assert client._shared is not None
+        client._break(client._shared[1])
+        assert [echo(i) >> pool for i in range(5)] == list(range(5))

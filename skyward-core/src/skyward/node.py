@@ -147,7 +147,7 @@ class NodeClient:
         self._role = threading.Condition(threading.Lock())
         self._caller_reading = False
         self._thread_reading = False
-        self._shared: tuple[wire.FrameReader, socket.socket, int] | None = None
+        self._shared: tuple[wire.FrameReader, Any, int] | None = None
         # sky.put values the agent holds (by id). Held while a Put is written, so a task
         # that names a ref never overtakes the Put that carries it.
         self._refs: set[str] = set()
@@ -221,7 +221,11 @@ class NodeClient:
         with self._refs_lock:
             # What the agent really holds: a Put lost with the old connection is sent again.
             self._refs = set() if restarted else set(hello.refs)
-        shared = isinstance(stream, socket.socket)
+        # A socket, or a stream that can be polled like one (an SSH channel): a caller may
+        # read it (read_until). Anything else keeps a thread that always reads.
+        shared = callable(getattr(stream, "fileno", None)) and callable(
+            getattr(stream, "shutdown", None)
+        )
         self._shared = (reader, stream, generation) if shared else None
         threading.Thread(
             target=self._read_loop_shared if shared else self._read_loop,
@@ -515,7 +519,7 @@ class NodeClient:
         shared = self._shared
         if shared is None or not CALLER_READS:
             return
-        reader, sock, generation = shared
+        reader, stream, generation = shared
         with self._role:
             if self._caller_reading or self._thread_reading or generation != self._generation:
                 return
@@ -524,11 +528,11 @@ class NodeClient:
             while not future.done():
                 self._dispatch(reader.read())
         except (EOFError, OSError):
-            self._break(sock)  # the reader thread sees it too and reconnects
+            self._break(stream)  # the reader thread sees it too and reconnects
         except BaseException:
             # Interrupted inside a frame (Ctrl-C): where the stream stands is unknown.
             # Drop the connection; the reconnect resends what the agent lacks.
-            self._break(sock)
+            self._break(stream)
             raise
         finally:
             with self._role:
@@ -536,9 +540,10 @@ class NodeClient:
                 self._role.notify_all()
 
     @staticmethod
-    def _break(sock: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    def _break(stream: Any) -> None:
+        # Shut down, not closed: another thread may be in select() on its descriptor.
+        with contextlib.suppress(OSError, EOFError):
+            stream.shutdown(socket.SHUT_RDWR)
 
     def _dispatch(self, message: object) -> None:
         if isinstance(message, messages.Result):

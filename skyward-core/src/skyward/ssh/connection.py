@@ -69,6 +69,14 @@ class ChannelStream:
     def close(self) -> None:
         self._channel.close()
 
+    def fileno(self) -> int:
+        """For ``select``: readable when the channel holds data or was closed."""
+        return self._channel.fileno()
+
+    def shutdown(self, how: int, /) -> None:
+        """Drop the channel (wakes a ``select`` on :meth:`fileno`)."""
+        self._channel.close()
+
 
 # How long one attempt may wait for a TCP connection at most; later attempts get more
 # chances within the deadline (a host still booting refuses a few times first).
