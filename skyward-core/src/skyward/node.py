@@ -65,6 +65,9 @@ CALLER_READS = True
 """A caller waiting for a lone call's answer reads it from the connection itself (see
 :meth:`NodeClient.read_until`); False: the reader thread always does (for benchmarks)."""
 
+_IDLE_LOOK = 0.05
+"""Seconds the reader thread waits while a caller reads before it looks again."""
+
 STREAM_WINDOW = 64
 """Items a node may send ahead of what a stream's consumer took (see :class:`_Stream`)."""
 
@@ -477,7 +480,10 @@ class NodeClient:
             while True:
                 with self._role:
                     while self._caller_reading:
-                        self._role.wait()
+                        # A caller that leaves frames for others wakes us; otherwise we
+                        # look again soon (a log line may wait that long), which spares
+                        # a wake-up per call of a caller making one call after another.
+                        self._role.wait(_IDLE_LOOK)
                 if not reader.buffered():
                     select.select([sock], [], [])
                 if not self._take_reading():
@@ -537,7 +543,8 @@ class NodeClient:
         finally:
             with self._role:
                 self._caller_reading = False
-                self._role.notify_all()
+                if self._pending or reader.buffered():
+                    self._role.notify_all()
 
     @staticmethod
     def _break(stream: Any) -> None:
