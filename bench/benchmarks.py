@@ -147,6 +147,7 @@ def _stop(drivers: dict[str, Driver], keep: set[str]) -> None:
 LATENCY_LOCAL = {
     "skyward-local": "Skyward `Local` (`fn() >> pool`), process workers (default)",
     "skyward-local-thread": 'Skyward `Local`, `executor="thread"`',
+    "skyward-local-handoff": "what-if: Skyward `Local` with a reader thread handing answers over",
     "floor": "floor: loopback TCP, cloudpickled call",
     "floor-byref": "what-if: the floor with the function pickled by reference",
     "mp": "`multiprocessing.Pool.apply`",
@@ -164,6 +165,7 @@ def latency(settings: Settings, hosts: list[HostInfo], logs: Path) -> dict[str, 
     specs: list[Spec] = [
         ("skyward-local", "skyward-local", {}),
         ("skyward-local-thread", "skyward-local", {"executor": "thread"}),
+        ("skyward-local-handoff", "skyward-local", {"caller_reads": False}),
         ("floor", "floor", {"via": "local"}),
         ("floor-byref", "floor", {"via": "local", "by_value": False}),
         ("mp", "mp", {"workers": 1}),

@@ -485,36 +485,46 @@ def latency_analysis(result: dict[str, Any]) -> list[str]:
             "is CPU time and moves with it."
         )
     out.append(
-        "- Two pickles per message each way where the floor has one: the call is pickled "
-        "into a `Payload`, which is pickled again inside the `Task` envelope; the agent "
-        "unpickles both, then does the same for the `Result`. Serialization is "
+        "- Serialization is no longer where Skyward loses: one pickle per message (a "
+        "binary header carries ids and options), the function named by its hash after its "
+        "first call on a node and pickled again only when something it captured changed "
+        "(`skyward.function_blobs`). Serialization is "
         f"{pct(_share(sky, 'client', 'serialization'))} of the client's Python time and "
-        f"{pct(_share(sky, 'agent0', 'serialization'))} of the agent's. A fixed binary "
-        "header (task id, kind, lengths) in front of the payload pickle would leave one "
-        "pickle per message, as in the floor."
-    )
-    fn_line = (
-        "- The function travels by value on every call (the agent rebuilds its code object "
-        "every time); serialization is also "
-        f"{pct(_share(floor, 'client', 'serialization'))} of the floor client's Python time."
-    )
-    if byref and floor_med:
-        fn_line += (
-            f" Measured what-if: the floor with the function pickled by reference (the "
-            f"server imports it once) takes {num(byref)} µs instead of {num(floor_med)}. "
-            "Sending a function once per connection and then naming it by a digest would "
-            "give Skyward a saving of that order on each side."
+        f"{pct(_share(sky, 'agent0', 'serialization'))} of the agent's"
+        + (
+            f"; the floor, which pickles its function by value each call, spends "
+            f"{pct(_share(floor, 'client', 'serialization'))} of its client's time there, "
+            f"and pickled by reference it takes {num(byref)} µs instead of {num(floor_med)}."
+            if byref and floor_med
+            else "."
         )
-    out.append(fn_line)
-    out.append(
-        "- Two thread hand-offs per call that the floor does not have: the client's reader "
-        "thread resolves a `Future` the caller waits on, and the agent's connection thread "
-        "queues the task for a worker thread. Each is a futex wake, a context switch and a "
-        f"GIL transfer (scheduling is {pct(_share(sky, 'client', 'scheduling'))} of the "
-        "client's Python time; the switches themselves are CPU outside the GIL). Letting "
-        "the caller read its own answer when it is the only call in flight, and running "
-        "the task on the connection thread when `concurrency=1`, would remove both."
     )
+    handoff = median(result, "skyward-local-handoff")
+    line = (
+        "- Thread hand-offs: the caller reads its own answer from the connection "
+        "(`NodeClient.read_until`), so no reader thread wakes it"
+    )
+    if handoff and sky_med:
+        line += (
+            f" (with the old hand-off, the what-if row: {num(handoff)} µs against {num(sky_med)})"
+        )
+    out.append(
+        line + ". What is left is on the node: the agent's connection thread hands a call "
+        'to a worker thread (`executor="thread"`), or writes it to a worker process whose '
+        "answer a slot thread reads and sends on (the default): one and two wake-ups more "
+        "than the floor's single server thread. Running the call on the thread that read "
+        "it (leader/followers) and letting the worker process write its answer to the "
+        "client's connection itself would remove them; both change how the agent keeps "
+        "heartbeats and cancellation while a call runs, and are not built."
+    )
+    if sky and client is not None:
+        out.append(
+            f"- The client's own work per call ({num(client)} µs CPU while profiled) is "
+            "the pool's bookkeeping around the future: the scheduler's window, "
+            "`TaskSubmitted` / `TaskFinished` events for the display, retries and Ctrl-C "
+            f"handling (scheduling is {pct(_share(sky, 'client', 'scheduling'))} of its "
+            "Python time)."
+        )
     ssh, pfloor, ssh_l = (
         median(result, "skyward-ssh"),
         median(result, "floor-paramiko"),
@@ -577,25 +587,29 @@ def throughput_analysis(result: dict[str, Any]) -> list[str]:
                 f"{pct(fclient['cpu_share_of_wall'])} of a core)"
             )
         out.append(
-            line + ". Per call the client builds a `PendingCompute`, pickles twice, "
-            "creates a `Future`, takes a scheduler slot, writes a frame; its reader "
-            "thread unpickles twice and resolves the future."
+            line + ". Per call the client still builds a `PendingCompute`, pickles its "
+            "arguments once (the function is pickled once per batch), creates a `Future` "
+            "and reports `TaskSubmitted` / `TaskFinished`; its reader thread opens each "
+            "result of a chunk and resolves its future."
         )
     calls = int(result.get("calls", 0))
     sky_rate = median(result, "skyward-local")
-    batched = [median(result, "joblib-auto"), median(result, "mp")]
-    lead = sky_rate is not None and all(b is not None and b > sky_rate for b in batched)
-    out += [
-        f"- Each node accepts `4 * concurrency` calls in flight, so a {calls:,}-call `gather` "
-        "goes out as single-task frames, each submit waiting for a result to free a slot. "
-        "Packing many tasks into one frame (and many results into one answer) would "
-        "amortize the framing, the system calls and the thread hand-offs over a batch; "
-        "that is what joblib's `batch_size=\"auto\"` and `Pool.map`'s chunks do"
-        + (", and why they lead this table." if lead else "."),
-        f"- The function is pickled by value {calls:,} times (and rebuilt {calls:,} times on "
-        "the agents); pickling it once per batch or per connection removes most of that "
-        "serialization.",
-    ]
+    single = median(result, "skyward-local-unchunked")
+    line = (
+        f"- A {calls:,}-call `gather` goes out in chunks (`skyward.chunks`): many calls "
+        "per task and per frame, one answer per chunk, chunk sizes learned from what the "
+        "node measured (about 10 ms of work each)"
+    )
+    if single and sky_rate:
+        line += (
+            f"; the what-if row, a task per call, runs {num(single)} calls/s against "
+            f"{num(sky_rate)} ({sky_rate / single:.1f}x)"
+        )
+    out.append(
+        line + ". Left to gain is the client's bookkeeping per call above: a future, two "
+        "events and a result to open per call, where `Pool.map` returns one list per "
+        "chunk."
+    )
     return out
 
 

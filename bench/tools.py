@@ -228,6 +228,7 @@ class SkywardLocal(SkywardBase):
         executor: str = "process",
         cpu_bound: bool = False,
         chunked: bool = True,
+        caller_reads: bool = True,
         **_: Any,
     ) -> None:
         import skyward as sky
@@ -236,6 +237,10 @@ class SkywardLocal(SkywardBase):
             from skyward import chunks
 
             chunks.ENABLED = False
+        if not caller_reads:  # what-if: the reader thread hands every answer over
+            from skyward import node
+
+            node.CALLER_READS = False
         self.cpu_bound = cpu_bound
         self._open(sky.Local(), nodes, concurrency, executor=executor)
 

@@ -34,6 +34,7 @@ import attrs
 
 from skyward import callbacks, chunks, context, function_blobs, messages, wire
 from skyward.call_options import CallOptions
+from skyward.chunk_calls import Chunk, ChunkCall
 from skyward.compute import ComputeFunction, compute
 from skyward.cost import CostTracker
 from skyward.errors import (
@@ -76,6 +77,9 @@ if TYPE_CHECKING:
     from skyward.volumes import VolumeLike
 
 __all__ = ["ComputePool", "MultiPool", "current_pool", "pool"]
+
+Waitable = Future[Any] | ChunkCall
+"""A sent call's outcome: a future, or a slot of a chunk (callers that wait in order)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -515,26 +519,31 @@ class ComputePool:
 
     def _dispatch_all(
         self,
-        calls: Sequence[tuple[messages.Payload, CallOptions, tuple[int, int] | None]],
+        calls: Sequence[tuple[messages.Payload, CallOptions]],
         *,
+        targets: Sequence[tuple[int, int]] = (),
         chunkable: Sequence[bool] = (),
-    ) -> list[Future[Any]]:
+        futures: bool = True,
+    ) -> list[Waitable]:
         """Send several calls. Sending waits while the nodes' windows are full: Ctrl-C
         then cancels the calls already sent.
 
         Of a batch larger than the pool's window, consecutive calls marked ``chunkable``
-        share tasks (see :mod:`skyward.chunks`)."""
-        futures: list[Future[Any]] = []
+        share tasks (see :mod:`skyward.chunks`); with ``futures=False`` (a caller that
+        waits in order) their calls are :class:`~skyward.chunk_calls.ChunkCall` slots.
+        ``targets``: the (node, worker) of each call, when they are pinned (never chunked)."""
+        sent: list[Waitable] = []
         workers = self.workers
         chunking = chunks.ENABLED and len(calls) > 4 * workers and any(chunkable)
         # Held calls go out as a few writes per node, not one each (the scheduler
         # sends them before it waits for room).
-        with _cancelled_on_interrupt(futures), wire.holding():
+        with _cancelled_on_interrupt(sent), wire.holding():
             index = 0
             while index < len(calls):
-                payload, options, target = calls[index]
+                payload, options = calls[index]
+                target = targets[index] if targets else None
                 if not (chunking and chunkable[index]):
-                    futures.append(self._dispatch(payload, options, target))
+                    sent.append(self._dispatch(payload, options, target))
                     index += 1
                     continue
                 key = chunks.function_key(payload)
@@ -542,30 +551,45 @@ class ComputePool:
                 end = index + 1
                 while end < len(calls) and end - index < size and chunkable[end]:
                     end += 1
-                items = [(p, o) for p, o, _ in calls[index:end]]
-                futures.extend(self._dispatch_chunk(items, key))
+                sent.extend(self._dispatch_chunk(calls[index:end], key, futures=futures))
                 index = end
-        return futures
+        return sent
 
     def _dispatch_chunk(
-        self, items: list[tuple[messages.Payload, CallOptions]], key: str
-    ) -> list[Future[Any]]:
-        """Send ``items`` as one chunk; a future per call. A call that fails is retried on
+        self,
+        items: Sequence[tuple[messages.Payload, CallOptions]],
+        key: str,
+        *,
+        futures: bool = True,
+    ) -> list[Any]:
+        """Send ``items`` as one chunk. Returns a future per call, or with
+        ``futures=False`` (a caller that waits in order) a lighter
+        :class:`~skyward.chunk_calls.ChunkCall` per call. A call that fails is retried on
         its own (as its options allow); the chunk is cancelled on its node only once every
         call in it was cancelled."""
-        outcomes: list[Future[Any]] = [_CallFuture() for _ in items]
-        tasks = [next(self._task_numbers) for _ in items]
-        live = [len(items)]
-        chunk: list[Future[Any]] = []
+        sent_chunk: list[Future[Any]] = []
+
+        def cancel_chunk() -> None:
+            for future in list(sent_chunk):
+                future.cancel()  # the node client sends Cancel to the agent
+
+        chunk = Chunk(len(items), _CallFuture, cancel_chunk, futures=futures)
+        calls = chunk.calls()
+        first_task = next(self._task_numbers)
+        for _ in range(len(items) - 1):
+            next(self._task_numbers)
+        tasks = range(first_task, first_task + len(items))
 
         def settle(index: int, error: BaseException | None, value: Any) -> None:
-            outcome = outcomes[index]
-            if outcome.done():
+            if not chunk.pending(index):
                 return
             payload, options = items[index]
             if error is None:
-                _settle(outcome.set_result, value)
+                chunk.settle(index, value)
             elif options.should_retry(error, 1) and self.is_active:
+                outcome = chunk.retry(index)
+                if outcome is None:
+                    return
                 # Alone this time, through the usual retries (attempt 2 onwards); never on
                 # the connection's reader thread, as the next send may wait.
                 timer = threading.Timer(
@@ -575,7 +599,7 @@ class ComputePool:
                 timer.daemon = True
                 timer.start()
             else:
-                _settle(outcome.set_exception, self._explain(error, 1))
+                chunk.settle(index, error=self._explain(error, 1))
 
         def on_chunk(done: Future[Any], node: int, sent: float) -> None:
             seconds = time.monotonic() - sent
@@ -609,32 +633,21 @@ class ComputePool:
                 self._emit(TaskFinished(task, node, failure is None, seconds, 1))
                 settle(index, failure, value)
 
-        def on_outcome(done: Future[Any]) -> None:
-            if done.cancelled():
-                live[0] -= 1
-                if live[0] == 0:
-                    for future in list(chunk):
-                        future.cancel()  # the node client sends Cancel to the agent
-
-        for outcome in outcomes:
-            outcome.add_done_callback(on_outcome)
         try:
             future, node = self._send(chunks.pack([p for p, _ in items]), items[0][1], None)
         except KeyboardInterrupt:
-            _cancel(outcomes)
+            _cancel(calls)
             raise
         except BaseException as error:
-            for outcome in outcomes:
-                _settle(outcome.set_exception, self._explain(error, 1))
-            return outcomes
-        chunk.append(future)
-        if live[0] == 0:
-            future.cancel()
+            for index in range(len(items)):
+                chunk.settle(index, error=self._explain(error, 1))
+            return calls
+        sent_chunk.append(future)
         sent = time.monotonic()
         for task in tasks:
             self._emit(TaskSubmitted(task, node, 1, None))
         future.add_done_callback(lambda done: on_chunk(done, node, sent))
-        return outcomes
+        return calls
 
     def _explain(self, error: BaseException, attempts: int) -> BaseException:
         if isinstance(error, WorkerLostError | PoolClosedError) and self._ended is not None:
@@ -695,7 +708,7 @@ class ComputePool:
         cluster, _ = self._active()
         workers = sum(c.workers for c in cluster.clients)
         ahead = 4 * workers
-        waiting: collections.deque[Future[R]] = collections.deque()
+        waiting: collections.deque[Waitable] = collections.deque()
         # Over a sized iterable, calls go in chunks as in gather (see skyward.chunks),
         # sized by what the node measured; the window then counts chunks, not calls.
         chunked = batched and chunks.ENABLED and fn.options.timeout is None
@@ -720,7 +733,7 @@ class ComputePool:
                         if key is None:
                             key = chunks.function_key(payloads[0][0])
                         if chunked:  # a chunk of one too: the node measures it
-                            waiting.extend(self._dispatch_chunk(payloads, key))
+                            waiting.extend(self._dispatch_chunk(payloads, key, futures=not ordered))
                         else:
                             waiting.append(self._dispatch(*payloads[0]))
                         if chunked:
@@ -732,17 +745,17 @@ class ComputePool:
         finally:
             _cancel(waiting)
 
-    def _next(self, waiting: collections.deque[Future[R]], ordered: bool) -> R:
+    def _next(self, waiting: collections.deque[Waitable], ordered: bool) -> Any:
+        first: Waitable
         if ordered:
             first = waiting.popleft()
         else:
-            done, _ = concurrent.futures.wait(waiting, return_when=FIRST_COMPLETED)
+            done, _ = concurrent.futures.wait(_futures(waiting), return_when=FIRST_COMPLETED)
             first = next(iter(done))
             waiting.remove(first)
-        value: R = self._result(first)
-        return value
+        return self._result(first)
 
-    def _result(self, future: Future[Any]) -> Any:
+    def _result(self, future: Waitable) -> Any:
         try:
             return future.result()
         except WorkerLostError:
@@ -787,8 +800,9 @@ class ComputePool:
         payloads = _payloads(batch.computations)
         self._emit(BatchSubmitted(len(payloads)))
         futures = self._dispatch_all(
-            [(payload, options, None) for payload, options in payloads],
+            payloads,
             chunkable=[_chunkable(p) for p in batch.computations],
+            futures=False,
         )
         with _cancelled_on_interrupt(futures):
             return tuple(self._result(f) for f in futures)
@@ -798,22 +812,23 @@ class ComputePool:
         payloads = _payloads(gathered.batch.computations)
         self._emit(BatchSubmitted(len(payloads)))
         futures = self._dispatch_all(
-            [(payload, options, None) for payload, options in payloads],
+            payloads,
             chunkable=[_chunkable(p) for p in gathered.batch.computations],
+            futures=not gathered.ordered,
         )
         if gathered.ordered:
             with _cancelled_on_interrupt(futures):
                 return tuple(self._outcome(f, gathered.return_exceptions) for f in futures)
         return self._as_completed(futures, gathered.return_exceptions)
 
-    def _as_completed(self, futures: list[Future[Any]], keep: bool) -> Iterator[Any]:
+    def _as_completed(self, futures: list[Waitable], keep: bool) -> Iterator[Any]:
         try:
-            for future in concurrent.futures.as_completed(futures):
+            for future in concurrent.futures.as_completed(_futures(futures)):
                 yield self._outcome(future, keep)
         finally:
             _cancel(futures)  # stopped early: nobody will take the rest
 
-    def _outcome(self, future: Future[Any], keep_exceptions: bool) -> Any:
+    def _outcome(self, future: Waitable, keep_exceptions: bool) -> Any:
         try:
             return self._result(future)
         except Exception as error:
@@ -826,13 +841,12 @@ class ComputePool:
         node, then worker (with one worker per node: once per node)."""
         payload = _payload(pending)
         cluster, _ = self._active()
-        futures = self._dispatch_all(
-            [
-                (payload, pending.options, (node, worker))
-                for node, client in enumerate(cluster.clients)
-                for worker in range(client.workers)
-            ]
-        )
+        targets = [
+            (node, worker)
+            for node, client in enumerate(cluster.clients)
+            for worker in range(client.workers)
+        ]
+        futures = self._dispatch_all([(payload, pending.options)] * len(targets), targets=targets)
         with _cancelled_on_interrupt(futures):
             return tuple(self._result(f) for f in futures)
 
@@ -881,13 +895,18 @@ def _settle(setter: Callable[[Any], None], outcome: Any) -> None:
         setter(outcome)
 
 
-def _cancel(futures: Iterable[Future[Any]]) -> None:
+def _futures(waitables: Iterable[Waitable]) -> list[Future[Any]]:
+    """The futures among ``waitables`` (callers that asked for futures get only those)."""
+    return [w for w in waitables if isinstance(w, Future)]
+
+
+def _cancel(futures: Iterable[Waitable]) -> None:
     for future in list(futures):
         future.cancel()
 
 
 @contextlib.contextmanager
-def _cancelled_on_interrupt(futures: Sequence[Future[Any]]) -> Iterator[None]:
+def _cancelled_on_interrupt(futures: Sequence[Waitable]) -> Iterator[None]:
     """Ctrl-C while waiting for several calls cancels every one of them."""
     try:
         yield

@@ -1,0 +1,166 @@
+"""The client's side of a chunk (see :mod:`skyward.chunks`): each call's outcome.
+
+A chunk settles all its calls at once, when its answer arrives. Callers that take results
+in order (``gather``, ``run_batch``, an ordered ``map``) get a :class:`ChunkCall` per call:
+a slot in the chunk's lists, not a ``Future`` (a future is five more objects the garbage
+collector walks while a batch of thousands is in flight, and that walk cost more than the
+rest of a call's client side). Callers that need ``concurrent.futures`` (``as_completed``,
+``wait``) ask for futures instead, settled from the same place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from typing import Any
+
+__all__ = ["Chunk", "ChunkCall"]
+
+_PENDING, _DONE, _FAILED, _CANCELLED, _RETRIED = range(5)
+
+
+class Chunk:
+    """The outcomes of a chunk's calls, and who waits for them."""
+
+    def __init__(
+        self,
+        count: int,
+        make_future: Callable[[], Future[Any]],
+        cancel_chunk: Callable[[], None],
+        *,
+        futures: bool,
+    ) -> None:
+        """``futures``: a future per call (``make_future``), else :class:`ChunkCall` slots;
+        ``cancel_chunk`` stops the chunk on its node (once every call was cancelled)."""
+        self._cond = threading.Condition(threading.Lock())
+        self._state = [_PENDING] * count
+        self._values: list[Any] = [None] * count
+        self._retries: dict[int, Future[Any]] = {}
+        self._live = count
+        self._make_future = make_future
+        self._cancel_chunk = cancel_chunk
+        self.futures: list[Future[Any]] | None = None
+        if futures:
+            self.futures = [make_future() for _ in range(count)]
+            for future in self.futures:
+                future.add_done_callback(self._future_done)
+
+    def calls(self) -> list[Any]:
+        """What the caller waits on: the futures, or a :class:`ChunkCall` per call."""
+        if self.futures is not None:
+            return list(self.futures)
+        return [ChunkCall(self, i) for i in range(len(self._state))]
+
+    # -- settling (the connection's reader thread) -------------------------------------
+
+    def pending(self, index: int) -> bool:
+        """False once the call is settled or cancelled (its answer is then dropped)."""
+        if self.futures is not None:
+            return not self.futures[index].done()
+        return self._state[index] == _PENDING
+
+    def settle(self, index: int, value: Any = None, error: BaseException | None = None) -> None:
+        if self.futures is not None:
+            future = self.futures[index]
+            setter: Callable[[Any], None] = future.set_result
+            outcome = value
+            if error is not None:
+                setter, outcome = future.set_exception, error
+            with contextlib.suppress(InvalidStateError):  # cancelled: the answer is dropped
+                setter(outcome)
+            return
+        with self._cond:
+            if self._state[index] != _PENDING:
+                return
+            self._state[index] = _DONE if error is None else _FAILED
+            self._values[index] = value if error is None else error
+            self._cond.notify_all()
+
+    def retry(self, index: int) -> Future[Any] | None:
+        """The call is sent again on its own: the future its answer goes to (``None``
+        when it was cancelled meanwhile)."""
+        if self.futures is not None:
+            future = self.futures[index]
+            return None if future.done() else future
+        with self._cond:
+            if self._state[index] != _PENDING:
+                return None
+            outcome = self._make_future()
+            self._state[index] = _RETRIED
+            self._retries[index] = outcome
+            self._cond.notify_all()
+        return outcome
+
+    # -- the caller's side -------------------------------------------------------------
+
+    def result(self, index: int, timeout: float | None = None) -> Any:
+        try:
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._state[index] != _PENDING, timeout):
+                    raise TimeoutError()
+                state, value = self._state[index], self._values[index]
+            if state == _RETRIED:
+                return self._retries[index].result(timeout)
+        except KeyboardInterrupt:
+            self.cancel(index)  # Ctrl-C while waiting cancels the call, as a future's does
+            raise
+        if state == _CANCELLED:
+            raise CancelledError()
+        if state == _FAILED:
+            raise value
+        return value
+
+    def done(self, index: int) -> bool:
+        with self._cond:
+            state = self._state[index]
+        if state == _RETRIED:
+            return self._retries[index].done()
+        return state != _PENDING
+
+    def cancel(self, index: int) -> bool:
+        with self._cond:
+            state = self._state[index]
+            if state == _PENDING:
+                self._state[index] = _CANCELLED
+                self._cond.notify_all()
+        if state == _RETRIED:
+            return self._retries[index].cancel()
+        if state != _PENDING:
+            return state == _CANCELLED
+        self._call_cancelled()
+        return True
+
+    def _future_done(self, future: Future[Any]) -> None:
+        if future.cancelled():
+            self._call_cancelled()
+
+    def _call_cancelled(self) -> None:
+        with self._cond:
+            self._live -= 1
+            last = self._live == 0
+        if last:
+            self._cancel_chunk()
+
+
+class ChunkCall:
+    """One call of a chunk, waited for like a future (``result``, ``done``, ``cancel``)."""
+
+    __slots__ = ("_chunk", "_index")
+
+    def __init__(self, chunk: Chunk, index: int) -> None:
+        self._chunk = chunk
+        self._index = index
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The call's value; raises its exception, or ``CancelledError``."""
+        return self._chunk.result(self._index, timeout)
+
+    def done(self) -> bool:
+        return self._chunk.done(self._index)
+
+    def cancel(self) -> bool:
+        """Drop the call's answer; the chunk stops on its node once all its calls are
+        cancelled."""
+        return self._chunk.cancel(self._index)
