@@ -119,11 +119,8 @@ def _stop_predecessors_proc(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 3
     while leftovers and time.monotonic() < deadline:
-        for pid in list(leftovers):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)  # an orphan the subreaper adopted
-            if not _alive(pid):
-                leftovers.remove(pid)
+        # Not ours to reap: a killed process that lingers as a zombie counts as gone.
+        leftovers = [pid for pid in leftovers if _alive(pid)]
         if leftovers:
             time.sleep(0.01)
 
