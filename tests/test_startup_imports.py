@@ -17,6 +17,7 @@ import ast
 import importlib.metadata
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,3 +172,42 @@ def test_predecessors_are_found_by_their_marker_without_psutil() -> None:
         for process in (mine, other):
             process.kill()
             process.wait()
+
+
+class _Steps:
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, bool]] = []
+
+    def step(self, name: str, *, cached: bool = False) -> None:
+        self.steps.append((name, cached))
+
+    def log(self, line: str) -> None:
+        pass
+
+
+def test_local_venvs_get_bytecode_for_what_the_agent_imports(tmp_path: Path) -> None:
+    """A cached image venv built before bytecode was compiled gets it on its next use,
+    once; the agent's packages only."""
+    from skyward.image import Image
+    from skyward.providers.local_env import AGENT_PACKAGES, ensure_environment
+
+    assert set(AGENT_PACKAGES) >= AGENT_THIRD_PARTY
+    image = Image(pip=["humanize"])
+    env_dir = tmp_path / "envs" / image.content_hash()
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site_packages = env_dir / "lib" / version / "site-packages"
+    shutil.copytree(
+        Path(cloudpickle.__file__).parent,
+        site_packages / "cloudpickle",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (site_packages / "other").mkdir()
+    (site_packages / "other" / "__init__.py").write_text("x = 1\n")
+    (env_dir / ".skyward-ready").write_text(image.content_hash() + "\n")
+    reporter = _Steps()
+    python = ensure_environment(image, tmp_path, reporter)
+    assert python == str(env_dir / "bin" / "python")
+    assert ("deps", True) in reporter.steps
+    assert list((site_packages / "cloudpickle" / "__pycache__").glob("cloudpickle.*.pyc"))
+    assert not (site_packages / "other" / "__pycache__").exists()
+    assert (env_dir / ".skyward-bytecode").exists()
