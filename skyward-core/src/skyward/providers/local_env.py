@@ -184,5 +184,5 @@ def _compile_agent_packages(env_dir: Path) -> None:
     site_packages = _site_packages(env_dir)
     for name in AGENT_PACKAGES:
         if (site_packages / name).is_dir():
-            compileall.compile_dir(site_packages / name, maxlevels=0, quiet=1, workers=1)
+            compileall.compile_dir(site_packages / name, maxlevels=0, quiet=2, workers=1)
     (env_dir / _COMPILED).touch()
