@@ -55,7 +55,7 @@ class Ref(Generic[T]):
     def __init__(self, value: T) -> None:
         from skyward import wire
 
-        self.id = os.urandom(16).hex()  # not uuid: it imports platform, on the agent's path
+        self.id = os.urandom(16).hex()  # not uuid: one import fewer on the agent's path
         self._value: T | None = value
         # Pickled once, here: an unpicklable value fails at put(), not at some later call.
         data, buffers = wire.dumps(value)
