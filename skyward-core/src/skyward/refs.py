@@ -24,7 +24,6 @@ import pickle
 import shutil
 import struct
 import threading
-import uuid
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -56,7 +55,7 @@ class Ref(Generic[T]):
     def __init__(self, value: T) -> None:
         from skyward import wire
 
-        self.id = uuid.uuid4().hex
+        self.id = os.urandom(16).hex()  # not uuid: one import fewer on the agent's path
         self._value: T | None = value
         # Pickled once, here: an unpicklable value fails at put(), not at some later call.
         data, buffers = wire.dumps(value)

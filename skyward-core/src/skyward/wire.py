@@ -37,13 +37,16 @@ import struct
 import threading
 from collections import ChainMap
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cloudpickle
 
 from skyward import reducers
 from skyward.errors import SerializationError
-from skyward.provider import Stream
+
+if TYPE_CHECKING:
+    # Only a protocol: the agent (which imports this module) needs none of skyward.provider.
+    from skyward.provider import Stream
 
 __all__ = [
     "FrameReader",

@@ -281,6 +281,9 @@ class Agent:
         self._send_current(messages.Log(stream=stream, line=line, timestamp=timestamp))
 
     def sampler(self, interval: float) -> None:
+        # psutil is imported here, a moment after the node is ready, not while its first
+        # call runs; the first sample covers that moment instead of the whole interval.
+        time.sleep(min(interval, 1.0))
         import psutil
 
         psutil.cpu_percent(interval=None)
@@ -295,12 +298,11 @@ def _default_poweroff() -> str:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    # Not importlib.metadata: importing it (and scanning sys.path) cost more than the
+    # rest of the greeting, on every cold start's path to its first call.
+    import skyward
 
-    try:
-        return version("skyward-core")
-    except PackageNotFoundError:
-        return "unknown"
+    return skyward.__version__
 
 
 def _concurrency(value: str) -> int | str:

@@ -30,6 +30,12 @@ _READY = ".skyward-ready"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*")
 # Needed to *build* environments on the client, not to run an agent.
 _CLIENT_ONLY = {"uv"}
+_COMPILED = ".skyward-bytecode"
+AGENT_PACKAGES = ("attr", "attrs", "cloudpickle", "psutil")
+"""Third-party packages a node agent imports (``tests/test_startup_imports.py`` holds the
+agent to these): compiled to bytecode when the venv is built, so an agent started where
+nothing writes bytecode (``PYTHONDONTWRITEBYTECODE``, common in containers) does not
+compile them again at every start."""
 
 
 def default_cache_dir() -> Path:
@@ -149,6 +155,8 @@ def ensure_environment(image: Image, cache_dir: Path, reporter: BootstrapReporte
             reporter.step("deps", cached=True)
             reporter.step("skyward", cached=True)
             _link_skyward(env_dir, cache_dir)  # node plugins installed since it was built
+            if not (env_dir / _COMPILED).exists():
+                _compile_agent_packages(env_dir)  # a venv built before this was done
             return str(python)
         reporter.step("uv")
         uv = find_uv()
@@ -162,5 +170,19 @@ def ensure_environment(image: Image, cache_dir: Path, reporter: BootstrapReporte
         _run([*install, *runtime_requirements(), *image.pip], reporter, "deps")
         reporter.step("skyward")
         _link_skyward(env_dir, cache_dir)
+        _compile_agent_packages(env_dir)
         (env_dir / _READY).write_text(image.content_hash() + "\n")
     return str(python)
+
+
+def _compile_agent_packages(env_dir: Path) -> None:
+    """Bytecode for :data:`AGENT_PACKAGES` in the venv, once (the venv runs this very
+    interpreter, so the client compiles for it); not the whole venv, which would cost a
+    fresh image a second or more."""
+    import compileall
+
+    site_packages = _site_packages(env_dir)
+    for name in AGENT_PACKAGES:
+        if (site_packages / name).is_dir():
+            compileall.compile_dir(site_packages / name, maxlevels=0, quiet=2, workers=1)
+    (env_dir / _COMPILED).touch()
