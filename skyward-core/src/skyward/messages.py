@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 from attrs import frozen
 
-from skyward import function_blobs, refs, wire
+from skyward import refs, wire
 
 __all__ = [
     "EXIT_LIFETIME",
@@ -104,6 +104,8 @@ class Payload:
         asks once)."""
         if not SEND_FUNCTIONS_ONCE:
             return cls.of((fn, args, kwargs))
+        from skyward import function_blobs  # the client's side only: not on the agent's path
+
         buffers: list[pickle.PickleBuffer] = []
         # Refs the function closes over travel (once) as well as those in its arguments.
         function, captured = function_blobs.function_blob(fn) if blob is None else blob
