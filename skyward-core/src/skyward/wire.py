@@ -415,7 +415,13 @@ class FrameReader:
             out[have:] = self._take(n - have)
             return out
         view = memoryview(out)
+        # Large buffers' pages are mapped a few MiB ahead of the bytes received, not all
+        # before the first byte (the sender would wait) nor one fault at a time.
+        ready = have if n >= bigbuffers.LARGE else n
         while have < n:
+            if ready < n and have + _READ_CHUNK > ready:
+                step = min(bigbuffers.AHEAD, n - ready)
+                ready = ready + step if bigbuffers.populate(out, ready, step) else n
             got = self._stream.recv_into(view[have:], n - have)
             if got == 0:
                 raise EOFError("connection closed")
