@@ -112,10 +112,15 @@ def test_a_frame_passes_its_shared_buffers_as_descriptors(pair: Pair) -> None:
     assert bytes(two[0]) == small
     assert bytes(two[1]) == second
     assert isinstance(got[0].payload.buffers[0], mmap.mmap)
+    # the receiver's mapping is its own: writing into it leaves the sender's pages alone
+    received = got[1].payload.buffers[1]
+    received[:4] = b"\0\0\0\0"
+    assert received[:4] == b"\0\0\0\0"
+    assert held[1][:4] == second[:4]
     # the reader closed the descriptors it received: each mapping keeps one of its own
     # (Python's mmap holds a duplicate), as does each sender's buffer, besides its fd
     assert _memfds(os.getpid()) == before + 2 * 2 + 2
-    del got, one, two, held, frames, parts
+    del got, one, two, held, frames, parts, received
     gc.collect()
     assert _memfds(os.getpid()) == before
 

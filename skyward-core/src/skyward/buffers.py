@@ -11,8 +11,10 @@ A 256 MiB argument costs its receiver more in fresh memory than in copies: a
 - in an agent with process workers (:func:`share_large_buffers`), those buffers are
   memory files (``memfd_create``) instead: the agent forwards a call to its worker as the
   frame's head plus the files' descriptors (``SCM_RIGHTS`` on the local socket pair, see
-  :class:`FdSocket`), and the worker maps the same pages. The argument is no longer
-  copied through the socket pair nor received into fresh memory a second time.
+  :class:`FdSocket`), and the worker maps the same pages, privately: what a call writes
+  into its argument is copied on write and stays its own (as is a child it forks), as
+  when the argument was its own memory. The argument is no longer copied through the
+  socket pair nor received into fresh memory a second time.
 
 A memory file has no name anywhere (nothing in ``/dev/shm``, nothing to clean up): its
 pages live while a descriptor or a mapping refers to them, and a process that dies drops
@@ -47,8 +49,8 @@ LARGE = 1024 * 1024
 SHARED = 1 << 63
 """Flag in a frame's buffer length: the buffer is the next descriptor the socket passed."""
 _MAX_FDS = 253  # SCM_MAX_FD: the most descriptors one message can pass on Linux
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
-_POPULATE_WRITE = 23  # MADV_POPULATE_WRITE (Linux 5.14); older kernels refuse it: EINVAL
+_POPULATE_READ = 22  # MADV_POPULATE_READ (Linux 5.14); older kernels refuse it: EINVAL
+_POPULATE_WRITE = 23  # MADV_POPULATE_WRITE (Linux 5.14)
 AHEAD = 8 * 1024 * 1024
 """Bytes of a buffer populated at a time, ahead of the receive."""
 _shared = False
@@ -113,11 +115,16 @@ class SharedBuffer(mmap.mmap):
 
 
 def mapped(fd: int, size: int) -> mmap.mmap:
-    """Map the memory file ``fd`` (received from the agent) and close ``fd``."""
+    """Map the memory file ``fd`` (received from the agent) copy-on-write, and close
+    ``fd``. Its pages are mapped for reading in one call (populating a private mapping
+    for writing would copy every page)."""
     try:
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
+        buffer = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE)
     finally:
         os.close(fd)
+    with contextlib.suppress(OSError, ValueError):
+        buffer.madvise(_POPULATE_READ, 0, size)
+    return buffer
 
 
 class FdBytes(bytes):
