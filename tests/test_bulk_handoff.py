@@ -16,6 +16,8 @@ import hashlib
 import mmap
 import os
 import pickle
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -128,6 +130,43 @@ def test_a_frame_passes_its_shared_buffers_as_descriptors(pair: Pair) -> None:
 def test_a_frame_without_memory_files_is_the_plain_frame() -> None:
     task = _task(3, bytearray(2 * MiB))
     assert wire.encode_local(task)[0] == wire.encode(task)[0]
+
+
+def test_a_frame_with_more_memory_files_than_one_message_can_pass_sends_their_bytes(
+    pair: Pair,
+) -> None:
+    writer_sock, reader_sock = pair
+    many = [_shared(bytes([i % 256]) * 4096) for i in range(buffers.MAX_FDS + 1)]
+    parts = wire.encode_local(_task(5, *many))
+    assert not any(isinstance(p, buffers.FdBytes) for p in parts)
+    writer = wire.FrameWriter(buffers.FdSocket(writer_sock))
+    reader = wire.FrameReader(buffers.FdSocket(reader_sock))
+    threading.Thread(target=writer.write, args=(parts,), daemon=True).start()
+    got = reader.read().payload.open()
+    assert [bytes(b)[:1] for b in got] == [bytes([i % 256]) for i in range(len(many))]
+
+
+def test_a_connection_lost_in_the_middle_of_a_buffer_leaves_no_memory_file(pair: Pair) -> None:
+    writer_sock, reader_sock = pair
+    parts = wire.encode(_task(6, bytearray(4 * MiB)))
+    before = _memfds(os.getpid())
+    buffers.share_large_buffers()
+    try:
+        half = b"".join(bytes(p) for p in parts)[: 2 * MiB]
+
+        def send_half_and_close() -> None:
+            writer_sock.sendall(half)
+            writer_sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send_half_and_close, daemon=True)
+        sender.start()
+        with pytest.raises(EOFError):
+            wire.FrameReader(reader_sock).read()
+        sender.join(10)
+    finally:
+        buffers.share_large_buffers(False)
+    gc.collect()
+    assert _memfds(os.getpid()) == before
 
 
 def test_a_reader_that_cannot_receive_descriptors_refuses_a_shared_buffer(pair: Pair) -> None:

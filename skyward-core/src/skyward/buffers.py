@@ -35,6 +35,7 @@ from typing import Any
 
 __all__ = [
     "LARGE",
+    "MAX_FDS",
     "SHARED",
     "FdBytes",
     "FdSocket",
@@ -48,7 +49,8 @@ LARGE = 1024 * 1024
 """Buffers at least this large get memory of their own kind (below: a ``bytearray``)."""
 SHARED = 1 << 63
 """Flag in a frame's buffer length: the buffer is the next descriptor the socket passed."""
-_MAX_FDS = 253  # SCM_MAX_FD: the most descriptors one message can pass on Linux
+MAX_FDS = 253
+"""``SCM_MAX_FD``: the most descriptors one message can pass on Linux."""
 _POPULATE_READ = 22  # MADV_POPULATE_READ (Linux 5.14); older kernels refuse it: EINVAL
 _POPULATE_WRITE = 23  # MADV_POPULATE_WRITE (Linux 5.14)
 AHEAD = 8 * 1024 * 1024
@@ -141,7 +143,7 @@ class FdSocket:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._fds: collections.deque[int] = collections.deque()
-        self._ancillary = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+        self._ancillary = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 
     def fileno(self) -> int:
         return self._sock.fileno()

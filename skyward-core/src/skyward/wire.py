@@ -191,8 +191,8 @@ def encode_local(obj: object) -> Parts:
             raw = _raw(buffer)
             raws.append(raw)
             lengths.append(raw.nbytes)
-    if not fds:
-        return encode(obj)
+    if not fds or len(fds) > bigbuffers.MAX_FDS:
+        return encode(obj)  # more than one message can pass: the bytes travel instead
     head = _HEAD.pack(kind, len(data), len(lengths)) + layout.pack(*values)
     head += struct.pack(f"!{len(lengths)}Q", *lengths)
     # The descriptors ride on the first part, which the writer must send on its own (not
