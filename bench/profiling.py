@@ -7,7 +7,7 @@ CPU time. Each sample is put in one bucket by its innermost frame we recognise:
 
 - serialization: cloudpickle / pickle (and the lines of skyward that call them);
 - framing: ``skyward.wire`` and the message envelopes of ``skyward.messages``;
-- transport: sockets, select, paramiko and its crypto, ``skyward.ssh``;
+- transport: sockets, select, paramiko and its crypto, ``skyward.ssh``, ``skyward.buffers``;
 - scheduling: ``skyward.pool/node/compute/agent/provisioning``, threads, futures, queues;
 - function: the benchmark's own function;
 - other: anything else (imports, logging, the harness loop...).
@@ -66,6 +66,8 @@ def classify_frame(func: str, path: str, line: int) -> str | None:
     if "/paramiko/" in p or "/cryptography/" in p or "/nacl/" in p:
         return "transport"
     if p.endswith(("/socket.py", "/selectors.py", "/ssl.py")) or "/skyward/ssh/" in p:
+        return "transport"
+    if p.endswith("/skyward/buffers.py"):  # memory to receive into, descriptors passed
         return "transport"
     if p.endswith("/bench/tools.py") and func.startswith("FloorConnection"):
         return _by_line(path, line) or "framing"

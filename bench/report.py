@@ -715,6 +715,14 @@ def bulk_analysis(result: dict[str, Any]) -> list[str]:
             "thread handles each adjustment in Python. Raw TCP has neither the sshd hop nor "
             "the crypto, so on this machine the SSH rows pay for a third process on 2 cores."
         )
+        out.append(
+            "- On the host, the agent receives a call's buffers of 1 MiB and more into "
+            "memory files and hands its worker process their descriptors "
+            "(`skyward.buffers`): the worker maps the same pages instead of receiving "
+            "the bytes again through its socket pair. What the agent still pays is the "
+            "fresh memory itself (allocating and zeroing the pages, more than the copy out "
+            "of the socket), as the raw sink does for its buffer."
+        )
     if alt and sky and cipher and alt_cipher:
         out.append(
             f"- Measured what-if, in the same interleaved rounds: with {alt_cipher} instead "

@@ -306,14 +306,21 @@ class SkywardSSH(SkywardBase):
         return _agents_of(mine)
 
     def extra_pids(self) -> dict[str, int]:
-        """The host side of the SSH connection: sshd running as the host's user."""
+        """The host side of the SSH connection: sshd running as the host's user; and the
+        agents' worker processes (the calls run there: CPU time only, like sshd's)."""
         import psutil
 
         users = {h["user"] for h in self.hosts}
-        found = {}
-        for process in psutil.process_iter(["username", "name"]):
-            if process.info["username"] in users and process.info["name"] == "sshd":
-                found[f"sshd{len(found)}"] = process.pid
+        found: dict[str, int] = {}
+        workers = 0
+        for process in psutil.process_iter(["username", "name", "cmdline"]):
+            if process.info["username"] not in users:
+                continue
+            if process.info["name"] == "sshd":
+                found[f"sshd{len(found) - workers}"] = process.pid
+            elif "skyward.agent.worker" in (process.info["cmdline"] or []):
+                found[f"worker{workers}"] = process.pid
+                workers += 1
         return found
 
 

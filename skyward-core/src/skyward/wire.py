@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import cloudpickle
 
+from skyward import buffers as bigbuffers
 from skyward import reducers
 from skyward.errors import SerializationError
 
@@ -54,6 +55,7 @@ __all__ = [
     "dumps",
     "dumps_envelope",
     "encode",
+    "encode_local",
     "flush_held",
     "frame_lengths",
     "has_held",
@@ -82,8 +84,8 @@ KIND_PICKLE = 0
 
 Pack = Callable[[Any], tuple[tuple[Any, ...], bytes, Sequence[Any]]]
 """``obj -> (field values, data, buffers)``."""
-Unpack = Callable[[tuple[Any, ...], bytes, list[bytearray]], Any]
-"""``(field values, data, buffers) -> obj``."""
+Unpack = Callable[[tuple[Any, ...], bytes, list[Any]], Any]
+"""``(field values, data, buffers) -> obj`` (buffers: ``bytearray`` or ``mmap``)."""
 
 _by_type: dict[type, tuple[int, struct.Struct, Pack]] = {}
 _by_kind: dict[int, tuple[struct.Struct, Unpack]] = {}
@@ -173,6 +175,37 @@ def encode(obj: object) -> Parts:
     if not raws or sum(r.nbytes for r in raws) < _DIRECT_READ:
         return [b"".join([head, data, *raws])]
     return [head + data, *raws]
+
+
+def encode_local(obj: object) -> Parts:
+    """:func:`encode` for a process on this machine that reads with a
+    :class:`skyward.buffers.FdSocket`: buffers in memory files
+    (:class:`skyward.buffers.SharedBuffer`) travel as their descriptors, passed with the
+    frame's head, instead of their bytes (their lengths carry
+    :data:`skyward.buffers.SHARED`)."""
+    kind, layout, pack = _by_type[type(obj)]
+    values, data, found = pack(obj)
+    raws, lengths, fds = [], [], []
+    for buffer in found:
+        if isinstance(buffer, bigbuffers.SharedBuffer):
+            lengths.append(len(buffer) | bigbuffers.SHARED)
+            fds.append(buffer.fd)
+        else:
+            raw = _raw(buffer)
+            raws.append(raw)
+            lengths.append(raw.nbytes)
+    if not fds or len(fds) > bigbuffers.MAX_FDS:
+        return encode(obj)  # more than one message can pass: the bytes travel instead
+    head = _HEAD.pack(kind, len(data), len(lengths)) + layout.pack(*values)
+    head += struct.pack(f"!{len(lengths)}Q", *lengths)
+    # The descriptors ride on the first part, which the writer must send on its own (not
+    # joined to another): it takes every small buffer up to the first large one.
+    lead = 0
+    while lead < len(raws) and raws[lead].nbytes < _DIRECT_READ:
+        lead += 1
+    first = bigbuffers.FdBytes(b"".join([head, data, *raws[:lead]]))
+    first.fds = tuple(fds)
+    return [first, *raws[lead:]]
 
 
 def frame_lengths(head: bytes | memoryview) -> tuple[int, list[int]]:
@@ -328,10 +361,18 @@ class FrameWriter:
 
 
 class FrameReader:
-    """Reads frames from a stream through a small receive buffer."""
+    """Reads frames from a stream through a small receive buffer.
 
-    def __init__(self, stream: Stream) -> None:
+    Buffers of 1 MiB and more are received straight into memory of their own, from
+    ``allocate`` (:func:`skyward.buffers.allocate` unless given); a buffer sent by
+    :func:`encode_local` is mapped from the descriptor the stream passed.
+    """
+
+    def __init__(
+        self, stream: Stream, allocate: Callable[[int], bytearray | Any] | None = None
+    ) -> None:
         self._stream = stream
+        self._allocate = allocate or bigbuffers.allocate
         self._buf = bytearray(_READ_CHUNK)
         self._view = memoryview(self._buf)
         self._start = 0
@@ -363,8 +404,13 @@ class FrameReader:
         self._start += n
         return chunk
 
-    def _read_buffer(self, n: int) -> bytearray:
-        out = bytearray(n)
+    def _read_buffer(self, n: int) -> bytearray | Any:
+        if n & bigbuffers.SHARED:
+            take = getattr(self._stream, "take_shared", None)
+            if take is None:
+                raise ValueError("a frame refers to shared memory this stream cannot pass")
+            return take(n & ~bigbuffers.SHARED)
+        out = self._allocate(n) if n >= bigbuffers.LARGE else bytearray(n)
         have = min(n, self._end - self._start)
         out[:have] = self._view[self._start : self._start + have]
         self._start += have
@@ -372,7 +418,13 @@ class FrameReader:
             out[have:] = self._take(n - have)
             return out
         view = memoryview(out)
+        # Large buffers' pages are mapped a few MiB ahead of the bytes received, not all
+        # before the first byte (the sender would wait) nor one fault at a time.
+        ready = have if n >= bigbuffers.LARGE else n
         while have < n:
+            if ready < n and have + _READ_CHUNK > ready:
+                step = min(bigbuffers.AHEAD, n - ready)
+                ready = ready + step if bigbuffers.populate(out, ready, step) else n
             got = self._stream.recv_into(view[have:], n - have)
             if got == 0:
                 raise EOFError("connection closed")

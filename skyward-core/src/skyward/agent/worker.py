@@ -15,7 +15,7 @@ import socket
 import sys
 from concurrent.futures import CancelledError
 
-from skyward import cluster, messages, refs, wire
+from skyward import buffers, cluster, messages, refs, wire
 from skyward.agent.output import line_buffered
 from skyward.agent.tasks import MAX_BYTES_AHEAD, run_task
 
@@ -43,7 +43,10 @@ def serve(sock: socket.socket) -> None:
     sys.stdout, sys.stderr = line_buffered(1), line_buffered(2)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's business
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked child had the agent's handler
-    reader, writer = wire.FrameReader(sock), wire.FrameWriter(sock)
+    # A worker forked from the agent inherits its setting: its own buffers stay private.
+    buffers.share_large_buffers(False)
+    # Large arguments arrive as descriptors of the agent's memory files (SCM_RIGHTS).
+    reader, writer = wire.FrameReader(buffers.FdSocket(sock)), wire.FrameWriter(sock)
     init = reader.read()
     if not isinstance(init, messages.WorkerInit):
         raise SystemExit(f"skyward worker: expected WorkerInit, got {type(init).__name__}")

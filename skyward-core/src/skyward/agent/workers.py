@@ -31,7 +31,7 @@ from concurrent.futures import CancelledError
 
 import attrs
 
-from skyward import cluster, messages, wire
+from skyward import buffers, cluster, messages, wire
 from skyward.agent import worker
 from skyward.agent.children import kill_tree
 from skyward.agent.streams import Streams
@@ -415,7 +415,12 @@ class ProcessSlot(Slot):
         writer = self._writer
         if writer is not None:
             with contextlib.suppress(OSError):
-                writer.send(task)
+                if any(isinstance(b, buffers.SharedBuffer) for b in task.payload.buffers):
+                    # The buffers' pages are the worker's too: their descriptors go,
+                    # not their bytes.
+                    writer.write(wire.encode_local(task))
+                else:
+                    writer.send(task)
 
     @staticmethod
     def _socketpair() -> tuple[socket.socket, socket.socket]:
@@ -429,7 +434,9 @@ class ProcessSlot(Slot):
 
     def _attach(self, sock: socket.socket) -> None:
         self._sock, self._timeout = sock, None
-        self._reader, self._writer = wire.FrameReader(sock), wire.FrameWriter(sock)
+        # Results stay in this process (they go on to the client): private memory.
+        self._reader = wire.FrameReader(sock, allocate=buffers.private)
+        self._writer = wire.FrameWriter(buffers.FdSocket(sock))
 
     def _greet(self) -> None:
         assert self._reader is not None
@@ -496,6 +503,7 @@ class ProcessSlot(Slot):
                         self._idle(board, complete)
                     continue
                 self.deliver(task)
+                del task  # a call's buffers live as long as the call, not until the next
             while self.sent:
                 head = self.sent[0]
                 if self.calls_are_short and not head.window:
@@ -511,6 +519,7 @@ class ProcessSlot(Slot):
                 if not self.sent:
                     board.settled(self)
                 complete(result)
+                del head, result
                 if self._stopped:  # the worker was lost: answered first, replaced now
                     self._stopped = False
                     self._spawn()
@@ -659,6 +668,9 @@ def cancelled(task_id: int) -> messages.Result:
 def make_slots(base: InstanceInfo, executor: str, envs: Sequence[Mapping[str, str]]) -> list[Slot]:
     """One slot per worker, each with its own environment (``envs[i]``)."""
     kind = ProcessSlot if executor == "process" else ThreadSlot
+    # Calls received by this agent are for worker processes: their large buffers go to
+    # memory files the workers can map (thread workers use them where they are).
+    buffers.share_large_buffers(kind is ProcessSlot)
     return [
         kind(attrs.evolve(base, worker=index, workers_per_node=len(envs)), env)
         for index, env in enumerate(envs)
