@@ -35,6 +35,7 @@ PACKAGE = Path(sky.__file__).resolve().parent
 # The skyward modules a node agent and its worker processes may import.
 AGENT_MODULES = {
     "skyward",
+    "skyward.buffers",
     "skyward.cluster",
     "skyward.errors",
     "skyward.exit_status",
