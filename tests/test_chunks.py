@@ -29,19 +29,27 @@ def _tasks(pool: sky.ComputePool) -> int:
     return sum(c.tasks_sent for c in pool._cluster.clients)  # type: ignore[union-attr]
 
 
+def _run(pool: sky.ComputePool, how: str, n: int) -> list[int]:
+    if how == "gather":
+        return list(sky.gather(*(double(i) for i in range(n))) >> pool)
+    if how == "map":
+        return list(pool.map(double, range(n)))
+    return sorted(pool.map(double, range(n), ordered=False))
+
+
 @EXECUTORS
-def test_a_large_gather_takes_far_fewer_tasks_than_calls(
-    local_pool_factory: Factory, executor: str
+@pytest.mark.parametrize("how", ["gather", "map", "map-unordered"])
+def test_a_large_batch_takes_far_fewer_tasks_than_calls(
+    local_pool_factory: Factory, executor: str, how: str
 ) -> None:
     with local_pool_factory(nodes=2, executor=executor) as pool:
         before = _tasks(pool)
-        results = sky.gather(*(double(i) for i in range(3000))) >> pool
-        assert results == tuple(2 * i for i in range(3000))
+        assert _run(pool, how, 3000) == [2 * i for i in range(3000)]
         first = _tasks(pool) - before
         assert first < 3000 / 4, f"{first} tasks for 3000 calls"
         # The cost per call is known now: a second batch starts with large chunks.
         before = _tasks(pool)
-        assert sky.gather(*(double(i) for i in range(3000))) >> pool == results
+        assert _run(pool, how, 3000) == [2 * i for i in range(3000)]
         assert _tasks(pool) - before < first
 
 
@@ -125,18 +133,6 @@ def test_chunking_can_be_turned_off(local_pool_factory: Factory) -> None:
             assert _tasks(pool) - before == 50
         finally:
             chunks.ENABLED = True
-
-
-@EXECUTORS
-def test_map_over_a_list_goes_in_chunks_in_order(
-    local_pool_factory: Factory, executor: str
-) -> None:
-    with local_pool_factory(nodes=2, executor=executor) as pool:
-        before = _tasks(pool)
-        assert list(pool.map(double, range(3000))) == [2 * i for i in range(3000)]
-        assert _tasks(pool) - before < 3000 / 4
-        unordered = list(pool.map(double, range(3000), ordered=False))
-        assert sorted(unordered) == [2 * i for i in range(3000)]
 
 
 def test_map_stops_at_the_first_failure_of_a_chunked_call(local_pool_factory: Factory) -> None:

@@ -231,8 +231,8 @@ class NodeClient:
         )
         self._shared = (reader, stream, generation) if shared else None
         threading.Thread(
-            target=self._read_loop_shared if shared else self._read_loop,
-            args=(reader, generation),
+            target=self._read_loop,
+            args=(reader, generation, stream if shared else None),
             daemon=True,
             name=f"skyward-node{self.node}",
         ).start()
@@ -457,10 +457,15 @@ class NodeClient:
 
     # -- inbound ----------------------------------------------------------------------
 
-    def _read_loop(self, reader: wire.FrameReader, generation: int) -> None:
+    def _read_loop(self, reader: wire.FrameReader, generation: int, polled: Any) -> None:
+        """The connection's reader thread, until the connection is lost; ``polled``: the
+        stream when callers may read it too (else ``None``)."""
         try:
-            while True:
-                self._dispatch(reader.read())
+            if polled is None:
+                while True:
+                    self._dispatch(reader.read())
+            else:
+                self._read_beside_callers(reader, polled)
         except (EOFError, OSError) as error:
             self._on_lost(error, generation)
         except Exception as error:  # a frame we cannot read: the stream is unusable
@@ -470,41 +475,33 @@ class NodeClient:
             if generation == self._generation:
                 self._reading_done.set()
 
-    def _read_loop_shared(self, reader: wire.FrameReader, generation: int) -> None:
-        """The reader thread of a socket connection: it reads only while no caller does,
-        and waits for the socket to be readable before it takes the connection, so a
-        caller that arrives meanwhile reads its own answer (see :meth:`read_until`)."""
-        assert self._shared is not None
-        sock = self._shared[1]
-        try:
-            while True:
-                with self._role:
-                    while self._caller_reading:
-                        # A caller that leaves frames for others wakes us; otherwise we
-                        # look again soon (a log line may wait that long), which spares
-                        # a wake-up per call of a caller making one call after another.
-                        self._role.wait(_IDLE_LOOK)
-                if not reader.buffered():
-                    select.select([sock], [], [])
-                if not self._take_reading():
-                    continue  # a caller reads what arrived
+    def _read_beside_callers(self, reader: wire.FrameReader, stream: Any) -> None:
+        """Read a pollable connection only while no caller does: wait for it to be
+        readable before taking it, so a caller that arrives meanwhile reads its own answer
+        (see :meth:`read_until`)."""
+        while True:
+            with self._role:
+                while self._caller_reading:
+                    # A caller that leaves frames for others wakes us; otherwise we look
+                    # again soon (a log line may wait that long), which spares a wake-up
+                    # per call of a caller making one call after another.
+                    self._role.wait(_IDLE_LOOK)
+            if not reader.buffered():
                 try:
-                    # What woke us may have been read by a caller since: read only what
-                    # is there, so a caller is never kept waiting behind an empty read.
-                    while reader.ready():
-                        self._dispatch(reader.read())
-                finally:
-                    with self._role:
-                        self._thread_reading = False
-                        self._role.notify_all()
-        except (EOFError, OSError, ValueError) as error:  # ValueError: select on a closed fd
-            self._on_lost(error if not isinstance(error, ValueError) else EOFError(), generation)
-        except Exception as error:  # a frame we cannot read: the stream is unusable
-            _log.exception("node %d: bad frame", self.node)
-            self._on_lost(error, generation)
-        finally:
-            if generation == self._generation:
-                self._reading_done.set()
+                    select.select([stream], [], [])
+                except ValueError:  # closed under us
+                    raise EOFError("connection closed") from None
+            if not self._take_reading():
+                continue  # a caller reads what arrived
+            try:
+                # What woke us may have been read by a caller since: read only what is
+                # there, so a caller is never kept waiting behind an empty read.
+                while reader.ready():
+                    self._dispatch(reader.read())
+            finally:
+                with self._role:
+                    self._thread_reading = False
+                    self._role.notify_all()
 
     def _take_reading(self) -> bool:
         """The reader thread takes the connection, unless a caller took it meanwhile."""
