@@ -112,3 +112,9 @@ def test_functions_and_modules_by_reference_count_as_unchanging() -> None:
     f = _define("def f(x):\n    return json.loads(dumps(x))\n", namespace)
     first, _ = function_blob(f)
     assert function_blob(f)[0] is first
+
+
+def test_a_function_that_uses_sky_is_kept() -> None:
+    f = _define("import skyward as sky\ndef f(x):\n    return sky.instance_info(), x\n")
+    first, _ = function_blob(f)
+    assert function_blob(f)[0] is first

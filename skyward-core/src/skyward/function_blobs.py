@@ -151,8 +151,10 @@ class _Capture:
             return True
         if kind is tuple or kind is frozenset:
             return all(self.value(item) for item in value)
-        if kind is types.ModuleType or kind is types.BuiltinFunctionType:
-            return kind is types.BuiltinFunctionType or self.by_reference(value)
+        if kind is types.BuiltinFunctionType:
+            return True
+        if isinstance(value, types.ModuleType):  # subclasses too: `skyward` itself is one
+            return self.by_reference(value)
         if kind is types.FunctionType:
             return self.by_reference(value) or self.function(value)
         if isinstance(value, type):
