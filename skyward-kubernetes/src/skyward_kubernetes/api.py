@@ -30,6 +30,9 @@ REQUEST_TIMEOUT = 30.0
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 """Answers worth another try: throttling (priority and fairness, a proxy in front of the
 apiserver) and transient server errors (an apiserver restarting, etcd leader change)."""
+NO_ANSWER = 0
+"""``KubeAPIError.status`` when no answer came (a timeout, a dropped connection): tried
+again like a transient server error; a create retried so finds its own pod (409)."""
 RETRY_ATTEMPTS = 6
 RETRY_AFTER_CAP = 10.0
 
@@ -124,7 +127,8 @@ class KubeClient:
             try:
                 return self._request_once(method, path, body, query, content_type, timeout)
             except KubeAPIError as error:
-                if error.status not in RETRY_STATUSES or attempt == RETRY_ATTEMPTS - 1:
+                retry = error.status in RETRY_STATUSES or error.status == NO_ANSWER
+                if not retry or attempt == RETRY_ATTEMPTS - 1:
                     raise
                 delay = error.retry_after or 0.2 * 2**attempt
                 time.sleep(min(delay, RETRY_AFTER_CAP))
@@ -145,9 +149,19 @@ class KubeClient:
             data = json.dumps(body).encode()
             headers["Content-Type"] = content_type
         url = self.host + path + ("?" + _encode(query) if query else "")
-        response = self._http().request(
-            method, url, body=data, headers=headers, timeout=timeout, preload_content=True
-        )
+        import urllib3
+
+        try:
+            response = self._http().request(
+                method, url, body=data, headers=headers, timeout=timeout, preload_content=True
+            )
+        except urllib3.exceptions.HTTPError as error:
+            # The request may have been carried out (a create whose answer was lost): the
+            # caller's retry must look before it creates again, as for a 5xx.
+            raise KubeAPIError(
+                NO_ANSWER, "NoAnswer", f"no answer from {self.host}: {error}"
+            ) from error
+
         text = response.data.decode("utf-8", "replace")
         if response.status >= 300:
             retry_after = _seconds(response.headers.get("Retry-After"))
