@@ -711,8 +711,7 @@ class ComputePool:
         waiting: collections.deque[Waitable] = collections.deque()
         # Over a sized iterable, calls go in chunks as in gather (see skyward.chunks),
         # sized by what the node measured; the window then counts chunks, not calls.
-        chunked = batched and chunks.ENABLED and fn.options.timeout is None
-        chunked = chunked and not _is_generator_function(fn.local)
+        chunked = batched and chunks.ENABLED and _chunkable(fn.local, fn.options)
         key: str | None = None
         size = 1
         sent = 0
@@ -801,7 +800,7 @@ class ComputePool:
         self._emit(BatchSubmitted(len(payloads)))
         futures = self._dispatch_all(
             payloads,
-            chunkable=[_chunkable(p) for p in batch.computations],
+            chunkable=[_chunkable(p.fn, p.options) for p in batch.computations],
             futures=False,
         )
         with _cancelled_on_interrupt(futures):
@@ -813,7 +812,7 @@ class ComputePool:
         self._emit(BatchSubmitted(len(payloads)))
         futures = self._dispatch_all(
             payloads,
-            chunkable=[_chunkable(p) for p in gathered.batch.computations],
+            chunkable=[_chunkable(p.fn, p.options) for p in gathered.batch.computations],
             futures=not gathered.ordered,
         )
         if gathered.ordered:
@@ -915,10 +914,10 @@ def _cancelled_on_interrupt(futures: Sequence[Waitable]) -> Iterator[None]:
         raise
 
 
-def _chunkable(pending: PendingCompute[Any]) -> bool:
+def _chunkable(fn: Any, options: CallOptions) -> bool:
     """Whether a call may share a task with others: not one with a time limit of its own
     (a chunk has one clock), nor a generator function (its items stream)."""
-    return pending.options.timeout is None and not _is_generator_function(pending.fn)
+    return options.timeout is None and not _is_generator_function(fn)
 
 
 def _is_generator_function(fn: Any) -> bool:
