@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future
 
 import pytest
 
 import skyward as sky
-from skyward import chunks
+from skyward import chunk_calls, chunks
 
 Factory = Callable[..., sky.ComputePool]
 EXECUTORS = pytest.mark.parametrize("executor", ["process", "thread"])
@@ -142,3 +143,84 @@ def test_map_stops_at_the_first_failure_of_a_chunked_call(local_pool_factory: Fa
         assert got == [1, 2, 3, 4, 5, 6]
         with pytest.raises(ValueError, match="seven divides 7"):
             next(results)
+
+
+class Unpicklable:
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("this object stays where it was made")
+
+
+@sky.compute
+def echo(x: object) -> object:
+    if x == "unpicklable":
+        return Unpicklable()
+    return x
+
+
+@EXECUTORS
+def test_a_chunk_mixes_scalar_and_other_arguments_and_results(
+    local_pool_factory: Factory, executor: str
+) -> None:
+    # Scalar calls are pickled with their chunk, others on their own; scalar results come
+    # back inside the chunk's answer, others pickled apart: one that cannot be pickled
+    # fails only its own call.
+    values: list[object] = []
+    for i in range(600):
+        values.append(i if i % 3 else [i, {"i": str(i)}])
+    values[301] = "unpicklable"
+    with local_pool_factory(nodes=1, executor=executor) as pool:
+        before = _tasks(pool)
+        sky.gather(*(echo(v) for v in values[:300])) >> pool  # learn the cost: chunks
+        outcomes = sky.gather(*(echo(v) for v in values), return_exceptions=True) >> pool
+        assert _tasks(pool) - before < 600 / 4
+    for value, outcome in zip(values, outcomes, strict=True):
+        if value == "unpicklable":
+            assert isinstance(outcome, sky.SerializationError)
+            assert "cannot be sent back" in str(outcome)
+        else:
+            assert outcome == value
+
+
+def test_a_chunk_is_reported_by_its_calls(local_pool_factory: Factory) -> None:
+    events: list[object] = []
+    with local_pool_factory(nodes=1, executor="thread", on_event=events.append) as pool:
+        outcomes = (
+            sky.gather(*(fails_on_sevens(i) for i in range(1, 1001)), return_exceptions=True)
+            >> pool
+        )
+    failed = {x for x in range(1, 1001) if x % 7 == 0}
+    assert {
+        x for x, o in zip(range(1, 1001), outcomes, strict=True) if isinstance(o, Exception)
+    } == failed
+    submitted = [e for e in events if isinstance(e, sky.TaskSubmitted)]
+    finished = [e for e in events if isinstance(e, sky.TaskFinished)]
+    assert len(submitted) < 1000 / 4, "a chunk is one event"
+    numbered = sorted(t for e in submitted for t in range(e.task, e.task + e.calls))
+    assert numbered == list(range(numbered[0], numbered[0] + 1000)), "each call, once"
+    reported_ok = {t for e in finished if e.ok for t in range(e.task, e.task + e.calls)}
+    reported_failed = {t for e in finished if not e.ok for t in range(e.task, e.task + e.calls)}
+    assert len(reported_ok) + len(reported_failed) == 1000
+    assert {t - numbered[0] + 1 for t in reported_failed} == failed
+
+
+def test_ctrl_c_while_taking_a_chunk_cancels_it() -> None:
+    cancelled: list[bool] = []
+    chunk = chunk_calls.Chunk(3, Future, lambda: cancelled.append(True), futures=False)
+
+    def interrupt(*args: object, **kwargs: object) -> bool:
+        raise KeyboardInterrupt  # as Ctrl-C lands in the caller's wait
+
+    chunk._cond.wait_for = interrupt  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        chunk.values()
+    assert cancelled == [True], "the chunk stops on its node"
+    assert all(chunk.call_done(i) for i in range(3))
+
+
+def test_a_chunk_gives_its_values_in_order_keeping_exceptions() -> None:
+    chunk = chunk_calls.Chunk(3, Future, lambda: None, futures=False)
+    chunk.settle_all([(2, "c", None), (0, "a", None), (1, None, ValueError("b"))])
+    assert chunk.values(keep_exceptions=True)[0::2] == ["a", "c"]
+    assert isinstance(chunk.values(keep_exceptions=True)[1], ValueError)
+    with pytest.raises(ValueError, match="b"):
+        chunk.values()

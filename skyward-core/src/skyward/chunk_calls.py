@@ -1,11 +1,12 @@
 """The client's side of a chunk (see :mod:`skyward.chunks`): each call's outcome.
 
-A chunk settles all its calls at once, when its answer arrives. Callers that take results
-in order (``gather``, ``run_batch``, an ordered ``map``) get a :class:`ChunkCall` per call:
-a slot in the chunk's lists, not a ``Future`` (a future is five more objects the garbage
-collector walks while a batch of thousands is in flight, and that walk cost more than the
-rest of a call's client side). Callers that need ``concurrent.futures`` (``as_completed``,
-``wait``) ask for futures instead, settled from the same place.
+A chunk settles all its calls at once, when its answer arrives. Callers that take a batch's
+results in order (``gather``, ``run_batch``) wait on the :class:`Chunk` itself and take its
+:meth:`Chunk.values` at once; an ordered ``map`` takes a :class:`ChunkCall` per call: a slot
+in the chunk's lists, not a ``Future`` (a future is five more objects the garbage collector
+walks while a batch of thousands is in flight, and that walk cost more than the rest of a
+call's client side). Callers that need ``concurrent.futures`` (``as_completed``, ``wait``)
+ask for futures instead, settled from the same place.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Chunk:
                 future.add_done_callback(self._future_done)
 
     def calls(self) -> list[Any]:
-        """What the caller waits on: the futures, or a :class:`ChunkCall` per call."""
+        """What a caller taking one call at a time waits on: the futures, or a
+        :class:`ChunkCall` per call."""
         if self.futures is not None:
             return list(self.futures)
         return [ChunkCall(self, i) for i in range(len(self._state))]
@@ -78,6 +80,21 @@ class Chunk:
             self._values[index] = value if error is None else error
             self._cond.notify_all()
 
+    def settle_all(self, outcomes: list[tuple[int, Any, BaseException | None]]) -> None:
+        """Settle several calls: ``(index, value, error)`` each (an answer to a call
+        cancelled meanwhile is dropped)."""
+        if self.futures is not None:
+            for index, value, error in outcomes:
+                self.settle(index, value, error)
+            return
+        state, values = self._state, self._values
+        with self._cond:
+            for index, value, error in outcomes:
+                if state[index] == _PENDING:
+                    state[index] = _DONE if error is None else _FAILED
+                    values[index] = value if error is None else error
+            self._cond.notify_all()
+
     def retry(self, index: int) -> Future[Any] | None:
         """The call is sent again on its own: the future its answer goes to (``None``
         when it was cancelled meanwhile)."""
@@ -95,7 +112,7 @@ class Chunk:
 
     # -- the caller's side -------------------------------------------------------------
 
-    def result(self, index: int, timeout: float | None = None) -> Any:
+    def call_result(self, index: int, timeout: float | None = None) -> Any:
         try:
             with self._cond:
                 if not self._cond.wait_for(lambda: self._state[index] != _PENDING, timeout):
@@ -104,7 +121,7 @@ class Chunk:
             if state == _RETRIED:
                 return self._retries[index].result(timeout)
         except KeyboardInterrupt:
-            self.cancel(index)  # Ctrl-C while waiting cancels the call, as a future's does
+            self.cancel_call(index)  # Ctrl-C while waiting cancels it, as a future's does
             raise
         if state == _CANCELLED:
             raise CancelledError()
@@ -112,14 +129,14 @@ class Chunk:
             raise value
         return value
 
-    def done(self, index: int) -> bool:
+    def call_done(self, index: int) -> bool:
         with self._cond:
             state = self._state[index]
         if state == _RETRIED:
             return self._retries[index].done()
         return state != _PENDING
 
-    def cancel(self, index: int) -> bool:
+    def cancel_call(self, index: int) -> bool:
         with self._cond:
             state = self._state[index]
             if state == _PENDING:
@@ -131,6 +148,37 @@ class Chunk:
             return state == _CANCELLED
         self._call_cancelled()
         return True
+
+    def values(self, keep_exceptions: bool = False) -> list[Any]:
+        """Every call's value in order, once all are in (a caller that takes a whole
+        chunk at once: no per-call object, one wait). Raises the first call's exception
+        in order, or with ``keep_exceptions`` puts it in the list instead."""
+        try:
+            with self._cond:
+                self._cond.wait_for(lambda: _PENDING not in self._state)
+                states, values = list(self._state), list(self._values)
+        except KeyboardInterrupt:
+            self.cancel()
+            raise
+        if _FAILED not in states and _RETRIED not in states and _CANCELLED not in states:
+            return values
+        out: list[Any] = []
+        for index, state in enumerate(states):
+            try:
+                out.append(self.call_result(index) if state != _DONE else values[index])
+            except Exception as error:
+                if not keep_exceptions:
+                    raise
+                out.append(error)
+        return out
+
+    def cancel(self) -> bool:
+        """Cancel every call not settled yet; the chunk then stops on its node."""
+        if self.futures is not None:
+            cancelled = [future.cancel() for future in self.futures]  # each, no short cut
+        else:
+            cancelled = [self.cancel_call(index) for index in range(len(self._state))]
+        return any(cancelled)
 
     def _future_done(self, future: Future[Any]) -> None:
         if future.cancelled():
@@ -155,12 +203,12 @@ class ChunkCall:
 
     def result(self, timeout: float | None = None) -> Any:
         """The call's value; raises its exception, or ``CancelledError``."""
-        return self._chunk.result(self._index, timeout)
+        return self._chunk.call_result(self._index, timeout)
 
     def done(self) -> bool:
-        return self._chunk.done(self._index)
+        return self._chunk.call_done(self._index)
 
     def cancel(self) -> bool:
         """Drop the call's answer; the chunk stops on its node once all its calls are
         cancelled."""
-        return self._chunk.cancel(self._index)
+        return self._chunk.cancel_call(self._index)

@@ -2,11 +2,14 @@
 
 A batch of calls (``gather``, ``run_batch``) larger than the pool's window goes out in
 chunks: one :class:`~skyward.messages.Task` whose function is :func:`run_chunk` and whose
-argument is the calls' own pickles, each as it would have travelled alone. The node runs
-them in order and answers with one :class:`~skyward.messages.Result` holding each call's
-outcome, pickled on its own (so one result that cannot be pickled fails only its call).
-The client settles each call's future from it, retries a failed call on its own, and
-cancels the chunk only when every call in it was cancelled.
+argument is the list of its calls, pickled together: a call whose arguments are plain
+scalars (a :data:`ScalarCall`) as ``(function, args, kwargs)``, its function written once
+for the whole chunk; any other as the pickle it would have travelled alone in (so one
+argument the node cannot unpickle fails only its call). The node runs them in order and
+answers with one :class:`~skyward.messages.Result` holding each call's outcome: a scalar
+result as it is, any other pickled on its own (so one result that cannot be pickled fails
+only its call). The client settles each call from it, retries a failed call on its own,
+and cancels the chunk only when every call in it was cancelled.
 
 How many calls go in a chunk is learned, as joblib's auto-batching does: the node measures
 how long its chunk ran, and the next chunk of that function is sized to take about
@@ -26,7 +29,7 @@ from typing import Any
 from skyward import messages, refs
 from skyward.errors import SerializationError
 
-__all__ = ["ChunkSizer", "pack", "run_chunk", "unpack"]
+__all__ = ["Call", "ChunkSizer", "ScalarCall", "outcome", "pack", "payload", "run_chunk", "unpack"]
 
 ENABLED = True
 """Send large batches in chunks (False: a task per call; kept for benchmarks that compare
@@ -38,23 +41,47 @@ MAX_CALLS = 1024
 """The most calls in one chunk."""
 
 
-def run_chunk(calls: list[messages.Payload]) -> tuple[float, list[Any]]:
-    """On the node: run each call in order; ``(seconds, outcomes)``, an outcome being the
-    call's result as a :class:`~skyward.messages.Payload` or its
-    :class:`~skyward.messages.Failure`."""
+ScalarCall = tuple[refs.FunctionBlob, tuple[Any, ...], dict[str, Any]]
+"""A call whose arguments are all scalars (:func:`~skyward.messages.scalar_arguments`),
+``(function, args, kwargs)``: nothing in it can fail to pickle, so it is pickled with its
+chunk, not on its own (and a plain tuple is the one object it costs while it waits)."""
+
+Call = messages.Payload | ScalarCall
+"""A call of a batch, pickled (a :class:`~skyward.messages.Payload`) or not yet."""
+
+
+def payload(call: Call) -> messages.Payload:
+    """``call`` as a task of its own (sent alone: a small batch, a retry)."""
+    if type(call) is messages.Payload:
+        return call
+    function = call[0]  # type: ignore[index]
+    return messages.Payload(pickle.dumps(call, 5), (), (function, *function.captured))
+
+
+def run_chunk(calls: list[Any]) -> tuple[float, list[Any]]:
+    """On the node: run each call in order; ``(seconds, outcomes)``, an outcome being a
+    scalar result as it is, any other result as a :class:`~skyward.messages.Payload`, or
+    the call's :class:`~skyward.messages.Failure`. A call is ``(fn, args, kwargs)`` or a
+    ``Payload`` of it."""
     start = time.perf_counter()
     outcomes: list[Any] = []
     for call in calls:
-        try:
-            fn, args, kwargs = call.open()
-        except Exception as error:
-            outcomes.append(messages.Failure.of(error))
-            continue
+        if type(call) is tuple:
+            fn, args, kwargs = call
+        else:
+            try:
+                fn, args, kwargs = call.open()
+            except Exception as error:
+                outcomes.append(messages.Failure.of(error))
+                continue
         try:
             value = fn(*args, **kwargs)
         except BaseException as error:  # as a task of its own would report it
             # Drop this frame from the traceback: the user's code starts one level down.
             outcomes.append(messages.Failure.of(error, skip_frames=1))
+            continue
+        if messages.is_scalar(value):
+            outcomes.append(value)  # pickled with the others: nothing to open on its own
             continue
         try:
             outcomes.append(messages.Payload.of(value))
@@ -65,14 +92,35 @@ def run_chunk(calls: list[messages.Payload]) -> tuple[float, list[Any]]:
     return time.perf_counter() - start, outcomes
 
 
-def pack(calls: Sequence[messages.Payload]) -> messages.Payload:
-    """One task's payload that runs ``calls`` (already pickled) with :func:`run_chunk`."""
+def pack(calls: Sequence[Call]) -> messages.Payload:
+    """One task's payload that runs ``calls`` with :func:`run_chunk`."""
     buffers: list[pickle.PickleBuffer] = []
-    # run_chunk is pickled by name and each call's pickle as bytes (its buffers out of
-    # band): the C pickler, no call pickled twice.
+    # run_chunk is pickled by name, a pickled call's pickle as bytes (its buffers out of
+    # band), a scalar call as a tuple whose function blob the pickler's memo writes once:
+    # the C pickler, no call pickled twice.
     data = pickle.dumps((run_chunk, (list(calls),), {}), 5, buffer_callback=buffers.append)
-    found = {id(r): r for call in calls for r in call.refs}
+    found: dict[int, Any] = {}
+    for call in calls:
+        if type(call) is tuple:
+            function = call[0]
+            found[id(function)] = function
+            for captured in function.captured:
+                found[id(captured)] = captured
+        else:
+            for ref in call.refs:  # type: ignore[union-attr]
+                found[id(ref)] = ref
     return messages.Payload(data, tuple(buffers), tuple(found.values()))
+
+
+def outcome(answer: Any) -> tuple[Any, messages.Failure | None]:
+    """A call's ``(value, failure)`` from its entry in :func:`run_chunk`'s outcomes;
+    raises what opening a pickled result raises."""
+    kind = type(answer)
+    if kind is messages.Failure:
+        return None, answer
+    if kind is messages.Payload:
+        return answer.open(), None
+    return answer, None
 
 
 def unpack(value: Any, count: int) -> tuple[float, list[Any]]:
@@ -83,9 +131,11 @@ def unpack(value: Any, count: int) -> tuple[float, list[Any]]:
     return float(seconds), list(outcomes)
 
 
-def function_key(payload: messages.Payload) -> str:
+def function_key(call: Call) -> str:
     """What a call's cost is remembered by: its function (blob id)."""
-    first = payload.refs[0] if payload.refs else None
+    if type(call) is tuple:
+        return call[0].id
+    first = call.refs[0] if call.refs else None  # type: ignore[union-attr]
     return first.id if isinstance(first, refs.FunctionBlob) else ""
 
 

@@ -99,8 +99,12 @@ class ComputeFunction(Generic[P, R]):
         """The original function, to run here and now."""
         return self._fn
 
+    _shipped = False
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> PendingCompute[R]:
-        _ship_module_by_value(self._fn.__module__)
+        if not self._shipped:  # once per function: a batch makes thousands of calls
+            _ship_module_by_value(self._fn.__module__)
+            self._shipped = True
         return PendingCompute(self._fn, args, kwargs, self.options)
 
     def __repr__(self) -> str:

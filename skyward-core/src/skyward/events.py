@@ -152,19 +152,26 @@ class TaskSubmitted:
 
     A call retried after a failure is submitted again with the same ``task`` and the next
     ``attempt``. ``worker`` is set when the call is pinned to one (``@ pool``).
+
+    Calls sent together in one chunk (many small calls of a ``gather`` or ``map``, see
+    "Many small calls" in the concepts) are reported by one event: ``calls`` consecutive
+    calls, numbered ``task`` to ``task + calls - 1``. Count ``calls``, not events.
     """
 
     task: int
     node: int
     attempt: int = 1
     worker: int | None = None
+    calls: int = 1
 
 
 @frozen
 class TaskFinished:
     """The outcome of one attempt arrived; ``ok`` is false when it raised (or was lost).
 
-    ``seconds`` is the wall time from submission to outcome, as the client saw it.
+    ``seconds`` is the wall time from submission to outcome, as the client saw it. Of a
+    chunk, one event reports each run of consecutive calls with the same ``ok``: ``calls``
+    calls numbered from ``task`` (see :class:`TaskSubmitted`).
     """
 
     task: int
@@ -172,6 +179,7 @@ class TaskFinished:
     ok: bool
     seconds: float
     attempt: int = 1
+    calls: int = 1
 
 
 @frozen

@@ -194,6 +194,7 @@ def function_blob(fn: Any) -> tuple[refs.FunctionBlob, tuple[Any, ...]]:
     with refs.collecting() as collected:
         blob = refs.FunctionBlob(*wire.dumps(fn))
     found = tuple({id(r): r for r in collected}.values())
+    blob.captured = found
     if capture is not None:
         _kept[fn] = (capture.witness, blob, found)
     return blob, found

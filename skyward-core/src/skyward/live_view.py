@@ -121,17 +121,17 @@ class PoolState:
                 self._set_state(iid, "error")
             case BatchSubmitted(calls=calls):
                 self.announced += calls
-            case TaskSubmitted(node=node, attempt=attempt):
-                self._node(node).running += 1
-                if attempt == 1 and self.announced:
-                    self.announced -= 1
-            case TaskFinished(node=node, ok=ok):
+            case TaskSubmitted(node=node, attempt=attempt, calls=calls):
+                self._node(node).running += calls
+                if attempt == 1:
+                    self.announced = max(0, self.announced - calls)
+            case TaskFinished(node=node, ok=ok, calls=calls):
                 state = self._node(node)
-                state.running = max(0, state.running - 1)
+                state.running = max(0, state.running - calls)
                 if ok:
-                    state.done += 1
+                    state.done += calls
                 else:
-                    state.failed += 1
+                    state.failed += calls
             case Metrics(node=node):
                 self._node(node).metrics = event
             case CostUpdate():

@@ -46,6 +46,8 @@ __all__ = [
     "Shutdown",
     "Task",
     "WorkerInit",
+    "is_scalar",
+    "scalar_arguments",
 ]
 
 READY_PREFIX = "SKYWARD-AGENT-READY"
@@ -109,9 +111,7 @@ class Payload:
         buffers: list[pickle.PickleBuffer] = []
         # Refs the function closes over travel (once) as well as those in its arguments.
         function, captured = function_blobs.function_blob(fn) if blob is None else blob
-        if all(type(a) in _SCALARS for a in args) and all(
-            type(v) in _SCALARS for v in kwargs.values()
-        ):
+        if scalar_arguments(args, kwargs):
             # Numbers and strings hold no ref: the C pickler alone, nothing to collect.
             data = pickle.dumps((function, args, kwargs), 5)
             return cls(data, (), (function, *captured))
@@ -133,6 +133,27 @@ class Payload:
         # Hand inner buffers to the outer pickler as PickleBuffers so they go out of band
         # in the frame too, instead of being copied into the envelope.
         return (Payload, (self.data, tuple(pickle.PickleBuffer(b) for b in self.buffers)))
+
+
+def scalar_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a call's arguments are all numbers, strings, bytes or ``None``: they hold no
+    ref and always pickle (with the C pickler, as they are)."""
+    # Loops, not all() over generators: asked once per call of a batch, mostly of one or
+    # two arguments, where making the generator costs more than the test.
+    for value in args:
+        if type(value) not in _SCALARS:
+            return False
+    if kwargs:
+        for value in kwargs.values():
+            if type(value) not in _SCALARS:
+                return False
+    return True
+
+
+def is_scalar(value: object) -> bool:
+    """Whether ``value`` is a number, string, bytes or ``None`` (see
+    :func:`scalar_arguments`)."""
+    return type(value) in _SCALARS
 
 
 @frozen

@@ -79,7 +79,10 @@ if TYPE_CHECKING:
 __all__ = ["ComputePool", "MultiPool", "current_pool", "pool"]
 
 Waitable = Future[Any] | ChunkCall
-"""A sent call's outcome: a future, or a slot of a chunk (callers that wait in order)."""
+"""A sent call's outcome: a future, or a slot of a chunk (``map`` in order)."""
+Sent = Waitable | Chunk
+"""What sending a batch gives: a call's outcome, or a whole chunk (``gather`` and
+``run_batch`` take its results at once)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -519,20 +522,21 @@ class ComputePool:
 
     def _dispatch_all(
         self,
-        calls: Sequence[tuple[messages.Payload, CallOptions]],
+        calls: Sequence[tuple[chunks.Call, CallOptions]],
         *,
         targets: Sequence[tuple[int, int]] = (),
         chunkable: Sequence[bool] = (),
         futures: bool = True,
-    ) -> list[Waitable]:
+    ) -> list[Sent]:
         """Send several calls. Sending waits while the nodes' windows are full: Ctrl-C
         then cancels the calls already sent.
 
         Of a batch larger than the pool's window, consecutive calls marked ``chunkable``
         share tasks (see :mod:`skyward.chunks`); with ``futures=False`` (a caller that
-        waits in order) their calls are :class:`~skyward.chunk_calls.ChunkCall` slots.
+        takes the results in order) such a chunk is one :class:`~skyward.chunk_calls.Chunk`
+        in the list, not a future per call.
         ``targets``: the (node, worker) of each call, when they are pinned (never chunked)."""
-        sent: list[Waitable] = []
+        sent: list[Sent] = []
         workers = self.workers
         chunking = chunks.ENABLED and len(calls) > 4 * workers and any(chunkable)
         # Held calls go out as a few writes per node, not one each (the scheduler
@@ -543,7 +547,7 @@ class ComputePool:
                 payload, options = calls[index]
                 target = targets[index] if targets else None
                 if not (chunking and chunkable[index]):
-                    sent.append(self._dispatch(payload, options, target))
+                    sent.append(self._dispatch(chunks.payload(payload), options, target))
                     index += 1
                     continue
                 key = chunks.function_key(payload)
@@ -551,20 +555,23 @@ class ComputePool:
                 end = index + 1
                 while end < len(calls) and end - index < size and chunkable[end]:
                     end += 1
-                sent.extend(self._dispatch_chunk(calls[index:end], key, futures=futures))
+                chunk = self._dispatch_chunk(calls[index:end], key, futures=futures)
+                if futures:
+                    sent.extend(chunk.calls())
+                else:
+                    sent.append(chunk)
                 index = end
         return sent
 
     def _dispatch_chunk(
         self,
-        items: Sequence[tuple[messages.Payload, CallOptions]],
+        items: Sequence[tuple[chunks.Call, CallOptions]],
         key: str,
         *,
         futures: bool = True,
-    ) -> list[Any]:
-        """Send ``items`` as one chunk. Returns a future per call, or with
-        ``futures=False`` (a caller that waits in order) a lighter
-        :class:`~skyward.chunk_calls.ChunkCall` per call. A call that fails is retried on
+    ) -> Chunk:
+        """Send ``items`` as one chunk, with a future per call or (``futures=False``) the
+        lighter slots of a caller that waits in order. A call that fails is retried on
         its own (as its options allow); the chunk is cancelled on its node only once every
         call in it was cancelled."""
         sent_chunk: list[Future[Any]] = []
@@ -574,38 +581,31 @@ class ComputePool:
                 future.cancel()  # the node client sends Cancel to the agent
 
         chunk = Chunk(len(items), _CallFuture, cancel_chunk, futures=futures)
-        calls = chunk.calls()
         first_task = next(self._task_numbers)
         for _ in range(len(items) - 1):
             next(self._task_numbers)
-        tasks = range(first_task, first_task + len(items))
 
-        def settle(index: int, error: BaseException | None, value: Any) -> None:
-            if not chunk.pending(index):
-                return
-            payload, options = items[index]
-            if error is None:
-                chunk.settle(index, value)
-            elif options.should_retry(error, 1) and self.is_active:
-                outcome = chunk.retry(index)
-                if outcome is None:
-                    return
+        def retry(index: int, error: BaseException) -> bool:
+            """Send a failed call again on its own, if its options say so."""
+            call, options = items[index]
+            if not (options.should_retry(error, 1) and self.is_active):
+                return False
+            outcome = chunk.retry(index)
+            if outcome is not None:
                 # Alone this time, through the usual retries (attempt 2 onwards); never on
                 # the connection's reader thread, as the next send may wait.
                 timer = threading.Timer(
                     options.backoff(1),
-                    lambda: self._dispatch(payload, options, first=2, outcome=outcome),
+                    lambda: self._dispatch(chunks.payload(call), options, first=2, outcome=outcome),
                 )
                 timer.daemon = True
                 timer.start()
-            else:
-                chunk.settle(index, error=self._explain(error, 1))
+            return True
 
         def on_chunk(done: Future[Any], node: int, sent: float) -> None:
             seconds = time.monotonic() - sent
             if done.cancelled():
-                for task in tasks:
-                    self._emit(TaskFinished(task, node, False, seconds, 1))
+                self._emit(TaskFinished(first_task, node, False, seconds, 1, len(items)))
                 return
             error = done.exception()
             results: list[Any] = []
@@ -616,38 +616,48 @@ class ComputePool:
                     error = bad
                 else:
                     self._chunk_sizer.observe(key, len(items), took)
-            for index, task in enumerate(tasks):
+            settled: list[tuple[int, Any, BaseException | None]] = []
+            oks: list[bool] = []
+            for index in range(len(items)):
                 failure: BaseException | None = error
                 value: Any = None
                 if failure is None:
-                    answer = results[index]
-                    if isinstance(answer, messages.Failure):
-                        failure = rebuild_exception(answer)
+                    try:
+                        value, failed = chunks.outcome(results[index])
+                    except Exception as broken:
+                        failure = SerializationError(
+                            f"node {node}: the result cannot be unpickled here: {broken!r}"
+                        )
                     else:
-                        try:
-                            value = answer.open()
-                        except Exception as broken:
-                            failure = SerializationError(
-                                f"node {node}: the result cannot be unpickled here: {broken!r}"
-                            )
-                self._emit(TaskFinished(task, node, failure is None, seconds, 1))
-                settle(index, failure, value)
+                        if failed is not None:
+                            failure = rebuild_exception(failed)
+                oks.append(failure is None)
+                if failure is None:
+                    settled.append((index, value, None))
+                elif chunk.pending(index) and not retry(index, failure):
+                    settled.append((index, None, self._explain(failure, 1)))
+            # One event per run of calls with the same outcome (all of them, mostly).
+            start = 0
+            for ok, run in itertools.groupby(oks):
+                count = len(list(run))
+                self._emit(TaskFinished(first_task + start, node, ok, seconds, 1, count))
+                start += count
+            chunk.settle_all(settled)
 
         try:
-            future, node = self._send(chunks.pack([p for p, _ in items]), items[0][1], None)
+            future, node = self._send(chunks.pack([c for c, _ in items]), items[0][1], None)
         except KeyboardInterrupt:
-            _cancel(calls)
+            chunk.cancel()
             raise
         except BaseException as error:
-            for index in range(len(items)):
-                chunk.settle(index, error=self._explain(error, 1))
-            return calls
+            explained = self._explain(error, 1)
+            chunk.settle_all([(index, None, explained) for index in range(len(items))])
+            return chunk
         sent_chunk.append(future)
         sent = time.monotonic()
-        for task in tasks:
-            self._emit(TaskSubmitted(task, node, 1, None))
+        self._emit(TaskSubmitted(first_task, node, 1, None, len(items)))
         future.add_done_callback(lambda done: on_chunk(done, node, sent))
-        return calls
+        return chunk
 
     def _explain(self, error: BaseException, attempts: int) -> BaseException:
         if isinstance(error, WorkerLostError | PoolClosedError) and self._ended is not None:
@@ -732,9 +742,11 @@ class ComputePool:
                         if key is None:
                             key = chunks.function_key(payloads[0][0])
                         if chunked:  # a chunk of one too: the node measures it
-                            waiting.extend(self._dispatch_chunk(payloads, key, futures=not ordered))
+                            chunk = self._dispatch_chunk(payloads, key, futures=not ordered)
+                            waiting.extend(chunk.calls())
                         else:
-                            waiting.append(self._dispatch(*payloads[0]))
+                            call, options = payloads[0]
+                            waiting.append(self._dispatch(chunks.payload(call), options))
                         if chunked:
                             left = max(1, (total or 0) - sent)
                             size = self._chunk_sizer.size(key, left, workers)
@@ -804,7 +816,7 @@ class ComputePool:
             futures=False,
         )
         with _cancelled_on_interrupt(futures):
-            return tuple(self._result(f) for f in futures)
+            return self._in_order(futures, keep_exceptions=False)
 
     def run_gather(self, gathered: PendingGather) -> tuple[Any, ...] | Iterator[Any]:
         """``gather(..., ordered=False / return_exceptions=True) >> pool``."""
@@ -817,10 +829,25 @@ class ComputePool:
         )
         if gathered.ordered:
             with _cancelled_on_interrupt(futures):
-                return tuple(self._outcome(f, gathered.return_exceptions) for f in futures)
+                return self._in_order(futures, gathered.return_exceptions)
         return self._as_completed(futures, gathered.return_exceptions)
 
-    def _as_completed(self, futures: list[Waitable], keep: bool) -> Iterator[Any]:
+    def _in_order(self, waiting: list[Sent], keep_exceptions: bool) -> tuple[Any, ...]:
+        """The results of calls and chunks, in order (see :meth:`_outcome`)."""
+        out: list[Any] = []
+        for item in waiting:
+            if not isinstance(item, Chunk):
+                out.append(self._outcome(item, keep_exceptions))
+                continue
+            try:
+                out.extend(item.values(keep_exceptions))
+            except WorkerLostError:
+                if self._ended is not None:
+                    raise self._ended from None
+                raise
+        return tuple(out)
+
+    def _as_completed(self, futures: list[Sent], keep: bool) -> Iterator[Any]:
         try:
             for future in concurrent.futures.as_completed(_futures(futures)):
                 yield self._outcome(future, keep)
@@ -847,7 +874,7 @@ class ComputePool:
         ]
         futures = self._dispatch_all([(payload, pending.options)] * len(targets), targets=targets)
         with _cancelled_on_interrupt(futures):
-            return tuple(self._result(f) for f in futures)
+            return self._in_order(futures, keep_exceptions=False)
 
     def __repr__(self) -> str:
         state = "active" if self.is_active else "inactive"
@@ -894,18 +921,18 @@ def _settle(setter: Callable[[Any], None], outcome: Any) -> None:
         setter(outcome)
 
 
-def _futures(waitables: Iterable[Waitable]) -> list[Future[Any]]:
+def _futures(waitables: Iterable[Sent]) -> list[Future[Any]]:
     """The futures among ``waitables`` (callers that asked for futures get only those)."""
     return [w for w in waitables if isinstance(w, Future)]
 
 
-def _cancel(futures: Iterable[Waitable]) -> None:
+def _cancel(futures: Iterable[Sent]) -> None:
     for future in list(futures):
         future.cancel()
 
 
 @contextlib.contextmanager
-def _cancelled_on_interrupt(futures: Sequence[Waitable]) -> Iterator[None]:
+def _cancelled_on_interrupt(futures: Sequence[Sent]) -> Iterator[None]:
     """Ctrl-C while waiting for several calls cancels every one of them."""
     try:
         yield
@@ -935,16 +962,22 @@ def _payload(pending: PendingCompute[Any]) -> messages.Payload:
 
 def _payloads(
     computations: Sequence[PendingCompute[Any]],
-) -> list[tuple[messages.Payload, CallOptions]]:
+) -> list[tuple[chunks.Call, CallOptions]]:
     """Pickle a batch of calls (with their options), each function once for the batch:
-    nothing it captured can change while the batch is pickled."""
+    nothing it captured can change while the batch is pickled. A call whose arguments are
+    scalars cannot fail to pickle: it is left to be pickled with its chunk."""
     functions: dict[int, tuple[Any, tuple[Any, ...]]] = {}
-    out = []
+    out: list[tuple[chunks.Call, CallOptions]] = []
+    deferred = messages.SEND_FUNCTIONS_ONCE
+    scalar_arguments = messages.scalar_arguments
     for pending in computations:
         fn = pending.fn
         blob = functions.get(id(fn))
         if blob is None:
             blob = functions[id(fn)] = function_blobs.function_blob(fn)
+        if deferred and scalar_arguments(pending.args, pending.kwargs):
+            out.append(((blob[0], pending.args, pending.kwargs), pending.options))
+            continue
         payload = messages.Payload.call(fn, pending.args, pending.kwargs, blob=blob)
         out.append((payload, pending.options))
     return out
