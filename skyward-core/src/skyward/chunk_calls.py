@@ -95,6 +95,23 @@ class Chunk:
                     values[index] = value if error is None else error
             self._cond.notify_all()
 
+    def settle_values(self, values: list[Any]) -> None:
+        """Settle every call with its value (the chunk's answer held no failure)."""
+        if self.futures is not None:
+            for index, value in enumerate(values):
+                self.settle(index, value)
+            return
+        with self._cond:
+            if self._state.count(_PENDING) == len(self._state):
+                self._state = [_DONE] * len(values)
+                self._values = list(values)
+            else:  # some were cancelled meanwhile: their answers are dropped
+                for index, value in enumerate(values):
+                    if self._state[index] == _PENDING:
+                        self._state[index] = _DONE
+                        self._values[index] = value
+            self._cond.notify_all()
+
     def retry(self, index: int) -> Future[Any] | None:
         """The call is sent again on its own: the future its answer goes to (``None``
         when it was cancelled meanwhile)."""

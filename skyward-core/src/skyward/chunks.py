@@ -29,7 +29,17 @@ from typing import Any
 from skyward import messages, refs
 from skyward.errors import SerializationError
 
-__all__ = ["Call", "ChunkSizer", "ScalarCall", "outcome", "pack", "payload", "run_chunk", "unpack"]
+__all__ = [
+    "Call",
+    "ChunkSizer",
+    "ScalarCall",
+    "all_plain",
+    "outcome",
+    "pack",
+    "payload",
+    "run_chunk",
+    "unpack",
+]
 
 ENABLED = True
 """Send large batches in chunks (False: a task per call; kept for benchmarks that compare
@@ -121,6 +131,14 @@ def outcome(answer: Any) -> tuple[Any, messages.Failure | None]:
     if kind is messages.Payload:
         return answer.open(), None
     return answer, None
+
+
+_BOXED = frozenset({messages.Failure, messages.Payload})
+
+
+def all_plain(outcomes: list[Any]) -> bool:
+    """Whether every outcome of a chunk is a plain (scalar) result."""
+    return _BOXED.isdisjoint(map(type, outcomes))
 
 
 def unpack(value: Any, count: int) -> tuple[float, list[Any]]:
