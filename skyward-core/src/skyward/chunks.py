@@ -2,10 +2,10 @@
 
 A batch of calls (``gather``, ``run_batch``) larger than the pool's window goes out in
 chunks: one :class:`~skyward.messages.Task` whose function is :func:`run_chunk` and whose
-argument is the list of its calls, pickled together: a call whose arguments are plain
-scalars (a :data:`ScalarCall`) as ``(function, args, kwargs)``, its function written once
-for the whole chunk; any other as the pickle it would have travelled alone in (so one
-argument the node cannot unpickle fails only its call). The node runs them in order and
+argument is the list of its calls, pickled together (see :mod:`skyward.call_batch`): a
+call whose arguments are plain scalars as ``(function, args, kwargs)``, its function
+written once for the whole chunk; any other as the pickle it would have travelled alone in
+(so one argument the node cannot unpickle fails only its call). The node runs them in order and
 answers with one :class:`~skyward.messages.Result` holding each call's outcome: a scalar
 result as it is, any other pickled on its own (so one result that cannot be pickled fails
 only its call). The client settles each call from it, retries a failed call on its own,
@@ -20,26 +20,14 @@ together. A function not seen before starts with chunks of one call.
 from __future__ import annotations
 
 import math
-import pickle
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
-from skyward import messages, refs
+from skyward import messages
 from skyward.errors import SerializationError
 
-__all__ = [
-    "Call",
-    "ChunkSizer",
-    "ScalarCall",
-    "all_plain",
-    "outcome",
-    "pack",
-    "payload",
-    "run_chunk",
-    "unpack",
-]
+__all__ = ["ChunkSizer", "all_plain", "outcome", "run_chunk", "unpack"]
 
 ENABLED = True
 """Send large batches in chunks (False: a task per call; kept for benchmarks that compare
@@ -49,23 +37,6 @@ TARGET_SECONDS = 0.01
 of it, short enough that results of ``gather(..., ordered=False)`` arrive steadily."""
 MAX_CALLS = 1024
 """The most calls in one chunk."""
-
-
-ScalarCall = tuple[refs.FunctionBlob, tuple[Any, ...], dict[str, Any]]
-"""A call whose arguments are all scalars (:func:`~skyward.messages.scalar_arguments`),
-``(function, args, kwargs)``: nothing in it can fail to pickle, so it is pickled with its
-chunk, not on its own (and a plain tuple is the one object it costs while it waits)."""
-
-Call = messages.Payload | ScalarCall
-"""A call of a batch, pickled (a :class:`~skyward.messages.Payload`) or not yet."""
-
-
-def payload(call: Call) -> messages.Payload:
-    """``call`` as a task of its own (sent alone: a small batch, a retry)."""
-    if type(call) is messages.Payload:
-        return call
-    function = call[0]  # type: ignore[index]
-    return messages.Payload(pickle.dumps(call, 5), (), (function, *function.captured))
 
 
 def run_chunk(calls: list[Any]) -> tuple[float, list[Any]]:
@@ -102,26 +73,6 @@ def run_chunk(calls: list[Any]) -> tuple[float, list[Any]]:
     return time.perf_counter() - start, outcomes
 
 
-def pack(calls: Sequence[Call]) -> messages.Payload:
-    """One task's payload that runs ``calls`` with :func:`run_chunk`."""
-    buffers: list[pickle.PickleBuffer] = []
-    # run_chunk is pickled by name, a pickled call's pickle as bytes (its buffers out of
-    # band), a scalar call as a tuple whose function blob the pickler's memo writes once:
-    # the C pickler, no call pickled twice.
-    data = pickle.dumps((run_chunk, (list(calls),), {}), 5, buffer_callback=buffers.append)
-    found: dict[int, Any] = {}
-    for call in calls:
-        if type(call) is tuple:
-            function = call[0]
-            found[id(function)] = function
-            for captured in function.captured:
-                found[id(captured)] = captured
-        else:
-            for ref in call.refs:  # type: ignore[union-attr]
-                found[id(ref)] = ref
-    return messages.Payload(data, tuple(buffers), tuple(found.values()))
-
-
 def outcome(answer: Any) -> tuple[Any, messages.Failure | None]:
     """A call's ``(value, failure)`` from its entry in :func:`run_chunk`'s outcomes;
     raises what opening a pickled result raises."""
@@ -147,14 +98,6 @@ def unpack(value: Any, count: int) -> tuple[float, list[Any]]:
         raise SerializationError(f"a chunk of {count} calls came back as {type(value).__name__}")
     seconds, outcomes = value
     return float(seconds), list(outcomes)
-
-
-def function_key(call: Call) -> str:
-    """What a call's cost is remembered by: its function (blob id)."""
-    if type(call) is tuple:
-        return call[0].id
-    first = call.refs[0] if call.refs else None  # type: ignore[union-attr]
-    return first.id if isinstance(first, refs.FunctionBlob) else ""
 
 
 class ChunkSizer:

@@ -9,6 +9,7 @@ sends it somewhere: ``>> pool`` runs it on one worker, ``@ pool`` on every node,
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
 import sysconfig
 import types
@@ -169,6 +170,15 @@ def _implicit_pool(target: object) -> ComputePool:
             )
         return pool  # type: ignore[return-value]
     raise TypeError(f"cannot send a computation to {target!r}: expected a ComputePool or `sky`")
+
+
+def is_generator_function(fn: Any) -> bool:
+    """Whether calling ``fn`` makes a generator (a call whose items stream)."""
+    # inspect's check unwraps partials and methods, at a few µs a call: plain functions
+    # answer from their code flags.
+    if type(fn) is types.FunctionType:
+        return bool(fn.__code__.co_flags & inspect.CO_GENERATOR)
+    return inspect.isgeneratorfunction(fn)
 
 
 class PendingCompute(Generic[R]):

@@ -17,7 +17,6 @@ import concurrent.futures
 import contextlib
 import contextvars
 import functools
-import inspect
 import itertools
 import logging
 import signal
@@ -32,10 +31,11 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import attrs
 
-from skyward import callbacks, chunks, context, function_blobs, messages, wire
+from skyward import callbacks, chunks, context, messages, wire
+from skyward.call_batch import CallBatch
 from skyward.call_options import CallOptions
 from skyward.chunk_calls import Chunk, ChunkCall
-from skyward.compute import ComputeFunction, compute
+from skyward.compute import ComputeFunction, compute, is_generator_function
 from skyward.cost import CostTracker
 from skyward.errors import (
     BudgetExceededError,
@@ -522,40 +522,40 @@ class ComputePool:
 
     def _dispatch_all(
         self,
-        calls: Sequence[tuple[chunks.Call, CallOptions]],
+        batch: CallBatch,
         *,
         targets: Sequence[tuple[int, int]] = (),
-        chunkable: Sequence[bool] = (),
         futures: bool = True,
     ) -> list[Sent]:
         """Send several calls. Sending waits while the nodes' windows are full: Ctrl-C
         then cancels the calls already sent.
 
-        Of a batch larger than the pool's window, consecutive calls marked ``chunkable``
-        share tasks (see :mod:`skyward.chunks`); with ``futures=False`` (a caller that
-        takes the results in order) such a chunk is one :class:`~skyward.chunk_calls.Chunk`
-        in the list, not a future per call.
+        Of a batch larger than the pool's window, consecutive chunkable calls share tasks
+        (see :mod:`skyward.chunks`); with ``futures=False`` (a caller that takes the
+        results in order) such a chunk is one :class:`~skyward.chunk_calls.Chunk` in the
+        list, not a future per call.
         ``targets``: the (node, worker) of each call, when they are pinned (never chunked)."""
         sent: list[Sent] = []
         workers = self.workers
-        chunking = chunks.ENABLED and len(calls) > 4 * workers and any(chunkable)
+        total = len(batch)
+        chunkable = batch.chunkable
+        chunking = chunks.ENABLED and total > 4 * workers and any(chunkable)
         # Held calls go out as a few writes per node, not one each (the scheduler
         # sends them before it waits for room).
         with _cancelled_on_interrupt(sent), wire.holding():
             index = 0
-            while index < len(calls):
-                payload, options = calls[index]
-                target = targets[index] if targets else None
+            while index < total:
                 if not (chunking and chunkable[index]):
-                    sent.append(self._dispatch(chunks.payload(payload), options, target))
+                    target = targets[index] if targets else None
+                    sent.append(self._dispatch(batch.payload(index), batch.options[index], target))
                     index += 1
                     continue
-                key = chunks.function_key(payload)
-                size = self._chunk_sizer.size(key, len(calls) - index, workers)
+                key = batch.key(index)
+                size = self._chunk_sizer.size(key, total - index, workers)
                 end = index + 1
-                while end < len(calls) and end - index < size and chunkable[end]:
+                while end < total and end - index < size and chunkable[end]:
                     end += 1
-                chunk = self._dispatch_chunk(calls[index:end], key, futures=futures)
+                chunk = self._dispatch_chunk(batch, index, end, key, futures=futures)
                 if futures:
                     sent.extend(chunk.calls())
                 else:
@@ -565,29 +565,32 @@ class ComputePool:
 
     def _dispatch_chunk(
         self,
-        items: Sequence[tuple[chunks.Call, CallOptions]],
+        batch: CallBatch,
+        start: int,
+        end: int,
         key: str,
         *,
         futures: bool = True,
     ) -> Chunk:
-        """Send ``items`` as one chunk, with a future per call or (``futures=False``) the
-        lighter slots of a caller that waits in order. A call that fails is retried on
-        its own (as its options allow); the chunk is cancelled on its node only once every
-        call in it was cancelled."""
+        """Send calls ``start`` to ``end - 1`` of ``batch`` as one chunk, with a future per
+        call or (``futures=False``) the lighter slots of a caller that waits in order. A
+        call that fails is retried on its own (as its options allow); the chunk is
+        cancelled on its node only once every call in it was cancelled."""
         sent_chunk: list[Future[Any]] = []
 
         def cancel_chunk() -> None:
             for future in list(sent_chunk):
                 future.cancel()  # the node client sends Cancel to the agent
 
-        chunk = Chunk(len(items), _CallFuture, cancel_chunk, futures=futures)
+        count = end - start
+        chunk = Chunk(count, _CallFuture, cancel_chunk, futures=futures)
         first_task = next(self._task_numbers)
-        for _ in range(len(items) - 1):
+        for _ in range(count - 1):
             next(self._task_numbers)
 
         def retry(index: int, error: BaseException) -> bool:
             """Send a failed call again on its own, if its options say so."""
-            call, options = items[index]
+            options = batch.options[start + index]
             if not (options.should_retry(error, 1) and self.is_active):
                 return False
             outcome = chunk.retry(index)
@@ -596,7 +599,9 @@ class ComputePool:
                 # the connection's reader thread, as the next send may wait.
                 timer = threading.Timer(
                     options.backoff(1),
-                    lambda: self._dispatch(chunks.payload(call), options, first=2, outcome=outcome),
+                    lambda: self._dispatch(
+                        batch.payload(start + index), options, first=2, outcome=outcome
+                    ),
                 )
                 timer.daemon = True
                 timer.start()
@@ -605,24 +610,24 @@ class ComputePool:
         def on_chunk(done: Future[Any], node: int, sent: float) -> None:
             seconds = time.monotonic() - sent
             if done.cancelled():
-                self._emit(TaskFinished(first_task, node, False, seconds, 1, len(items)))
+                self._emit(TaskFinished(first_task, node, False, seconds, 1, count))
                 return
             error = done.exception()
             results: list[Any] = []
             if error is None:
                 try:
-                    took, results = chunks.unpack(done.result(), len(items))
+                    took, results = chunks.unpack(done.result(), count)
                 except SerializationError as bad:
                     error = bad
                 else:
-                    self._chunk_sizer.observe(key, len(items), took)
+                    self._chunk_sizer.observe(key, count, took)
                     if chunks.all_plain(results):  # every call returned a scalar: the norm
-                        self._emit(TaskFinished(first_task, node, True, seconds, 1, len(items)))
+                        self._emit(TaskFinished(first_task, node, True, seconds, 1, count))
                         chunk.settle_values(results)
                         return
             settled: list[tuple[int, Any, BaseException | None]] = []
             oks: list[bool] = []
-            for index in range(len(items)):
+            for index in range(count):
                 failure: BaseException | None = error
                 value: Any = None
                 if failure is None:
@@ -641,25 +646,25 @@ class ComputePool:
                 elif chunk.pending(index) and not retry(index, failure):
                     settled.append((index, None, self._explain(failure, 1)))
             # One event per run of calls with the same outcome (all of them, mostly).
-            start = 0
+            done_so_far = 0
             for ok, run in itertools.groupby(oks):
-                count = len(list(run))
-                self._emit(TaskFinished(first_task + start, node, ok, seconds, 1, count))
-                start += count
+                length = len(list(run))
+                self._emit(TaskFinished(first_task + done_so_far, node, ok, seconds, 1, length))
+                done_so_far += length
             chunk.settle_all(settled)
 
         try:
-            future, node = self._send(chunks.pack([c for c, _ in items]), items[0][1], None)
+            future, node = self._send(batch.pack(start, end), batch.options[start], None)
         except KeyboardInterrupt:
             chunk.cancel()
             raise
         except BaseException as error:
             explained = self._explain(error, 1)
-            chunk.settle_all([(index, None, explained) for index in range(len(items))])
+            chunk.settle_all([(index, None, explained) for index in range(count)])
             return chunk
         sent_chunk.append(future)
         sent = time.monotonic()
-        self._emit(TaskSubmitted(first_task, node, 1, None, len(items)))
+        self._emit(TaskSubmitted(first_task, node, 1, None, count))
         future.add_done_callback(lambda done: on_chunk(done, node, sent))
         return chunk
 
@@ -725,7 +730,12 @@ class ComputePool:
         waiting: collections.deque[Waitable] = collections.deque()
         # Over a sized iterable, calls go in chunks as in gather (see skyward.chunks),
         # sized by what the node measured; the window then counts chunks, not calls.
-        chunked = batched and chunks.ENABLED and _chunkable(fn.local, fn.options)
+        chunked = (
+            batched
+            and chunks.ENABLED
+            and fn.options.timeout is None
+            and not is_generator_function(fn.local)
+        )
         key: str | None = None
         size = 1
         sent = 0
@@ -741,16 +751,16 @@ class ComputePool:
                         if not group:
                             break
                         sent += len(group)
-                        calls = [fn(*args) for args in group]
-                        payloads = _payloads(calls)
+                        batch = CallBatch([fn(*args) for args in group])
                         if key is None:
-                            key = chunks.function_key(payloads[0][0])
+                            key = batch.key(0)
                         if chunked:  # a chunk of one too: the node measures it
-                            chunk = self._dispatch_chunk(payloads, key, futures=not ordered)
+                            chunk = self._dispatch_chunk(
+                                batch, 0, len(batch), key, futures=not ordered
+                            )
                             waiting.extend(chunk.calls())
                         else:
-                            call, options = payloads[0]
-                            waiting.append(self._dispatch(chunks.payload(call), options))
+                            waiting.append(self._dispatch(batch.payload(0), batch.options[0]))
                         if chunked:
                             left = max(1, (total or 0) - sent)
                             size = self._chunk_sizer.size(key, left, workers)
@@ -781,7 +791,7 @@ class ComputePool:
     def run(self, pending: PendingCompute[R]) -> R:
         """Run one computation on the least-loaded worker and return its result (for a
         generator function: an iterator of its items, streamed as the node yields them)."""
-        if _is_generator_function(pending.fn):
+        if is_generator_function(pending.fn):
             items: Any = self._stream(pending)
             return items  # type: ignore[no-any-return]
         result: R = self._result(self._dispatch(_payload(pending), pending.options))
@@ -812,25 +822,17 @@ class ComputePool:
         Every computation is pickled before the first is sent: one that cannot be sent
         fails the batch before any of it runs.
         """
-        payloads = _payloads(batch.computations)
-        self._emit(BatchSubmitted(len(payloads)))
-        futures = self._dispatch_all(
-            payloads,
-            chunkable=[_chunkable(p.fn, p.options) for p in batch.computations],
-            futures=False,
-        )
+        calls = CallBatch(batch.computations)
+        self._emit(BatchSubmitted(len(calls)))
+        futures = self._dispatch_all(calls, futures=False)
         with _cancelled_on_interrupt(futures):
             return self._in_order(futures, keep_exceptions=False)
 
     def run_gather(self, gathered: PendingGather) -> tuple[Any, ...] | Iterator[Any]:
         """``gather(..., ordered=False / return_exceptions=True) >> pool``."""
-        payloads = _payloads(gathered.batch.computations)
-        self._emit(BatchSubmitted(len(payloads)))
-        futures = self._dispatch_all(
-            payloads,
-            chunkable=[_chunkable(p.fn, p.options) for p in gathered.batch.computations],
-            futures=not gathered.ordered,
-        )
+        calls = CallBatch(gathered.batch.computations)
+        self._emit(BatchSubmitted(len(calls)))
+        futures = self._dispatch_all(calls, futures=not gathered.ordered)
         if gathered.ordered:
             with _cancelled_on_interrupt(futures):
                 return self._in_order(futures, gathered.return_exceptions)
@@ -876,7 +878,8 @@ class ComputePool:
             for node, client in enumerate(cluster.clients)
             for worker in range(client.workers)
         ]
-        futures = self._dispatch_all([(payload, pending.options)] * len(targets), targets=targets)
+        batch = CallBatch.repeated(payload, pending.options, len(targets))
+        futures = self._dispatch_all(batch, targets=targets)
         with _cancelled_on_interrupt(futures):
             return self._in_order(futures, keep_exceptions=False)
 
@@ -945,46 +948,9 @@ def _cancelled_on_interrupt(futures: Sequence[Sent]) -> Iterator[None]:
         raise
 
 
-def _chunkable(fn: Any, options: CallOptions) -> bool:
-    """Whether a call may share a task with others: not one with a time limit of its own
-    (a chunk has one clock), nor a generator function (its items stream)."""
-    return options.timeout is None and not _is_generator_function(fn)
-
-
-def _is_generator_function(fn: Any) -> bool:
-    # inspect's check unwraps partials and methods, at a few µs a call: plain functions
-    # answer from their code flags.
-    if type(fn) is types.FunctionType:
-        return bool(fn.__code__.co_flags & inspect.CO_GENERATOR)
-    return inspect.isgeneratorfunction(fn)
-
-
 def _payload(pending: PendingCompute[Any]) -> messages.Payload:
     """Pickle a call; raises :class:`~skyward.errors.SerializationError` before sending."""
     return messages.Payload.call(pending.fn, pending.args, pending.kwargs)
-
-
-def _payloads(
-    computations: Sequence[PendingCompute[Any]],
-) -> list[tuple[chunks.Call, CallOptions]]:
-    """Pickle a batch of calls (with their options), each function once for the batch:
-    nothing it captured can change while the batch is pickled. A call whose arguments are
-    scalars cannot fail to pickle: it is left to be pickled with its chunk."""
-    functions: dict[int, tuple[Any, tuple[Any, ...]]] = {}
-    out: list[tuple[chunks.Call, CallOptions]] = []
-    deferred = messages.SEND_FUNCTIONS_ONCE
-    scalar_arguments = messages.scalar_arguments
-    for pending in computations:
-        fn = pending.fn
-        blob = functions.get(id(fn))
-        if blob is None:
-            blob = functions[id(fn)] = function_blobs.function_blob(fn)
-        if deferred and scalar_arguments(pending.args, pending.kwargs):
-            out.append(((blob[0], pending.args, pending.kwargs), pending.options))
-            continue
-        payload = messages.Payload.call(fn, pending.args, pending.kwargs, blob=blob)
-        out.append((payload, pending.options))
-    return out
 
 
 class _SigintDeferred:
