@@ -216,6 +216,9 @@ def latency(settings: Settings, hosts: list[HostInfo], logs: Path) -> dict[str, 
 THROUGHPUT = {
     "skyward-local": "Skyward `Local`, 2 nodes: `gather(*calls) >> pool`, process workers",
     "skyward-local-thread": 'Skyward `Local`, 2 nodes, `executor="thread"`',
+    "skyward-local-unordered": "Skyward `Local`, 2 nodes: `gather(*calls, ordered=False)`",
+    "skyward-local-map": "Skyward `Local`, 2 nodes: `pool.map(f, range(n))`",
+    "skyward-local-map-unordered": "Skyward `Local`, 2 nodes: `pool.map(..., ordered=False)`",
     "skyward-local-unchunked": "what-if: Skyward `Local`, 2 nodes, a task per call (no chunks)",
     "skyward-cpu-2": "CPU-bound pure Python (`cpu_spin`), 1 node x 2 process workers",
     "skyward-cpu-2-thread": 'the same with `executor="thread"` (one GIL)',
@@ -233,6 +236,9 @@ def throughput(settings: Settings, hosts: list[HostInfo], logs: Path) -> dict[st
     specs: list[Spec] = [
         ("skyward-local", "skyward-local", {"nodes": 2}),
         ("skyward-local-thread", "skyward-local", {"nodes": 2, "executor": "thread"}),
+        ("skyward-local-unordered", "skyward-local", {"nodes": 2, "how": "gather-unordered"}),
+        ("skyward-local-map", "skyward-local", {"nodes": 2, "how": "map"}),
+        ("skyward-local-map-unordered", "skyward-local", {"nodes": 2, "how": "map-unordered"}),
         ("skyward-local-unchunked", "skyward-local", {"nodes": 2, "chunked": False}),
         ("skyward-cpu-2", "skyward-local", {"concurrency": 2, "cpu_bound": True}),
         (

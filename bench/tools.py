@@ -137,6 +137,9 @@ class SkywardBase(Tool):
     cpu_bound = False
     """Run ``cpu_spin`` instead of a no-op: a tenth of the calls, time scaled by ten, so
     the rate stays comparable with the no-op rows without a ten-fold wait."""
+    how = "gather"
+    """How a batch is sent: ``gather``, ``gather-unordered`` (``ordered=False``), ``map``
+    or ``map-unordered``."""
 
     def batch(self, n: int) -> int:
         import skyward as sky
@@ -147,7 +150,12 @@ class SkywardBase(Tool):
             fn, scale = sky.compute(workloads.cpu_spin), 10
             n = max(1, n // scale)
         t = now()
-        results = sky.gather(*[fn(i) for i in range(n)]) >> pool
+        if self.how == "gather":
+            results = sky.gather(*[fn(i) for i in range(n)]) >> pool
+        elif self.how == "gather-unordered":
+            results = list(sky.gather(*[fn(i) for i in range(n)], ordered=False) >> pool)
+        else:
+            results = list(pool.map(fn, range(n), ordered=self.how == "map"))
         elapsed = now() - t
         assert len(results) == n
         return elapsed * scale
@@ -229,10 +237,12 @@ class SkywardLocal(SkywardBase):
         cpu_bound: bool = False,
         chunked: bool = True,
         caller_reads: bool = True,
+        how: str = "gather",
         **_: Any,
     ) -> None:
         import skyward as sky
 
+        self.how = how
         if not chunked:  # what-if: a task per call (this driver process only)
             from skyward import chunks
 

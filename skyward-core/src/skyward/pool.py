@@ -19,6 +19,7 @@ import contextvars
 import functools
 import itertools
 import logging
+import queue
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ import types
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 import attrs
@@ -727,7 +728,9 @@ class ComputePool:
         cluster, _ = self._active()
         workers = sum(c.workers for c in cluster.clients)
         ahead = 4 * workers
-        waiting: collections.deque[Waitable] = collections.deque()
+        waiting: collections.deque[Waitable] | _InCompletionOrder = (
+            collections.deque() if ordered else _InCompletionOrder()
+        )
         # Over a sized iterable, calls go in chunks as in gather (see skyward.chunks),
         # sized by what the node measured; the window then counts chunks, not calls.
         chunked = (
@@ -766,19 +769,9 @@ class ComputePool:
                             size = self._chunk_sizer.size(key, left, workers)
                 if not waiting:
                     return
-                yield self._next(waiting, ordered)
+                yield self._result(waiting.popleft())
         finally:
             _cancel(waiting)
-
-    def _next(self, waiting: collections.deque[Waitable], ordered: bool) -> Any:
-        first: Waitable
-        if ordered:
-            first = waiting.popleft()
-        else:
-            done, _ = concurrent.futures.wait(_futures(waiting), return_when=FIRST_COMPLETED)
-            first = next(iter(done))
-            waiting.remove(first)
-        return self._result(first)
 
     def _result(self, future: Waitable) -> Any:
         try:
@@ -920,6 +913,37 @@ class _CallFuture(Future[R]):
         except KeyboardInterrupt:
             self.cancel()
             raise
+
+
+class _InCompletionOrder:
+    """Calls sent and not yet taken, given back in the order they complete (an unordered
+    ``map``): each done future is queued as it completes, so taking the next one does
+    not look at every call in flight (thousands, in chunks)."""
+
+    def __init__(self) -> None:
+        self._waiting: set[Future[Any]] = set()
+        self._done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+
+    def extend(self, futures: Iterable[Waitable]) -> None:
+        for future in futures:
+            self.append(future)
+
+    def append(self, future: Waitable) -> None:
+        assert isinstance(future, Future), "an unordered map asks for futures"
+        self._waiting.add(future)
+        future.add_done_callback(self._done.put)
+
+    def popleft(self) -> Future[Any]:
+        """The next call to complete (waits for it)."""
+        future = self._done.get()
+        self._waiting.discard(future)
+        return future
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def __iter__(self) -> Iterator[Future[Any]]:
+        return iter(list(self._waiting))
 
 
 def _settle(setter: Callable[[Any], None], outcome: Any) -> None:
