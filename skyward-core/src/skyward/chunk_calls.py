@@ -1,23 +1,23 @@
 """The client's side of a chunk (see :mod:`skyward.chunks`): each call's outcome.
 
 A chunk settles all its calls at once, when its answer arrives. Callers that take a batch's
-results in order (``gather``, ``run_batch``) wait on the :class:`Chunk` itself and take its
-:meth:`Chunk.values` at once; an ordered ``map`` takes a :class:`ChunkCall` per call: a slot
-in the chunk's lists, not a ``Future`` (a future is five more objects the garbage collector
-walks while a batch of thousands is in flight, and that walk cost more than the rest of a
-call's client side). Callers that need ``concurrent.futures`` (``as_completed``, ``wait``)
-ask for futures instead, settled from the same place.
+results in order or as chunks complete (``gather``, ``run_batch``, ``map``) wait on the
+:class:`Chunk` itself and take its values at once: no object per call (a future is five
+more objects the garbage collector walks while a batch of thousands is in flight, and that
+walk once cost more than the rest of a call's client side). Callers that need
+``concurrent.futures`` (``as_completed``, ``wait`` on ``submit``'s futures) ask for futures
+instead, settled from the same place.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
 
-__all__ = ["Chunk", "ChunkCall"]
+__all__ = ["Chunk"]
 
 _PENDING, _DONE, _FAILED, _CANCELLED, _RETRIED = range(5)
 
@@ -33,8 +33,9 @@ class Chunk:
         *,
         futures: bool,
     ) -> None:
-        """``futures``: a future per call (``make_future``), else :class:`ChunkCall` slots;
-        ``cancel_chunk`` stops the chunk on its node (once every call was cancelled)."""
+        """``futures``: a future per call (``make_future``), else the calls are taken
+        through the chunk itself (:meth:`values`, :meth:`iter_values`); ``cancel_chunk``
+        stops the chunk on its node (once every call was cancelled)."""
         self._cond = threading.Condition(threading.Lock())
         self._state = [_PENDING] * count
         self._values: list[Any] = [None] * count
@@ -42,18 +43,17 @@ class Chunk:
         self._live = count
         self._make_future = make_future
         self._cancel_chunk = cancel_chunk
+        self._when_settled: list[Callable[[Chunk], None]] | None = []
         self.futures: list[Future[Any]] | None = None
         if futures:
             self.futures = [make_future() for _ in range(count)]
             for future in self.futures:
                 future.add_done_callback(self._future_done)
 
-    def calls(self) -> list[Any]:
-        """What a caller taking one call at a time waits on: the futures, or a
-        :class:`ChunkCall` per call."""
-        if self.futures is not None:
-            return list(self.futures)
-        return [ChunkCall(self, i) for i in range(len(self._state))]
+    def calls(self) -> list[Future[Any]]:
+        """The future of each call (a chunk made with ``futures=True``)."""
+        assert self.futures is not None, "a chunk without futures is taken whole"
+        return list(self.futures)
 
     # -- settling (the connection's reader thread) -------------------------------------
 
@@ -79,6 +79,7 @@ class Chunk:
             self._state[index] = _DONE if error is None else _FAILED
             self._values[index] = value if error is None else error
             self._cond.notify_all()
+        self._maybe_settled()
 
     def settle_all(self, outcomes: list[tuple[int, Any, BaseException | None]]) -> None:
         """Settle several calls: ``(index, value, error)`` each (an answer to a call
@@ -94,6 +95,7 @@ class Chunk:
                     state[index] = _DONE if error is None else _FAILED
                     values[index] = value if error is None else error
             self._cond.notify_all()
+        self._maybe_settled()
 
     def settle_values(self, values: list[Any]) -> None:
         """Settle every call with its value (the chunk's answer held no failure)."""
@@ -111,6 +113,7 @@ class Chunk:
                         self._state[index] = _DONE
                         self._values[index] = value
             self._cond.notify_all()
+        self._maybe_settled()
 
     def retry(self, index: int) -> Future[Any] | None:
         """The call is sent again on its own: the future its answer goes to (``None``
@@ -125,6 +128,7 @@ class Chunk:
             self._state[index] = _RETRIED
             self._retries[index] = outcome
             self._cond.notify_all()
+        self._maybe_settled()
         return outcome
 
     # -- the caller's side -------------------------------------------------------------
@@ -146,14 +150,15 @@ class Chunk:
             raise value
         return value
 
-    def call_done(self, index: int) -> bool:
-        with self._cond:
-            state = self._state[index]
-        if state == _RETRIED:
-            return self._retries[index].done()
-        return state != _PENDING
+    def cancel_call(self, index: int, *, last: bool = True) -> bool:
+        """Cancel one call (``last``: no other call of the chunk is being cancelled with
+        it, so whoever waits for the whole chunk is told now)."""
+        cancelled = self._cancel_call(index)
+        if last:
+            self._maybe_settled()
+        return cancelled
 
-    def cancel_call(self, index: int) -> bool:
+    def _cancel_call(self, index: int) -> bool:
         with self._cond:
             state = self._state[index]
             if state == _PENDING:
@@ -170,13 +175,7 @@ class Chunk:
         """Every call's value in order, once all are in (a caller that takes a whole
         chunk at once: no per-call object, one wait). Raises the first call's exception
         in order, or with ``keep_exceptions`` puts it in the list instead."""
-        try:
-            with self._cond:
-                self._cond.wait_for(lambda: _PENDING not in self._state)
-                states, values = list(self._state), list(self._values)
-        except KeyboardInterrupt:
-            self.cancel()
-            raise
+        states, values = self._all_in()
         if _FAILED not in states and _RETRIED not in states and _CANCELLED not in states:
             return values
         out: list[Any] = []
@@ -189,13 +188,50 @@ class Chunk:
                 out.append(error)
         return out
 
+    def iter_values(self) -> Iterator[Any]:
+        """Every call's value in order, once all are in; a call's exception is raised
+        where it stands, after the values before it (``map``)."""
+        states, values = self._all_in()
+        for index, state in enumerate(states):
+            yield values[index] if state == _DONE else self.call_result(index)
+
+    def _all_in(self) -> tuple[list[int], list[Any]]:
+        """Wait until no call waits for the node's answer: the states and values then."""
+        try:
+            with self._cond:
+                self._cond.wait_for(lambda: _PENDING not in self._state)
+                return list(self._state), list(self._values)
+        except KeyboardInterrupt:
+            self.cancel()  # Ctrl-C while waiting cancels the calls, as a future's does
+            raise
+
     def cancel(self) -> bool:
         """Cancel every call not settled yet; the chunk then stops on its node."""
         if self.futures is not None:
             cancelled = [future.cancel() for future in self.futures]  # each, no short cut
         else:
-            cancelled = [self.cancel_call(index) for index in range(len(self._state))]
+            cancelled = [self._cancel_call(index) for index in range(len(self._state))]
+            self._maybe_settled()
         return any(cancelled)
+
+    def add_done_callback(self, callback: Callable[[Chunk], None]) -> None:
+        """Call ``callback(chunk)`` once no call of the chunk waits for the node's answer
+        (each settled, cancelled or sent again alone): at once if that is so already.
+        For a caller that takes chunks as they complete (``gather(..., ordered=False)``);
+        :meth:`values` then waits only for calls retried alone."""
+        with self._cond:
+            if self._when_settled is not None:
+                self._when_settled.append(callback)
+                return
+        callback(self)
+
+    def _maybe_settled(self) -> None:
+        with self._cond:
+            if self._when_settled is None or _PENDING in self._state:
+                return
+            callbacks, self._when_settled = self._when_settled, None
+        for callback in callbacks:
+            callback(self)
 
     def _future_done(self, future: Future[Any]) -> None:
         if future.cancelled():
@@ -207,25 +243,3 @@ class Chunk:
             last = self._live == 0
         if last:
             self._cancel_chunk()
-
-
-class ChunkCall:
-    """One call of a chunk, waited for like a future (``result``, ``done``, ``cancel``)."""
-
-    __slots__ = ("_chunk", "_index")
-
-    def __init__(self, chunk: Chunk, index: int) -> None:
-        self._chunk = chunk
-        self._index = index
-
-    def result(self, timeout: float | None = None) -> Any:
-        """The call's value; raises its exception, or ``CancelledError``."""
-        return self._chunk.call_result(self._index, timeout)
-
-    def done(self) -> bool:
-        return self._chunk.call_done(self._index)
-
-    def cancel(self) -> bool:
-        """Drop the call's answer; the chunk stops on its node once all its calls are
-        cancelled."""
-        return self._chunk.cancel_call(self._index)

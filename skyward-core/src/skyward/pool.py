@@ -12,7 +12,6 @@ killed and replaced, the pool stays usable, and the ``KeyboardInterrupt`` goes o
 from __future__ import annotations
 
 import atexit
-import collections
 import concurrent.futures
 import contextlib
 import contextvars
@@ -35,7 +34,7 @@ import attrs
 from skyward import callbacks, chunks, context, messages, wire
 from skyward.call_batch import CallBatch
 from skyward.call_options import CallOptions
-from skyward.chunk_calls import Chunk, ChunkCall
+from skyward.chunk_calls import Chunk
 from skyward.compute import ComputeFunction, compute, is_generator_function
 from skyward.cost import CostTracker
 from skyward.errors import (
@@ -79,11 +78,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ComputePool", "MultiPool", "current_pool", "pool"]
 
-Waitable = Future[Any] | ChunkCall
-"""A sent call's outcome: a future, or a slot of a chunk (``map`` in order)."""
-Sent = Waitable | Chunk
-"""What sending a batch gives: a call's outcome, or a whole chunk (``gather`` and
-``run_batch`` take its results at once)."""
+Waitable = Future[Any]
+"""A sent call's outcome."""
+Sent = Future[Any] | Chunk
+"""What sending a batch gives: a call's future, or a whole chunk (taken at once)."""
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -728,11 +726,10 @@ class ComputePool:
         cluster, _ = self._active()
         workers = sum(c.workers for c in cluster.clients)
         ahead = 4 * workers
-        waiting: collections.deque[Waitable] | _InCompletionOrder = (
-            collections.deque() if ordered else _InCompletionOrder()
-        )
+        sent_groups = _Groups(ordered)
+        in_flight = 0  # calls sent and not yet taken
         # Over a sized iterable, calls go in chunks as in gather (see skyward.chunks),
-        # sized by what the node measured; the window then counts chunks, not calls.
+        # sized by what the node measured.
         chunked = (
             batched
             and chunks.ENABLED
@@ -742,6 +739,8 @@ class ComputePool:
         key: str | None = None
         size = 1
         sent = 0
+        current: Sent | None = None
+        values: Iterator[Any] = iter(())
         try:
             while True:
                 # Calls sent up to the window go out together, flushed before this
@@ -749,7 +748,7 @@ class ComputePool:
                 # a lazy one may block between items, and a call already made must not
                 # wait for the next item.
                 with wire.holding() if batched else contextlib.nullcontext():
-                    while len(waiting) < ahead * size:
+                    while in_flight < ahead * size:
                         group = list(itertools.islice(items, size))
                         if not group:
                             break
@@ -758,20 +757,39 @@ class ComputePool:
                         if key is None:
                             key = batch.key(0)
                         if chunked:  # a chunk of one too: the node measures it
-                            chunk = self._dispatch_chunk(
-                                batch, 0, len(batch), key, futures=not ordered
+                            sent_groups.add(
+                                self._dispatch_chunk(batch, 0, len(batch), key, futures=False)
                             )
-                            waiting.extend(chunk.calls())
                         else:
-                            waiting.append(self._dispatch(batch.payload(0), batch.options[0]))
+                            sent_groups.add(self._dispatch(batch.payload(0), batch.options[0]))
+                        in_flight += len(batch)
                         if chunked:
                             left = max(1, (total or 0) - sent)
                             size = self._chunk_sizer.size(key, left, workers)
-                if not waiting:
-                    return
-                yield self._result(waiting.popleft())
+                try:
+                    value = next(values)
+                except StopIteration:
+                    if not sent_groups:
+                        return
+                    current = sent_groups.take()
+                    values = self._values_of(current)
+                    continue
+                in_flight -= 1
+                yield value
         finally:
-            _cancel(waiting)
+            _cancel([*sent_groups, *([current] if current is not None else [])])
+
+    def _values_of(self, sent: Sent) -> Iterator[Any]:
+        """The values of a call or a chunk, in order; raises a call's exception."""
+        if not isinstance(sent, Chunk):
+            yield self._result(sent)
+            return
+        try:
+            yield from sent.iter_values()
+        except WorkerLostError:
+            if self._ended is not None:
+                raise self._ended from None
+            raise
 
     def _result(self, future: Waitable) -> Any:
         try:
@@ -825,7 +843,7 @@ class ComputePool:
         """``gather(..., ordered=False / return_exceptions=True) >> pool``."""
         calls = CallBatch(gathered.batch.computations)
         self._emit(BatchSubmitted(len(calls)))
-        futures = self._dispatch_all(calls, futures=not gathered.ordered)
+        futures = self._dispatch_all(calls, futures=False)
         if gathered.ordered:
             with _cancelled_on_interrupt(futures):
                 return self._in_order(futures, gathered.return_exceptions)
@@ -846,12 +864,17 @@ class ComputePool:
                 raise
         return tuple(out)
 
-    def _as_completed(self, futures: list[Sent], keep: bool) -> Iterator[Any]:
+    def _as_completed(self, sent: list[Sent], keep: bool) -> Iterator[Any]:
+        """The results of calls and chunks in the order they complete (a chunk's in
+        order, at once)."""
+        groups = _Groups(ordered=False)
         try:
-            for future in concurrent.futures.as_completed(_futures(futures)):
-                yield self._outcome(future, keep)
+            for item in sent:
+                groups.add(item)
+            while groups:
+                yield from self._in_order([groups.take()], keep)
         finally:
-            _cancel(futures)  # stopped early: nobody will take the rest
+            _cancel(sent)  # stopped early: nobody will take the rest
 
     def _outcome(self, future: Waitable, keep_exceptions: bool) -> Any:
         try:
@@ -915,34 +938,31 @@ class _CallFuture(Future[R]):
             raise
 
 
-class _InCompletionOrder:
-    """Calls sent and not yet taken, given back in the order they complete (an unordered
-    ``map``): each done future is queued as it completes, so taking the next one does
-    not look at every call in flight (thousands, in chunks)."""
+class _Groups:
+    """Calls and chunks sent and not yet taken: in the order sent, or (``ordered=False``)
+    in the order they complete, each queued as it completes so taking the next one does
+    not look at everything in flight."""
 
-    def __init__(self) -> None:
-        self._waiting: set[Future[Any]] = set()
-        self._done: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+    def __init__(self, ordered: bool) -> None:
+        self._ordered = ordered
+        self._waiting: dict[Sent, None] = {}  # insertion-ordered
+        self._done: queue.SimpleQueue[Sent] = queue.SimpleQueue()
 
-    def extend(self, futures: Iterable[Waitable]) -> None:
-        for future in futures:
-            self.append(future)
+    def add(self, sent: Sent) -> None:
+        self._waiting[sent] = None
+        if not self._ordered:
+            sent.add_done_callback(self._done.put)
 
-    def append(self, future: Waitable) -> None:
-        assert isinstance(future, Future), "an unordered map asks for futures"
-        self._waiting.add(future)
-        future.add_done_callback(self._done.put)
-
-    def popleft(self) -> Future[Any]:
-        """The next call to complete (waits for it)."""
-        future = self._done.get()
-        self._waiting.discard(future)
-        return future
+    def take(self) -> Sent:
+        """The next call or chunk (in completion order: waits for one to complete)."""
+        sent = next(iter(self._waiting)) if self._ordered else self._done.get()
+        del self._waiting[sent]
+        return sent
 
     def __len__(self) -> int:
         return len(self._waiting)
 
-    def __iter__(self) -> Iterator[Future[Any]]:
+    def __iter__(self) -> Iterator[Sent]:
         return iter(list(self._waiting))
 
 
@@ -950,11 +970,6 @@ def _settle(setter: Callable[[Any], None], outcome: Any) -> None:
     """Set a call's outcome unless it was cancelled meanwhile (its answer is dropped)."""
     with contextlib.suppress(concurrent.futures.InvalidStateError):
         setter(outcome)
-
-
-def _futures(waitables: Iterable[Sent]) -> list[Future[Any]]:
-    """The futures among ``waitables`` (callers that asked for futures get only those)."""
-    return [w for w in waitables if isinstance(w, Future)]
 
 
 def _cancel(futures: Iterable[Sent]) -> None:

@@ -17,6 +17,7 @@ from concurrent.futures import CancelledError
 
 from skyward import buffers, cluster, messages, refs, wire
 from skyward.agent.output import line_buffered
+from skyward.agent.running import RunningCall
 from skyward.agent.tasks import MAX_BYTES_AHEAD, run_task
 
 _PR_SET_PDEATHSIG = 1
@@ -33,12 +34,15 @@ def _die_with_parent() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    serve(socket.socket(fileno=int(args[0])))
+    running = RunningCall(int(args[1])) if len(args) > 1 else None
+    serve(socket.socket(fileno=int(args[0])), running)
 
 
-def serve(sock: socket.socket) -> None:
+def serve(sock: socket.socket, running: RunningCall | None = None) -> None:
     """The worker's life on ``sock``: in a process of its own (``main``) or in a child the
-    agent forked before it started any thread (its first workers, see ``workers.py``)."""
+    agent forked before it started any thread (its first workers, see ``workers.py``).
+    ``running``: where it writes the id of each call it starts (the agent reads it before
+    killing the worker to stop a cancelled call)."""
     _die_with_parent()
     sys.stdout, sys.stderr = line_buffered(1), line_buffered(2)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the client's business
@@ -72,6 +76,8 @@ def serve(sock: socket.socket) -> None:
             continue
         if not isinstance(task, messages.Task):
             continue  # credit for a stream that has ended: moot
+        if running is not None:
+            running.set(task.id)
         with contextlib.suppress(EOFError):
             while reader.ready():  # a cancellation of this call may be waiting behind it
                 frame = reader.read()

@@ -34,6 +34,7 @@ import attrs
 from skyward import buffers, cluster, messages, wire
 from skyward.agent import worker
 from skyward.agent.children import kill_tree
+from skyward.agent.running import RunningCall
 from skyward.agent.streams import Streams
 from skyward.agent.tasks import run_task
 from skyward.cluster import InstanceInfo
@@ -365,6 +366,8 @@ class ProcessSlot(Slot):
         """The call whose cancellation killed the worker."""
         self._skip: set[int] = set()
         """Calls cancelled after they were written to the worker, behind another."""
+        self._running: RunningCall | None = None
+        """Which call the worker runs (it writes each call's id there as it starts it)."""
 
     @property
     def pid(self) -> int | None:
@@ -384,6 +387,7 @@ class ProcessSlot(Slot):
         agent has threads, and a fork would inherit their locks."""
         ours, theirs = self._socketpair()
         self._oom_before = oom_kills()
+        self._running = RunningCall()
         pid = os.fork()
         if pid == 0:  # the worker
             try:
@@ -396,7 +400,7 @@ class ProcessSlot(Slot):
                 os.close(devnull)
                 os.environ.update(self.env)
                 _retitle([sys.executable, "-m", "skyward.agent.worker", str(theirs.fileno())])
-                worker.serve(theirs)
+                worker.serve(theirs, self._running)
             finally:
                 os._exit(0)
         theirs.close()
@@ -450,12 +454,25 @@ class ProcessSlot(Slot):
         self._killed_for = None  # the new worker runs nothing yet
         ours, theirs = self._socketpair()
         self._oom_before = oom_kills()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "skyward.agent.worker", str(theirs.fileno())],
-            pass_fds=(theirs.fileno(),),
-            env={**os.environ, **self.env},
-            stdin=subprocess.DEVNULL,
-        )
+        running = RunningCall.shareable()
+        fd = running.fd
+        assert fd is not None
+        try:
+            self._process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "skyward.agent.worker",
+                    str(theirs.fileno()),
+                    str(running.fd),
+                ],
+                pass_fds=(theirs.fileno(), fd),
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            running.close_fd()
+        self._running = running
         theirs.close()
         self._attach(ours)
         self._greet()
@@ -518,7 +535,8 @@ class ProcessSlot(Slot):
                 self.calls_are_short = time.monotonic() - started < _SHORT_CALL
                 if not self.sent:
                     board.settled(self)
-                complete(result)
+                if result is not None:
+                    complete(result)
                 del head, result
                 if self._stopped:  # the worker was lost: answered first, replaced now
                     self._stopped = False
@@ -534,7 +552,9 @@ class ProcessSlot(Slot):
         except (EOFError, OSError):
             board.not_idle(self)
             if self.sent:  # handed a call as it died
-                complete(self._lost(board, self.sent[0]))
+                lost = self._lost(board, self.sent[0])
+                if lost is not None:
+                    complete(lost)
                 self._stopped = False
                 self._spawn()
             else:
@@ -557,8 +577,9 @@ class ProcessSlot(Slot):
             self._sock.settimeout(timeout)
             self._timeout = timeout
 
-    def _await(self, task: messages.Task, board: TaskBoard) -> messages.Result:
-        """The answer to ``task``, the oldest in flight (the worker runs them in order)."""
+    def _await(self, task: messages.Task, board: TaskBoard) -> messages.Result | None:
+        """The answer to ``task``, the oldest in flight (the worker runs them in order);
+        ``None`` when it went back on the board (see :meth:`_lost`)."""
         assert self._reader is not None
         assert self._writer is not None
         gate = self.streams.get(task.id) if task.window else None
@@ -610,6 +631,9 @@ class ProcessSlot(Slot):
             if not sent or process is None or self._killed_for == task_id:
                 return
             if sent[0].id == task_id:
+                running = self._running
+                if running is not None and not running.stop_if_running(process.pid, task_id):
+                    return  # it ended as it was cancelled: the next call runs, untouched
                 _log.info("%s: call %d cancelled; killing its worker process", self.where, task_id)
                 self._killed_for = task_id
                 kill_tree(process.pid)
@@ -622,17 +646,21 @@ class ProcessSlot(Slot):
                 with contextlib.suppress(OSError):
                     writer.send(messages.Cancel(task_id, force=True))
 
-    def _lost(self, board: TaskBoard, task: messages.Task) -> messages.Result:
-        """The worker died while running ``task``: its failure (the worker is replaced)."""
+    def _lost(self, board: TaskBoard, task: messages.Task) -> messages.Result | None:
+        """The worker died while running ``task``: its failure (the worker is replaced),
+        or ``None`` when ``task`` never started and went back on the board."""
         killed_for, self._killed_for = self._killed_for, None
         self._skip.discard(task.id)
+        if killed_for is not None and killed_for != task.id:
+            # Killed while it ran the cancelled call (it said so, see RunningCall), which
+            # it answered just before: this one was written to it but never started.
+            self._lose(board, requeue_head=True)
+            _log.info("%s: started a new worker process after a cancel", self.where)
+            return None
         cause = self._lose(board)
         if killed_for == task.id:
             _log.info("%s: started a new worker process after a cancel", self.where)
             return cancelled(task.id)
-        if killed_for is not None:
-            # The cancelled call ended just before the kill and this one had started.
-            cause = f"killed to stop call {killed_for}, which the client cancelled"
         _log.warning("%s: the worker process died (%s); starting a new one", self.where, cause)
         lost = WorkerLostError(
             self.info.node,
@@ -643,12 +671,13 @@ class ProcessSlot(Slot):
         )
         return _failure(task.id, lost)
 
-    def _lose(self, board: TaskBoard) -> str | None:
+    def _lose(self, board: TaskBoard, *, requeue_head: bool = False) -> str | None:
         """The worker is gone (or being killed) while running ``sent[0]``: stop what is
-        left of it, and put the calls queued behind it (never started) back on the board.
+        left of it, and put the calls queued behind it (never started) back on the board
+        (``sent[0]`` too with ``requeue_head``: it never started either).
         The slot starts its replacement once the lost call is answered, so a timeout is
         answered on time rather than after a new interpreter's start."""
-        queued = list(self.sent)[1:]
+        queued = list(self.sent)[0 if requeue_head else 1 :]
         self.sent.clear()
         cause = self._stop()
         self._stopped = True
