@@ -207,7 +207,7 @@ def test_a_chunk_is_reported_by_its_calls(local_pool_factory: Factory) -> None:
 
 def test_ctrl_c_while_taking_a_chunk_cancels_it() -> None:
     cancelled: list[bool] = []
-    chunk = chunk_calls.Chunk(3, Future, lambda: cancelled.append(True), futures=False)
+    chunk = chunk_calls.Chunk(3, Future, lambda: cancelled.append(True))
 
     def interrupt(*args: object, **kwargs: object) -> bool:
         raise KeyboardInterrupt  # as Ctrl-C lands in the caller's wait
@@ -222,7 +222,7 @@ def test_ctrl_c_while_taking_a_chunk_cancels_it() -> None:
 
 
 def test_a_chunk_gives_its_values_in_order_keeping_exceptions() -> None:
-    chunk = chunk_calls.Chunk(3, Future, lambda: None, futures=False)
+    chunk = chunk_calls.Chunk(3, Future, lambda: None)
     chunk.settle_all([(2, "c", None), (0, "a", None), (1, None, ValueError("b"))])
     assert chunk.values(keep_exceptions=True)[0::2] == ["a", "c"]
     assert isinstance(chunk.values(keep_exceptions=True)[1], ValueError)

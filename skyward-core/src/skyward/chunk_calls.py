@@ -1,20 +1,18 @@
 """The client's side of a chunk (see :mod:`skyward.chunks`): each call's outcome.
 
-A chunk settles all its calls at once, when its answer arrives. Callers that take a batch's
-results in order or as chunks complete (``gather``, ``run_batch``, ``map``) wait on the
-:class:`Chunk` itself and take its values at once: no object per call (a future is five
-more objects the garbage collector walks while a batch of thousands is in flight, and that
-walk once cost more than the rest of a call's client side). Callers that need
-``concurrent.futures`` (``as_completed``, ``wait`` on ``submit``'s futures) ask for futures
-instead, settled from the same place.
+A chunk settles all its calls at once, when its answer arrives. Its callers (``gather``,
+``run_batch``, ``map``) wait on the :class:`Chunk` itself and take its values at once, in
+the order sent or as chunks complete: no object per call (a future is five more objects
+the garbage collector walks while a batch of thousands is in flight, and that walk once
+cost more than the rest of a call's client side). A call that failed and is sent again
+alone answers to a future of its own.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import CancelledError, Future
 from typing import Any
 
 __all__ = ["Chunk"]
@@ -30,12 +28,9 @@ class Chunk:
         count: int,
         make_future: Callable[[], Future[Any]],
         cancel_chunk: Callable[[], None],
-        *,
-        futures: bool,
     ) -> None:
-        """``futures``: a future per call (``make_future``), else the calls are taken
-        through the chunk itself (:meth:`values`, :meth:`iter_values`); ``cancel_chunk``
-        stops the chunk on its node (once every call was cancelled)."""
+        """``make_future``: the future a call sent again alone answers to;
+        ``cancel_chunk`` stops the chunk on its node (once every call was cancelled)."""
         self._cond = threading.Condition(threading.Lock())
         self._state = [_PENDING] * count
         self._values: list[Any] = [None] * count
@@ -44,50 +39,16 @@ class Chunk:
         self._make_future = make_future
         self._cancel_chunk = cancel_chunk
         self._when_settled: list[Callable[[Chunk], None]] | None = []
-        self.futures: list[Future[Any]] | None = None
-        if futures:
-            self.futures = [make_future() for _ in range(count)]
-            for future in self.futures:
-                future.add_done_callback(self._future_done)
-
-    def calls(self) -> list[Future[Any]]:
-        """The future of each call (a chunk made with ``futures=True``)."""
-        assert self.futures is not None, "a chunk without futures is taken whole"
-        return list(self.futures)
 
     # -- settling (the connection's reader thread) -------------------------------------
 
     def pending(self, index: int) -> bool:
         """False once the call is settled or cancelled (its answer is then dropped)."""
-        if self.futures is not None:
-            return not self.futures[index].done()
         return self._state[index] == _PENDING
-
-    def settle(self, index: int, value: Any = None, error: BaseException | None = None) -> None:
-        if self.futures is not None:
-            future = self.futures[index]
-            setter: Callable[[Any], None] = future.set_result
-            outcome = value
-            if error is not None:
-                setter, outcome = future.set_exception, error
-            with contextlib.suppress(InvalidStateError):  # cancelled: the answer is dropped
-                setter(outcome)
-            return
-        with self._cond:
-            if self._state[index] != _PENDING:
-                return
-            self._state[index] = _DONE if error is None else _FAILED
-            self._values[index] = value if error is None else error
-            self._cond.notify_all()
-        self._maybe_settled()
 
     def settle_all(self, outcomes: list[tuple[int, Any, BaseException | None]]) -> None:
         """Settle several calls: ``(index, value, error)`` each (an answer to a call
         cancelled meanwhile is dropped)."""
-        if self.futures is not None:
-            for index, value, error in outcomes:
-                self.settle(index, value, error)
-            return
         state, values = self._state, self._values
         with self._cond:
             for index, value, error in outcomes:
@@ -99,10 +60,6 @@ class Chunk:
 
     def settle_values(self, values: list[Any]) -> None:
         """Settle every call with its value (the chunk's answer held no failure)."""
-        if self.futures is not None:
-            for index, value in enumerate(values):
-                self.settle(index, value)
-            return
         with self._cond:
             if self._state.count(_PENDING) == len(self._state):
                 self._state = [_DONE] * len(values)
@@ -118,9 +75,6 @@ class Chunk:
     def retry(self, index: int) -> Future[Any] | None:
         """The call is sent again on its own: the future its answer goes to (``None``
         when it was cancelled meanwhile)."""
-        if self.futures is not None:
-            future = self.futures[index]
-            return None if future.done() else future
         with self._cond:
             if self._state[index] != _PENDING:
                 return None
@@ -133,30 +87,23 @@ class Chunk:
 
     # -- the caller's side -------------------------------------------------------------
 
-    def call_result(self, index: int, timeout: float | None = None) -> Any:
+    def _call_result(self, index: int) -> Any:
+        """Call ``index``'s value, once it is not pending: raises its exception, or
+        ``CancelledError``; waits for the answer of a call sent again alone."""
         try:
             with self._cond:
-                if not self._cond.wait_for(lambda: self._state[index] != _PENDING, timeout):
-                    raise TimeoutError()
                 state, value = self._state[index], self._values[index]
             if state == _RETRIED:
-                return self._retries[index].result(timeout)
+                return self._retries[index].result()
         except KeyboardInterrupt:
-            self.cancel_call(index)  # Ctrl-C while waiting cancels it, as a future's does
+            self._cancel_call(index)
+            self._maybe_settled()  # Ctrl-C while waiting cancels it, as a future's does
             raise
         if state == _CANCELLED:
             raise CancelledError()
         if state == _FAILED:
             raise value
         return value
-
-    def cancel_call(self, index: int, *, last: bool = True) -> bool:
-        """Cancel one call (``last``: no other call of the chunk is being cancelled with
-        it, so whoever waits for the whole chunk is told now)."""
-        cancelled = self._cancel_call(index)
-        if last:
-            self._maybe_settled()
-        return cancelled
 
     def _cancel_call(self, index: int) -> bool:
         with self._cond:
@@ -181,7 +128,7 @@ class Chunk:
         out: list[Any] = []
         for index, state in enumerate(states):
             try:
-                out.append(self.call_result(index) if state != _DONE else values[index])
+                out.append(self._call_result(index) if state != _DONE else values[index])
             except Exception as error:
                 if not keep_exceptions:
                     raise
@@ -193,7 +140,7 @@ class Chunk:
         where it stands, after the values before it (``map``)."""
         states, values = self._all_in()
         for index, state in enumerate(states):
-            yield values[index] if state == _DONE else self.call_result(index)
+            yield values[index] if state == _DONE else self._call_result(index)
 
     def _all_in(self) -> tuple[list[int], list[Any]]:
         """Wait until no call waits for the node's answer: the states and values then."""
@@ -207,11 +154,8 @@ class Chunk:
 
     def cancel(self) -> bool:
         """Cancel every call not settled yet; the chunk then stops on its node."""
-        if self.futures is not None:
-            cancelled = [future.cancel() for future in self.futures]  # each, no short cut
-        else:
-            cancelled = [self._cancel_call(index) for index in range(len(self._state))]
-            self._maybe_settled()
+        cancelled = [self._cancel_call(index) for index in range(len(self._state))]
+        self._maybe_settled()
         return any(cancelled)
 
     def add_done_callback(self, callback: Callable[[Chunk], None]) -> None:
@@ -232,10 +176,6 @@ class Chunk:
             callbacks, self._when_settled = self._when_settled, None
         for callback in callbacks:
             callback(self)
-
-    def _future_done(self, future: Future[Any]) -> None:
-        if future.cancelled():
-            self._call_cancelled()
 
     def _call_cancelled(self) -> None:
         with self._cond:

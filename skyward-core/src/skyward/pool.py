@@ -524,15 +524,13 @@ class ComputePool:
         batch: CallBatch,
         *,
         targets: Sequence[tuple[int, int]] = (),
-        futures: bool = True,
     ) -> list[Sent]:
         """Send several calls. Sending waits while the nodes' windows are full: Ctrl-C
         then cancels the calls already sent.
 
         Of a batch larger than the pool's window, consecutive chunkable calls share tasks
-        (see :mod:`skyward.chunks`); with ``futures=False`` (a caller that takes the
-        results in order) such a chunk is one :class:`~skyward.chunk_calls.Chunk` in the
-        list, not a future per call.
+        (see :mod:`skyward.chunks`), each one :class:`~skyward.chunk_calls.Chunk` in the
+        list, taken whole, not a future per call.
         ``targets``: the (node, worker) of each call, when they are pinned (never chunked)."""
         sent: list[Sent] = []
         workers = self.workers
@@ -554,11 +552,7 @@ class ComputePool:
                 end = index + 1
                 while end < total and end - index < size and chunkable[end]:
                     end += 1
-                chunk = self._dispatch_chunk(batch, index, end, key, futures=futures)
-                if futures:
-                    sent.extend(chunk.calls())
-                else:
-                    sent.append(chunk)
+                sent.append(self._dispatch_chunk(batch, index, end, key))
                 index = end
         return sent
 
@@ -568,8 +562,6 @@ class ComputePool:
         start: int,
         end: int,
         key: str,
-        *,
-        futures: bool = True,
     ) -> Chunk:
         """Send calls ``start`` to ``end - 1`` of ``batch`` as one chunk, with a future per
         call or (``futures=False``) the lighter slots of a caller that waits in order. A
@@ -582,7 +574,7 @@ class ComputePool:
                 future.cancel()  # the node client sends Cancel to the agent
 
         count = end - start
-        chunk = Chunk(count, _CallFuture, cancel_chunk, futures=futures)
+        chunk = Chunk(count, _CallFuture, cancel_chunk)
         first_task = next(self._task_numbers)
         for _ in range(count - 1):
             next(self._task_numbers)
@@ -757,9 +749,7 @@ class ComputePool:
                         if key is None:
                             key = batch.key(0)
                         if chunked:  # a chunk of one too: the node measures it
-                            sent_groups.add(
-                                self._dispatch_chunk(batch, 0, len(batch), key, futures=False)
-                            )
+                            sent_groups.add(self._dispatch_chunk(batch, 0, len(batch), key))
                         else:
                             sent_groups.add(self._dispatch(batch.payload(0), batch.options[0]))
                         in_flight += len(batch)
@@ -835,7 +825,7 @@ class ComputePool:
         """
         calls = CallBatch(batch.computations)
         self._emit(BatchSubmitted(len(calls)))
-        futures = self._dispatch_all(calls, futures=False)
+        futures = self._dispatch_all(calls)
         with _cancelled_on_interrupt(futures):
             return self._in_order(futures, keep_exceptions=False)
 
@@ -843,7 +833,7 @@ class ComputePool:
         """``gather(..., ordered=False / return_exceptions=True) >> pool``."""
         calls = CallBatch(gathered.batch.computations)
         self._emit(BatchSubmitted(len(calls)))
-        futures = self._dispatch_all(calls, futures=False)
+        futures = self._dispatch_all(calls)
         if gathered.ordered:
             with _cancelled_on_interrupt(futures):
                 return self._in_order(futures, gathered.return_exceptions)
