@@ -72,6 +72,15 @@ def session(tmp_path: Path) -> Iterator[object]:
         stop_process_group(agent.process)
 
 
+def _reconnect(agent: AgentProcess, config: AgentConfig) -> tuple[messages.Hello, Session]:
+    sock = connect_loopback(agent.endpoint.port)
+    handshake.prove(sock, config.key)
+    reader, writer = wire.FrameReader(sock), wire.FrameWriter(sock)
+    hello = reader.read()
+    assert isinstance(hello, messages.Hello)
+    return hello, (agent, reader, writer)
+
+
 def _call(task_id: int, fn: object, *args: object) -> messages.Task:
     return messages.Task(task_id, messages.Payload.of((fn, args, {})))
 
@@ -204,3 +213,27 @@ def test_thread_workers_drain_output_at_the_same_time(session) -> None:  # type:
         elif isinstance(message, messages.Log):
             lines.add(message.line)
     assert results == set(range(1, count + 1))
+
+
+@pytest.mark.parametrize("close_after", [0.01, 0.4])
+def test_a_dropped_connection_keeps_the_calls_result(session, close_after: float) -> None:  # type: ignore[no-untyped-def]
+    # The connection drops while the thread that read the call runs it: before the
+    # watchdog let another thread read on (0.01 s), or after (0.4 s). Either way the
+    # result waits for the next connection, which is told the call is running.
+    config = _config()
+    agent, reader, writer = session(config)
+    writer.send(_call(1, _nap, 0.8))
+    time.sleep(close_after)
+    reader._stream.close()  # type: ignore[attr-defined]
+    hello, (_, reader, writer) = _reconnect(agent, config)
+    assert 1 in hello.inflight + hello.completed
+    result = _result(reader)
+    assert result.id == 1
+    assert result.value is not None
+    assert result.value.open() == 0.8
+    writer.send(messages.Ack((1,)))
+    writer.send(_call(2, _where))  # and the agent runs calls as before
+    result = _result(reader)
+    assert result.id == 2
+    assert result.value is not None
+    assert result.value.open() == (0, 1)
