@@ -4,21 +4,18 @@ Everything written there, by Python or by any child process, becomes a ``Log`` f
 task's result must not overtake what the task printed (a caller that closes the pool as
 soon as it has the result would lose the last lines), so :meth:`OutputCapture.drain`
 waits until every byte already in the pipes has been turned into frames. Usually there is
-nothing to wait for and it costs two ``ioctl`` calls; otherwise a marker is written into
-each pipe and the pump reports when it reaches it (pipes are first in, first out).
+nothing to wait for and it costs one ``poll`` of both pipes; otherwise a marker is written
+into each pipe and the pump reports when it reaches it (pipes are first in, first out).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import itertools
 import os
 import select
-import struct
 import sys
-import termios
 import threading
 import time
 from collections.abc import Callable
@@ -31,12 +28,6 @@ _DRAIN_TIMEOUT = 5.0
 
 Emit = Callable[[str, str, float], None]
 """``emit(stream, line, timestamp)``."""
-
-
-def _unread(fd: int) -> int:
-    raw = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-    count: int = struct.unpack("i", raw)[0]
-    return count
 
 
 class _Pump:
@@ -55,9 +46,10 @@ class _Pump:
     def start(self) -> None:
         threading.Thread(target=self._run, daemon=True, name=f"skyward-{self.stream}").start()
 
-    def idle(self) -> bool:
-        """Nothing in the pipe and nothing read but not yet emitted (but a partial line)."""
-        return not self._busy and _unread(self.read_fd) == 0
+    @property
+    def busy(self) -> bool:
+        """Bytes read from the pipe and not yet emitted."""
+        return self._busy
 
     def mark(self, token: int) -> None:
         os.write(self.write_fd, _MARK + str(token).encode() + b"\n")
@@ -133,6 +125,10 @@ class OutputCapture:
             self._pumps.append(_Pump(read_end, fd, stream, emit))
         sys.stdout = line_buffered(1)
         sys.stderr = line_buffered(2)
+        # One system call per drain tells whether either pipe holds bytes (a result is
+        # sent after each call's drain: it is on every call's way back). A poll object
+        # per thread: one object refuses two threads polling with it at once.
+        self._pollers = threading.local()
         if start:
             self.start()
 
@@ -153,10 +149,12 @@ class OutputCapture:
 
         ``final`` also emits a last line that lacks its newline (at exit).
         """
-        with contextlib.suppress(OSError, ValueError):
+        try:
             sys.stdout.flush()
             sys.stderr.flush()
-        waiting = [p for p in self._pumps if not p.idle()]
+        except (OSError, ValueError):
+            pass
+        waiting = self._waiting()
         if waiting:
             token = next(self._tokens)
             deadline = time.monotonic() + _DRAIN_TIMEOUT
@@ -167,3 +165,15 @@ class OutputCapture:
         if final:
             for pump in self._pumps:
                 pump.flush_partial()
+
+    def _waiting(self) -> list[_Pump]:
+        """The pumps with bytes in their pipe or read but not yet emitted. A pump's busy
+        flag is set before its read and cleared after its lines are emitted, so it is
+        looked at after the pipe (bytes move from the pipe to the pump, never back)."""
+        poller: select.poll | None = getattr(self._pollers, "poller", None)
+        if poller is None:
+            poller = self._pollers.poller = select.poll()
+            for pump in self._pumps:
+                poller.register(pump.read_fd, select.POLLIN)
+        ready = {fd for fd, events in poller.poll(0) if events & select.POLLIN}
+        return [p for p in self._pumps if p.read_fd in ready or p.busy]

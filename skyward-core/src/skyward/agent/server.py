@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
+
 from skyward import cluster, handshake, messages, refs, wire
 from skyward.agent.children import (
     NODE_MARKER_ENV,
@@ -37,7 +39,14 @@ from skyward.agent.children import (
 from skyward.agent.metrics import sample
 from skyward.agent.output import OutputCapture
 from skyward.agent.streams import Streams
-from skyward.agent.workers import EXECUTORS, ProcessSlot, TaskBoard, cancelled, make_slots
+from skyward.agent.workers import (
+    EXECUTORS,
+    ProcessSlot,
+    TaskBoard,
+    ThreadSlot,
+    cancelled,
+    make_slots,
+)
 from skyward.cluster import InstanceInfo
 from skyward.errors import AgentAuthenticationError
 from skyward.gpus import node_accelerators, plan_node
@@ -46,6 +55,9 @@ from skyward.messages import EXIT_LIFETIME, EXIT_NO_HEARTBEAT, EXIT_REASON_FILE
 POWEROFF_ENV = "SKYWARD_POWEROFF_CMD"
 """Overrides the command ``--on-expire=poweroff`` runs (tests point it at something harmless)."""
 HANDSHAKE_TIMEOUT = 10.0
+_HANDOFF_AFTER = 0.05
+"""Seconds a call run by a connection's reading thread may keep that connection unread;
+past that, another thread reads it (and the watchdog looks this often)."""
 
 _log = logging.getLogger("skyward.agent")
 _LOG_BACKLOG = 10_000
@@ -84,6 +96,11 @@ class Agent:
         self._inflight: set[int] = set()
         self._retained: dict[int, messages.Result] = {}
         self.streams = Streams(self._send_item)
+        # One thread worker: its calls run in the thread that read them while it is idle
+        # (no hand-off on a call's way in); see _run_here.
+        self._run_inline = options.executor == "thread" and len(self.slots) == 1
+        self._inline_lock = threading.Lock()
+        self._inline: _Inline | None = None
 
     # -- outbound ---------------------------------------------------------------------
 
@@ -162,19 +179,41 @@ class Agent:
             # Nothing from this peer is unpickled, and it cannot become the current
             # connection, until it proves it holds the pool's key.
             conn.settimeout(HANDSHAKE_TIMEOUT)
-            try:
-                handshake.accept(conn, self.key)
-            except (AgentAuthenticationError, EOFError, OSError) as error:
-                _log.warning("refused a connection: %s", error)
-                return
-            conn.settimeout(None)
-            self._greet(writer)
-            self.last_seen = time.monotonic()
+            handshake.accept(conn, self.key)
+        except (AgentAuthenticationError, EOFError, OSError) as error:
+            _log.warning("refused a connection: %s", error)
+            conn.close()
+            return
+        except BaseException:
+            conn.close()
+            raise
+        self._read_on(conn, reader, writer, greet=True)
+
+    def _read_on(
+        self,
+        conn: socket.socket,
+        reader: wire.FrameReader,
+        writer: wire.FrameWriter,
+        *,
+        greet: bool = False,
+    ) -> None:
+        """Read the client's frames until the connection ends, or until this thread ran a
+        call that took long enough for another thread to take over the reading (see
+        ``_run_here``). ``greet``: make it the current connection first."""
+        handed = False
+        try:
+            if greet:
+                conn.settimeout(None)
+                self._greet(writer)
+                self.last_seen = time.monotonic()
             while True:
                 message = reader.read()
                 self.last_seen = time.monotonic()
                 if isinstance(message, messages.Task):
-                    self._accept(message)
+                    task = self._accept(message)
+                    if task is not None and not self._run_here(task, conn, reader, writer):
+                        handed = True
+                        return
                 elif isinstance(message, messages.Ack):
                     with self._lock:
                         for task_id in message.ids:
@@ -195,10 +234,48 @@ class Agent:
         except (EOFError, OSError):
             _log.info("client connection closed")
         finally:
-            with self._lock:
-                if self._current is writer:
-                    self._current = None
-            conn.close()
+            if not handed:
+                with self._lock:
+                    if self._current is writer:
+                        self._current = None
+                conn.close()
+
+    def _run_here(
+        self,
+        task: messages.Task,
+        conn: socket.socket,
+        reader: wire.FrameReader,
+        writer: wire.FrameWriter,
+    ) -> bool:
+        """Run ``task`` (claimed on the board) in this, the connection's reading thread,
+        and answer it. The connection stays unread meanwhile, unless the call runs past
+        ``_HANDOFF_AFTER``: then the watchdog starts another thread that reads it (a
+        cancellation, a stream's credit, the heartbeat, a shutdown are never held up
+        longer). Returns whether this thread still reads the connection."""
+        inline = _Inline(time.monotonic(), conn, reader, writer)
+        with self._inline_lock:
+            self._inline = inline
+        slot = self.slots[0]
+        assert isinstance(slot, ThreadSlot)
+        try:
+            slot.run_here(task, self._complete)
+        finally:
+            with self._inline_lock:
+                self._inline = None
+            self.board.unclaim(slot.info.worker)
+        return not inline.handed
+
+    def _hand_off(self, now: float) -> None:
+        """Let another thread read a connection whose reading thread runs a long call."""
+        with self._inline_lock:
+            inline = self._inline
+            if inline is None or inline.handed or now - inline.since < _HANDOFF_AFTER:
+                return
+            inline.handed = True
+        self.last_seen = now  # its frames are read again from now on
+        threading.Thread(
+            target=self._read_on, args=(inline.conn, inline.reader, inline.writer), daemon=True
+        ).start()
 
     # -- work -------------------------------------------------------------------------
 
@@ -216,19 +293,24 @@ class Agent:
         for slot in self.slots:
             slot.start(self.board, self._complete, self.streams)
 
-    def _accept(self, task: messages.Task) -> None:
+    def _accept(self, task: messages.Task) -> messages.Task | None:
+        """Take a task in; returns it when the calling (reading) thread is to run it."""
         with self._lock:
             duplicate = task.id in self._inflight or task.id in self._retained
             self._inflight.add(task.id)
         if duplicate:
-            return
+            return None
         if task.window > 0:
             self.streams.open(task)
         if task.worker is not None and not 0 <= task.worker < len(self.slots):
             error = ValueError(f"this node has workers 0..{len(self.slots) - 1}, not {task.worker}")
             self._complete(messages.Result(task.id, failure=messages.Failure.of(error)))
-            return
+            return None
+        # A stream runs on its slot's thread: its items wait on credit this thread reads.
+        if self._run_inline and not task.window and self.board.claim(task) is not None:
+            return task
         self.board.put(task)
+        return None
 
     def _cancel(self, message: messages.Cancel) -> None:
         """Nobody wants task ``message.id``: drop it if queued, stop a stream at its next
@@ -245,9 +327,12 @@ class Agent:
     def watchdog(self) -> None:
         timeout = self.options.heartbeat_timeout
         lifetime = self.options.lifetime
+        tick = min(_HANDOFF_AFTER if self._run_inline else 0.5, timeout / 4)
         while True:
-            time.sleep(min(0.5, timeout / 4))
+            time.sleep(tick)
             now = time.monotonic()
+            if self._run_inline:
+                self._hand_off(now)
             if now - self.last_seen > timeout:
                 self.expire(EXIT_NO_HEARTBEAT, f"no heartbeat for {timeout:g}s")
             if lifetime is not None and now - self.started > lifetime:
@@ -290,6 +375,18 @@ class Agent:
         while True:
             time.sleep(interval)
             self._send_current(sample(psutil))
+
+
+@attrs.define
+class _Inline:
+    """A call run by the thread that reads its connection (see ``Agent._run_here``)."""
+
+    since: float
+    conn: socket.socket
+    reader: wire.FrameReader
+    writer: wire.FrameWriter
+    handed: bool = False
+    """Another thread reads the connection now."""
 
 
 def _default_poweroff() -> str:

@@ -61,6 +61,9 @@ def serve(sock: socket.socket, running: RunningCall | None = None) -> None:
     """Frames read early, looking for cancellations of calls queued behind the current."""
     skip: set[int] = set()
     while True:
+        # A frame that arrives with the bytes already buffered here was received a while
+        # ago (before the last call ran): what came since is looked for on the socket.
+        fresh = not ahead and not reader.buffered()
         try:
             task = ahead.popleft() if ahead else reader.read()
         except EOFError:
@@ -79,7 +82,11 @@ def serve(sock: socket.socket, running: RunningCall | None = None) -> None:
         if running is not None:
             running.set(task.id)
         with contextlib.suppress(EOFError):
-            while reader.ready():  # a cancellation of this call may be waiting behind it
+            # A cancellation of this call may be waiting behind it. A call just received
+            # came with everything sent before it: only the buffer is looked at (a
+            # cancellation sent after that receive crossed the call either way; the agent
+            # kills a worker that runs a call it asked it to skip).
+            while reader.buffered() if fresh else reader.ready():
                 frame = reader.read()
                 if isinstance(frame, messages.Cancel):
                     skip.add(frame.id)

@@ -90,6 +90,11 @@ class TaskBoard:
         self._idle: list[ProcessSlot | None] = [None] * workers
         self._busy = [False] * workers
         """Which process slots have calls in flight."""
+        self._waiting = [False] * workers
+        """Which thread slots wait in :meth:`take` with nothing to run."""
+        self._claimed = [False] * workers
+        """Which thread slots lend their worker index to a call run by another thread
+        (:meth:`claim`): their own thread takes nothing meanwhile."""
 
     def put(self, task: messages.Task) -> None:
         with self._cond:
@@ -126,11 +131,41 @@ class TaskBoard:
         """A thread slot's next task (blocks)."""
         with self._cond:
             while True:
-                if self._pinned[worker]:
-                    return self._pinned[worker].popleft()
-                if self._shared:
-                    return self._shared.popleft()
-                self._cond.wait()
+                if not self._claimed[worker]:
+                    if self._pinned[worker]:
+                        return self._pinned[worker].popleft()
+                    if self._shared:
+                        return self._shared.popleft()
+                self._waiting[worker] = True
+                try:
+                    self._cond.wait()
+                finally:
+                    self._waiting[worker] = False
+
+    def claim(self, task: messages.Task) -> int | None:
+        """For a thread slot idle in :meth:`take` with nothing queued ahead of ``task``:
+        mark it taken and return its index, so the caller runs ``task`` in its own thread
+        as that worker (no hand-off to the slot's thread); ``None`` otherwise. The caller
+        calls :meth:`unclaim` once the call is answered."""
+        with self._cond:
+            if self._shared or any(self._pinned):
+                return None  # queues keep their order
+            if task.worker is not None:
+                candidates: Sequence[int] = (task.worker,)
+            else:
+                candidates = range(len(self._waiting))
+            for worker in candidates:
+                if self._waiting[worker] and not self._claimed[worker]:
+                    self._claimed[worker] = True
+                    return worker
+            return None
+
+    def unclaim(self, worker: int) -> None:
+        """The call run as ``worker`` by another thread ended: its slot takes tasks again."""
+        with self._cond:
+            self._claimed[worker] = False
+            if self._shared or self._pinned[worker]:
+                self._cond.notify_all()  # queued meanwhile (a wake costs: only then)
 
     def take_or_idle(self, slot: ProcessSlot) -> messages.Task | None:
         """A process slot with nothing in flight: a queued task for it to write itself
@@ -280,6 +315,14 @@ class ThreadSlot(Slot):
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def run_here(self, task: messages.Task, complete: Complete) -> None:
+        """Run ``task`` in the calling thread as this worker, and answer it (the slot is
+        claimed on the board meanwhile: see :meth:`TaskBoard.claim`)."""
+        cluster.set_worker(self.info.worker)
+        result = self.run(task, complete)
+        if result is not None:
+            complete(result)
 
 
 def _retitle(args: list[str]) -> None:
