@@ -111,11 +111,12 @@ class _SocketGate:
         self._consumed = 0
         self._cancelled = False
         self._sizes: dict[int, int] = {}
+        self._ahead = 0  # the sum of _sizes: bytes sent and not yet consumed
 
     def _held_back(self, seq: int) -> bool:
         if seq >= self._consumed + self._window:
             return True
-        return sum(self._sizes.values()) >= MAX_BYTES_AHEAD
+        return self._ahead >= MAX_BYTES_AHEAD
 
     def wait(self, seq: int, nbytes: int) -> bool:
         # Take what already arrived (a cancellation must not wait for the credit to run
@@ -124,6 +125,7 @@ class _SocketGate:
             self._apply(self._reader.read())
         while not self._cancelled and self._held_back(seq):
             self._apply(self._reader.read())
+        self._ahead += nbytes - self._sizes.get(seq, 0)
         self._sizes[seq] = nbytes
         return not self._cancelled
 
@@ -131,7 +133,7 @@ class _SocketGate:
         if isinstance(message, messages.Credit) and message.id == self._id:
             self._consumed = max(self._consumed, message.consumed)
             for seq in [s for s in self._sizes if s < self._consumed]:
-                del self._sizes[seq]
+                self._ahead -= self._sizes.pop(seq)
         elif isinstance(message, messages.Cancel) and message.id == self._id:
             self._cancelled = True
         elif isinstance(message, messages.Release):
