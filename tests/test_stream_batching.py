@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from skyward.agent import streams
 from skyward.agent.streams import StreamGate, relay
 from skyward.agent.tasks import _stream
 from skyward.node import _END, _Stream
+from tests.conftest import wait_until
 
 TASK = messages.Task(7, messages.Payload.of(None), window=64)
 
@@ -213,6 +215,20 @@ def test_the_agent_relays_a_lone_item_without_waiting_for_another() -> None:
     theirs.close()
 
 
+def test_the_agent_relays_what_it_read_when_the_worker_dies_mid_frame() -> None:
+    def write(writer: wire.FrameWriter) -> None:
+        writer.send(_item(0))
+        writer.send(_item(1))
+        whole = b"".join(bytes(p) for p in wire.encode(_item(2)))
+        writer.write([whole[: len(whole) // 2]])  # and the worker is gone
+
+    reader = _frames_through(write)
+    emitted: list[messages.Item] = []
+    with pytest.raises(EOFError):
+        relay(reader, emitted.append, reader.read())
+    assert seqs(emitted) == [[0, 1]]
+
+
 def test_a_relayed_frame_holds_at_most_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(streams, "MAX_ITEMS_PER_FRAME", 2)
 
@@ -291,9 +307,20 @@ def blocks(n: int) -> Iterator[bytes]:
         yield np.full(64 * 1024 // 8, float(i)).tobytes()
 
 
+@sky.compute
+def endless_fast(closed: str) -> Iterator[int]:
+    i = 0
+    try:
+        while True:
+            yield i
+            i += 1
+    finally:
+        Path(closed).write_text("closed")
+
+
 @pytest.mark.parametrize("executor", ["process", "thread"])
 def test_fast_streams_arrive_whole_and_in_order_on_a_local_pool(
-    local_pool_factory: Callable[..., sky.ComputePool], executor: str
+    local_pool_factory: Callable[..., sky.ComputePool], executor: str, tmp_path: Path
 ) -> None:
     with local_pool_factory(nodes=1, executor=executor) as pool:
         items = fast_then_fails(20_000) >> pool
@@ -304,3 +331,10 @@ def test_fast_streams_arrive_whole_and_in_order_on_a_local_pool(
         pool.stream_window = 16
         arrived = [np.frombuffer(b)[0] for b in blocks(300) >> pool]
         assert arrived == [float(i) for i in range(300)]
+        # Closed while the generator has credit to spare: it still stops, its finally runs.
+        pool.stream_window = 100_000
+        closed = tmp_path / "closed"
+        items = endless_fast(str(closed)) >> pool
+        assert [next(items) for _ in range(3)] == [0, 1, 2]
+        items.close()  # type: ignore[attr-defined]
+        assert wait_until(closed.exists, 15)

@@ -36,7 +36,11 @@ def relay(
     back for the next); the next frame read that is not one of them, else ``None``."""
     items, count, nbuffers = [item], len(item.values), _buffer_count(item)
     while BATCH_ITEMS and reader.buffered():
-        frame: object = reader.read()
+        try:
+            frame: object = reader.read()
+        except BaseException:
+            emit(merged(items))  # those read so far are the client's (a timeout, a death)
+            raise
         if not isinstance(frame, messages.Item) or frame.id != item.id:
             emit(merged(items))
             return frame

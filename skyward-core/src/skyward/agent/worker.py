@@ -13,6 +13,7 @@ import contextlib
 import signal
 import socket
 import sys
+import time
 from concurrent.futures import CancelledError
 
 from skyward import buffers, cluster, messages, refs, wire
@@ -101,6 +102,10 @@ def cancelled(task_id: int) -> messages.Result:
     return messages.Result(task_id, failure=messages.Failure.of(error))
 
 
+_LOOK_EVERY = 0.001
+"""Seconds between looks for a stream's credit or cancellation while it has credit."""
+
+
 class _SocketGate:
     """A streamed task's credit, as the agent forwards it over the worker's socket."""
 
@@ -112,6 +117,7 @@ class _SocketGate:
         self._cancelled = False
         self._sizes: dict[int, int] = {}
         self._ahead = 0  # the sum of _sizes: bytes sent and not yet consumed
+        self._next_look = 0.0
 
     def _held_back(self, seq: int) -> bool:
         if seq >= self._consumed + self._window:
@@ -120,9 +126,13 @@ class _SocketGate:
 
     def wait(self, seq: int, nbytes: int) -> bool:
         # Take what already arrived (a cancellation must not wait for the credit to run
-        # out), then block only while out of credit.
-        while not self._cancelled and self._reader.ready():
-            self._apply(self._reader.read())
+        # out), then block only while out of credit. The socket is looked at once a
+        # millisecond at most: a look costs a system call, many times an item's own cost.
+        now = time.monotonic()
+        if now >= self._next_look or self._reader.buffered():
+            self._next_look = now + _LOOK_EVERY
+            while not self._cancelled and self._reader.ready():
+                self._apply(self._reader.read())
         while not self._cancelled and self._held_back(seq):
             self._apply(self._reader.read())
         self._ahead += nbytes - self._sizes.get(seq, 0)
