@@ -3,9 +3,10 @@
 
 Each round opens a Local pool with ``SKYWARD_STREAM_BATCH=0`` (one frame per item, as
 before) and one with batching (the default), interleaved (A B A B), for both executors:
-items/s for 100,000 small ints and for 2,000 items of 64 KiB numpy arrays, and how late a
-lone item arrives (a generator that computes 20 ms between items, holding the GIL: the
-time from its ``yield`` to the consumer, same clock). Medians of the rounds.
+items/s for 100,000 small ints and for 2,000 items of 64 KiB numpy arrays, and how late an
+item arrives (the time from its ``yield`` to the consumer, same clock): a lone one (a
+generator that computes 20 ms between items, holding the GIL) and the last of a fast run
+of 50 followed by 50 ms of such computing. Medians of the rounds.
 """
 
 from __future__ import annotations
@@ -45,6 +46,16 @@ def slow(n: int, busy: float) -> Iterator[float]:
         yield time.time()
 
 
+@sky.compute
+def bursts(runs: int, size: int, busy: float) -> Iterator[float]:
+    for _ in range(runs):
+        for _ in range(size):
+            yield time.time()
+        end = time.perf_counter() + busy
+        while time.perf_counter() < end:  # a fast run, then computing with the GIL held
+            pass
+
+
 def _rate(iterator: Iterator[object], n: int) -> float:
     start = time.perf_counter()
     assert sum(1 for _ in iterator) == n
@@ -57,7 +68,14 @@ def measure(batch: bool, executor: str) -> dict[str, float]:
         small = _rate(ints(SMALL) >> pool, SMALL)
         big = _rate(arrays(ARRAYS) >> pool, ARRAYS)
         lates = [time.time() - sent for sent in slow(10, 0.02) >> pool]
-    return {"ints/s": small, "64KiB/s": big, "lone ms": 1000 * statistics.median(lates[1:])}
+        arrived = [(time.time(), sent) for sent in bursts(5, 50, 0.05) >> pool]
+    ends = [got - sent for got, sent in arrived[49::50]]
+    return {
+        "ints/s": small,
+        "64KiB/s": big,
+        "lone ms": 1000 * statistics.median(lates[1:]),
+        "run end ms": 1000 * statistics.median(ends),
+    }
 
 
 def main() -> None:
@@ -67,7 +85,7 @@ def main() -> None:
         for _ in range(rounds):
             for batch in (False, True):
                 runs[batch].append(measure(batch, executor))
-        for key in ("ints/s", "64KiB/s", "lone ms"):
+        for key in ("ints/s", "64KiB/s", "lone ms", "run end ms"):
             old = statistics.median(r[key] for r in runs[False])
             new = statistics.median(r[key] for r in runs[True])
             print(

@@ -5,21 +5,23 @@ process (``executor="process"``). A streamed task (``Task.window > 0``) whose fu
 returns a generator sends each item through ``send`` once its ``gate`` allows, and ends
 with a :class:`Result` of ``None`` (or of the exception the generator raised).
 
-Items that queue up share a frame, and none waits for a timer. In a worker process each
-item goes at once to the agent, whose thread for that worker relays to the client all the
-items already arrived in one :class:`~skyward.messages.Item` frame (``workers.py``). In
-the agent itself (``executor="thread"``) the items go out from a thread of their own
-(:class:`_Sender`), so the generator runs on while a frame is being written: the items it
-yields meanwhile go together in the next frame, and an item yielded while nothing is
-being written goes at once.
+Items that queue up share a :class:`~skyward.messages.Item` frame, and none waits for a
+timer. In a worker process each item goes to the agent as it comes, and the agent's
+thread for that worker relays to the client, in one frame, all the stream's items already
+arrived (``streams.relay``). In the agent itself (``executor="thread"``) a generator's
+fast items go out from a thread of their own (:class:`_Sender`), so the generator runs on
+while a frame is being written and the items it yields meanwhile go together in the next;
+a lone item (a slow generator's) is written before the generator resumes.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
@@ -148,13 +150,22 @@ def _stream(
     return messages.Result(task.id, value=messages.Payload.of(None))
 
 
-class _Sender:
-    """Sends one stream's items from a thread of its own, all that are waiting in one frame.
+SLOW_ITEM = 0.001
+"""Seconds between two items past which the second is a lone item: the generator's thread
+writes it itself, before the generator resumes."""
 
-    The generator's thread hands each item over with :meth:`put`. When the sender is idle
-    the generator waits until it has taken the item (a thread switch, so the item leaves
-    at once even when the generator's next step holds the GIL); when it is busy writing,
-    the item waits with any others for the next frame. The credit window (checked before
+
+class _Sender:
+    """Writes one stream's items: a lone one at once, those that come fast together.
+
+    An item that comes :data:`SLOW_ITEM` or more after the one before (the first item, a
+    slow generator's) is written by the generator's thread before the generator resumes,
+    after any items still waiting: nothing can hold it back. Items that come faster are
+    handed to a thread of this stream's own, which writes all that are waiting in one frame
+    each time it gets to it, while the generator runs on: a fast generator's items share
+    frames. That thread needs the GIL to write, so the last item of a fast run, when the
+    generator then computes in Python without releasing the GIL, can wait up to one switch
+    interval (``sys.getswitchinterval()``, 5 ms). The credit window (checked before
     :meth:`put`) bounds what can wait. A failed write ends the sender; the generator's
     thread gets the error at its next :meth:`put` or at :meth:`close`.
     """
@@ -167,28 +178,36 @@ class _Sender:
         self._first = 0
         """Sequence number of ``_waiting[0]``."""
         self._busy = False
+        """The thread is writing a frame."""
         self._closing = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._last = -math.inf
+        """``time.monotonic()`` of the last :meth:`put`."""
 
     def put(self, seq: int, payload: messages.Payload) -> None:
+        now = time.monotonic()
+        lone, self._last = now - self._last >= SLOW_ITEM, now
         with self._cond:
+            if lone:
+                # Written here, after whatever the thread still has to write.
+                while (self._waiting or self._busy) and self._error is None:
+                    self._cond.wait()
             if self._error is not None:
                 raise self._error
-            if not self._waiting:
-                self._first = seq
-            self._waiting.append(payload)
-            if self._busy:
-                return  # goes with the next frame
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, daemon=True, name=f"skyward-stream-{self._id}"
-                )
-                self._thread.start()
-            else:
-                self._cond.notify_all()
-            while self._waiting and self._error is None:
-                self._cond.wait()
+            if not lone:
+                if not self._waiting:
+                    self._first = seq
+                self._waiting.append(payload)
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._run, daemon=True, name=f"skyward-stream-{self._id}"
+                    )
+                    self._thread.start()
+                elif not self._busy:
+                    self._cond.notify_all()
+                return
+        self._send(messages.Item(self._id, seq, payload))
 
     def close(self) -> None:
         """Return once every item handed over is written (or the writing failed)."""
@@ -205,13 +224,13 @@ class _Sender:
         while True:
             with self._cond:
                 self._busy = False
+                self._cond.notify_all()  # a lone item may be waiting for its turn
                 while not self._waiting and not self._closing:
                     self._cond.wait()
                 if not self._waiting:
                     return  # closing, and everything is written
                 batch, first = self._take()
                 self._busy = True
-                self._cond.notify_all()  # the generator may go on
             try:
                 self._send(messages.Item(self._id, first, batch[0], tuple(batch[1:])))
             except BaseException as error:
