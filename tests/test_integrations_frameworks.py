@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import skyward as sky
+from skyward_integrations._distributed import PORTS
 
 
 @sky.integrations.jax(timeout=60)
@@ -63,6 +65,32 @@ def test_jax_collectives_across_worker_processes(
     assert all(r["allgather"] == [0.0, 10.0, 20.0, 30.0] for r in results)
     assert {r["sum"] for r in results} == {3.0 * (1 + 2 + 3 + 4)}
     assert all(r["psum"] == [10.0, 10.0, 10.0] for r in results)
+
+
+@sky.compute
+def head_port() -> int:
+    return sky.instance_info().head_port
+
+
+def test_jax_coordinator_port_cannot_be_taken_before_jax_binds_it(
+    local_pool_factory: Callable[..., sky.ComputePool],
+) -> None:
+    # CI once saw "Failed to start RPC server" on worker 0: the coordinator's port, free when
+    # the pool picked it, had gone to another process by the time JAX bound it. Here that
+    # other process comes first, every time, and takes the port if it can.
+    with local_pool_factory(nodes=2, timeout=600) as pool:
+        port = (head_port() >> pool) + PORTS["jax"]
+        with socket.socket() as stranger:
+            try:
+                stranger.bind(("127.0.0.1", port))
+                stranger.listen()
+                taken = True
+            except OSError:
+                taken = False
+            results = jax_collectives() @ pool
+    assert not taken
+    assert [r["index"] for r in results] == [0, 1]
+    assert all(r["allgather"] == [0.0, 10.0] for r in results)
 
 
 @sky.integrations.keras(backend="jax", timeout=60)

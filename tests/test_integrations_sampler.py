@@ -90,14 +90,12 @@ def test_bad_rank_is_a_configuration_error() -> None:
 
 def test_rendezvous_ports_are_reserved_on_node_zero() -> None:
     from skyward.cluster import RENDEZVOUS_PORTS
-    from skyward.providers.local import _bindable, _free_port
 
     info = InstanceInfo(node=1, total_nodes=2, head_port=40000)
     assert [info.rendezvous_port(i) for i in (0, 1, 2)] == [40000, 40001, 40002]
     with pytest.raises(ValueError, match="outside"):
         info.rendezvous_port(RENDEZVOUS_PORTS)
-    base = _free_port()
-    assert all(_bindable(p) for p in range(base, base + RENDEZVOUS_PORTS))
+    # That Local holds them free for the frameworks: tests/test_port_reservation.py.
 
 
 def test_configuration_errors_survive_pickling() -> None:

@@ -253,11 +253,22 @@ class Result:
 
 @frozen
 class Item:
-    """Agent → client: item ``seq`` (0, 1, ...) that streamed task ``id`` yielded."""
+    """Agent → client: item ``seq`` (0, 1, ...) that streamed task ``id`` yielded, and the
+    items after it in ``more`` (``seq + 1``, ...) when several were waiting to be sent."""
 
     id: int
     seq: int
     value: Payload
+    more: tuple[Payload, ...] = ()
+
+    @property
+    def values(self) -> tuple[Payload, ...]:
+        return (self.value, *self.more) if self.more else (self.value,)
+
+    @property
+    def end(self) -> int:
+        """The sequence number after this frame's last item."""
+        return self.seq + 1 + len(self.more)
 
 
 @frozen
@@ -365,8 +376,11 @@ _TASK = struct.Struct("!QidI")
 """id, worker (-1: any), timeout (NaN: none), window."""
 _RESULT = struct.Struct("!QB")
 """id, what the data is (``_VALUE``, ``_FAILURE`` or ``_EMPTY``)."""
-_ITEM = struct.Struct("!QQ")
-"""id, seq."""
+_ITEM = struct.Struct("!QQI")
+"""id, seq, count (items in the frame). One item: the data is its pickle, the buffers its
+buffers. Several: the data starts with ``_ITEM_INDEX`` for each item (its pickle's length,
+its buffer count), then the pickles one after another; the buffers follow item by item."""
+_ITEM_INDEX = struct.Struct("!II")
 _VALUE, _FAILURE, _EMPTY = 0, 1, 2
 
 
@@ -410,12 +424,27 @@ def _unpack_result(fields: tuple[Any, ...], data: bytes, buffers: list[bytearray
 
 
 def _pack_item(item: Item) -> tuple[tuple[Any, ...], bytes, tuple[Any, ...]]:
-    return (item.id, item.seq), item.value.data, item.value.buffers
+    if not item.more:
+        return (item.id, item.seq, 1), item.value.data, item.value.buffers
+    values = item.values
+    index = b"".join(_ITEM_INDEX.pack(len(v.data), len(v.buffers)) for v in values)
+    data = b"".join([index, *(v.data for v in values)])
+    return (item.id, item.seq, len(values)), data, tuple(b for v in values for b in v.buffers)
 
 
 def _unpack_item(fields: tuple[Any, ...], data: bytes, buffers: list[bytearray]) -> Item:
-    item_id, seq = fields
-    return Item(item_id, seq, Payload(data, tuple(buffers)))
+    item_id, seq, count = fields
+    if count == 1:
+        return Item(item_id, seq, Payload(data, tuple(buffers)))
+    if count < 1:
+        raise ValueError(f"an item frame holds {count} items")
+    at, taken, values = _ITEM_INDEX.size * count, 0, []
+    for size, nbuffers in _ITEM_INDEX.iter_unpack(data[:at]):
+        values.append(Payload(data[at : at + size], tuple(buffers[taken : taken + nbuffers])))
+        at, taken = at + size, taken + nbuffers
+    if at != len(data) or taken != len(buffers):
+        raise ValueError("an item frame's index does not match its contents")
+    return Item(item_id, seq, values[0], tuple(values[1:]))
 
 
 wire.register(KIND_TASK, Task, _TASK, _pack_task, _unpack_task)

@@ -13,6 +13,7 @@ that arrives anyway is dropped (and acknowledged, so the agent forgets it too).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -80,7 +81,8 @@ class _Stream:
 
     The node sends at most ``window`` items beyond the last :class:`~messages.Credit`,
     and a credit goes out each time the consumer takes half a window, so this queue never
-    holds more than ``window`` items however slowly they are consumed.
+    holds more than ``window`` items however slowly they are consumed. Each entry is the
+    items of one :class:`~messages.Item` frame (several when they queued up on the node).
     """
 
     window: int
@@ -92,10 +94,13 @@ class _Stream:
     cancelled: bool = False
 
     def deliver(self, item: messages.Item) -> None:
-        if item.seq < self.received:
+        """Queue the frame's items (one entry for all of them) not already here."""
+        known = self.received - item.seq
+        if known >= 1 + len(item.more):
             return  # replayed after a reconnect: already here
-        self.received = item.seq + 1
-        self.queue.put(item.value)
+        values = item.values
+        self.received = item.end
+        self.queue.put(values[known:] if known > 0 else values)
 
 
 @attrs.define
@@ -323,19 +328,24 @@ class NodeClient:
     def _iterate(self, task_id: int, stream: _Stream, future: Future[Any]) -> Iterator[Any]:
         consumed = 0
         ended = False
+        # Items of the frame taken from the queue last, not yet consumed.
+        arrived: collections.deque[messages.Payload] = collections.deque()
         try:
             while True:
-                if consumed > stream.granted and stream.queue.empty():
-                    # About to wait: the node may be held back by bytes, not by items.
-                    stream.granted = consumed
-                    self._send_quietly(messages.Credit(task_id, consumed))
-                got = stream.queue.get()
-                if got is _END:
-                    ended = True
-                    future.result()  # the generator's exception, where it was raised
-                    return
+                if not arrived:
+                    if consumed > stream.granted and stream.queue.empty():
+                        # About to wait: the node may be held back by bytes, not by items.
+                        stream.granted = consumed
+                        self._send_quietly(messages.Credit(task_id, consumed))
+                    got = stream.queue.get()
+                    if got is _END:
+                        ended = True
+                        future.result()  # the generator's exception, where it was raised
+                        return
+                    arrived.extend(got)
+                payload = arrived.popleft()
                 try:
-                    value = got.open()
+                    value = payload.open()
                 except Exception as error:
                     raise SerializationError(
                         f"node {self.node}: item {consumed} of the stream cannot be "

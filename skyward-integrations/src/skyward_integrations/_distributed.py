@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
@@ -25,6 +24,7 @@ from attrs import frozen
 from skyward.cluster import InstanceInfo, instance_info
 from skyward.compute import ComputeFunction
 from skyward.errors import ConfigurationError
+from skyward.port_reservation import PortReservation, reserve_ports
 
 __all__ = [
     "PORTS",
@@ -110,13 +110,18 @@ def ranks(info: InstanceInfo) -> Ranks:
 
 
 _ephemeral_ports: dict[str, int] = {}
+_held: list[PortReservation] = []
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A free port of this machine for a server this process starts later (a framework's).
+
+    It stays reserved (:mod:`skyward.port_reservation`) for the life of this process: a port
+    only probed and closed could go to another process before the framework binds it.
+    """
+    reservation = reserve_ports(1)
+    _held.append(reservation)
+    return reservation.base
 
 
 def port_for(info: InstanceInfo, framework: str) -> int:

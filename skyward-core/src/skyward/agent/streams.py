@@ -4,8 +4,9 @@ Flow control is by credit: the client says how many items it has consumed
 (:class:`~skyward.messages.Credit`, cumulative) and the node sends at most ``window``
 beyond that, so a slow consumer holds back the generator instead of growing a queue on
 either side. The items sent but not yet covered by a credit (at most ``window + 1``) are
-kept here: after a reconnect they are sent again (the client drops the ones it already
-has, by sequence number), so a dropped connection loses no item of an open stream.
+kept here, as the frames they went in (one item or several): after a reconnect they are
+sent again (the client drops the ones it already has, by sequence number), so a dropped
+connection loses no item of an open stream.
 """
 
 from __future__ import annotations
@@ -14,12 +15,59 @@ import contextlib
 import threading
 from collections.abc import Callable
 
-from skyward import messages
-from skyward.agent.tasks import MAX_BYTES_AHEAD
+from skyward import messages, wire
+from skyward.agent.tasks import (
+    BATCH_ITEMS,
+    MAX_BUFFERS_PER_FRAME,
+    MAX_BYTES_AHEAD,
+    MAX_ITEMS_PER_FRAME,
+)
 
-__all__ = ["StreamGate", "Streams"]
+__all__ = ["StreamGate", "Streams", "merged", "relay"]
 
 Send = Callable[[object], None]
+
+
+def relay(
+    reader: wire.FrameReader, emit: Callable[[messages.Item], None], item: messages.Item
+) -> object | None:
+    """Pass ``item`` (read from a worker process) on with ``emit``, joined by the items of
+    its stream already read behind it (in ``reader``'s buffer: a lone item is never held
+    back for the next); the next frame read that is not one of them, else ``None``."""
+    items, count, nbuffers = [item], len(item.values), _buffer_count(item)
+    while BATCH_ITEMS and reader.buffered():
+        try:
+            frame: object = reader.read()
+        except BaseException:
+            emit(merged(items))  # those read so far are the client's (a timeout, a death)
+            raise
+        if not isinstance(frame, messages.Item) or frame.id != item.id:
+            emit(merged(items))
+            return frame
+        if count + len(frame.values) > MAX_ITEMS_PER_FRAME or (
+            nbuffers + _buffer_count(frame) > MAX_BUFFERS_PER_FRAME
+        ):
+            emit(merged(items))
+            items, count, nbuffers = [], 0, 0
+        items.append(frame)
+        count, nbuffers = count + len(frame.values), nbuffers + _buffer_count(frame)
+    emit(merged(items))
+    return None
+
+
+def _buffer_count(item: messages.Item) -> int:
+    return sum(len(value.buffers) for value in item.values)
+
+
+def merged(items: list[messages.Item]) -> messages.Item:
+    """Consecutive frames of one stream as one frame."""
+    if len(items) == 1:
+        return items[0]
+    first = items[0]
+    more = [*first.more]
+    for item in items[1:]:
+        more.extend(item.values)
+    return messages.Item(first.id, first.seq, first.value, tuple(more))
 
 
 class StreamGate:
@@ -36,6 +84,8 @@ class StreamGate:
         self._retained: dict[int, messages.Item] = {}
         self._sizes: dict[int, int] = {}
         """Bytes of each item sent and not yet consumed (this thread runs the generator)."""
+        self._ahead = 0
+        """Their sum."""
         self._forward: Send | None = None
 
     # -- the client's side (the agent's connection thread) ----------------------------
@@ -45,10 +95,11 @@ class StreamGate:
             if consumed <= self._consumed:
                 return
             self._consumed = consumed
-            for seq in [s for s in self._retained if s < consumed]:
+            # A frame goes once all its items are consumed.
+            for seq in [s for s, item in self._retained.items() if item.end <= consumed]:
                 del self._retained[seq]
             for seq in [s for s in self._sizes if s < consumed]:
-                del self._sizes[seq]
+                self._ahead -= self._sizes.pop(seq)
             self._cond.notify_all()
             forward = self._forward
         if forward is not None:
@@ -78,9 +129,10 @@ class StreamGate:
         """Block until item ``seq`` may be sent; False when the stream was closed."""
         with self._cond:
             while not self._stopped and (
-                seq >= self._consumed + self.window or sum(self._sizes.values()) >= MAX_BYTES_AHEAD
+                seq >= self._consumed + self.window or self._ahead >= MAX_BYTES_AHEAD
             ):
                 self._cond.wait()
+            self._ahead += nbytes - self._sizes.get(seq, 0)
             self._sizes[seq] = nbytes
             return not self._stopped
 

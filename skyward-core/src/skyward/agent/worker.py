@@ -13,6 +13,7 @@ import contextlib
 import signal
 import socket
 import sys
+import time
 from concurrent.futures import CancelledError
 
 from skyward import buffers, cluster, messages, refs, wire
@@ -97,6 +98,9 @@ def serve(sock: socket.socket, running: RunningCall | None = None) -> None:
             writer.send(cancelled(task.id))
             continue
         if task.window:
+            # Each item goes as it comes (the agent's relay joins those that queue up): a
+            # sender thread here would hold a fast run's last item while the generator
+            # computes with the GIL (see tasks._Sender), for little more speed.
             writer.send(run_task(task, _SocketGate(task, reader), writer.send))
         else:
             writer.send(run_task(task))
@@ -106,6 +110,10 @@ def cancelled(task_id: int) -> messages.Result:
     """The answer to a call cancelled before it started here."""
     error = CancelledError("the client cancelled this call")
     return messages.Result(task_id, failure=messages.Failure.of(error))
+
+
+_LOOK_EVERY = 0.001
+"""Seconds between looks for a stream's credit or cancellation while it has credit."""
 
 
 class _SocketGate:
@@ -118,19 +126,26 @@ class _SocketGate:
         self._consumed = 0
         self._cancelled = False
         self._sizes: dict[int, int] = {}
+        self._ahead = 0  # the sum of _sizes: bytes sent and not yet consumed
+        self._next_look = 0.0
 
     def _held_back(self, seq: int) -> bool:
         if seq >= self._consumed + self._window:
             return True
-        return sum(self._sizes.values()) >= MAX_BYTES_AHEAD
+        return self._ahead >= MAX_BYTES_AHEAD
 
     def wait(self, seq: int, nbytes: int) -> bool:
         # Take what already arrived (a cancellation must not wait for the credit to run
-        # out), then block only while out of credit.
-        while not self._cancelled and self._reader.ready():
-            self._apply(self._reader.read())
+        # out), then block only while out of credit. The socket is looked at once a
+        # millisecond at most: a look costs a system call, many times an item's own cost.
+        now = time.monotonic()
+        if now >= self._next_look or self._reader.buffered():
+            self._next_look = now + _LOOK_EVERY
+            while not self._cancelled and self._reader.ready():
+                self._apply(self._reader.read())
         while not self._cancelled and self._held_back(seq):
             self._apply(self._reader.read())
+        self._ahead += nbytes - self._sizes.get(seq, 0)
         self._sizes[seq] = nbytes
         return not self._cancelled
 
@@ -138,7 +153,7 @@ class _SocketGate:
         if isinstance(message, messages.Credit) and message.id == self._id:
             self._consumed = max(self._consumed, message.consumed)
             for seq in [s for s in self._sizes if s < self._consumed]:
-                del self._sizes[seq]
+                self._ahead -= self._sizes.pop(seq)
         elif isinstance(message, messages.Cancel) and message.id == self._id:
             self._cancelled = True
         elif isinstance(message, messages.Release):

@@ -35,7 +35,7 @@ from skyward import buffers, cluster, messages, wire
 from skyward.agent import worker
 from skyward.agent.children import kill_tree
 from skyward.agent.running import RunningCall
-from skyward.agent.streams import Streams
+from skyward.agent.streams import Streams, relay
 from skyward.agent.tasks import run_task
 from skyward.cluster import InstanceInfo
 from skyward.errors import TaskTimeoutError, WorkerLostError
@@ -311,7 +311,7 @@ class ThreadSlot(Slot):
             timer.start()
         gate = self.streams.get(task.id) if task.window else None
         try:
-            return run_task(task, gate, None if gate is None else gate.emit)
+            return run_task(task, gate, None if gate is None else gate.emit, sender_thread=True)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -641,8 +641,10 @@ class ProcessSlot(Slot):
                 self._set_timeout(left)
                 answer = self._reader.read()
                 if gate is not None and isinstance(answer, messages.Item):
-                    gate.emit(answer)
-                    continue
+                    # With the items already read behind it, in one frame.
+                    answer = relay(self._reader, gate.emit, answer)
+                    if answer is None:
+                        continue
                 if isinstance(answer, messages.Heartbeat):
                     continue  # the echo of a wake that crossed a call
                 break

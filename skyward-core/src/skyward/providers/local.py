@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from skyward.exit_status import describe_exit, oom_kills
 from skyward.hookspecs import hookimpl
 from skyward.image import Image
 from skyward.offers import Offer
+from skyward.port_reservation import PortReservation, reserve_ports
 from skyward.provider import (
     POOL_TAG,
     AgentConfig,
@@ -111,28 +111,9 @@ class Local:
 class LocalInfrastructure(Infrastructure):
     root: Path = Path()
     owns_root: bool = False
-
-
-def _free_port() -> int:
-    """The first of ``RENDEZVOUS_PORTS`` consecutive ports that are all free right now."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            base: int = sock.getsockname()[1]
-        if base + RENDEZVOUS_PORTS <= 65536 and all(
-            _bindable(port) for port in range(base, base + RENDEZVOUS_PORTS)
-        ):
-            return base
-    raise ProvisioningError("local", f"found no {RENDEZVOUS_PORTS} consecutive free ports")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+    ports: PortReservation | None = field(default=None, eq=False, repr=False)
+    """The rendezvous ports (``head_port`` onwards), held bound by this process until
+    teardown, so nothing else on this machine gets them before a framework binds one."""
 
 
 @define
@@ -173,8 +154,14 @@ class LocalProvider:
         else:  # the user's directory: kept after the pool, never swept
             root, owns = Path(self.config.root) / pool_id, False
             root.mkdir(parents=True, exist_ok=True)
+        try:
+            ports = reserve_ports(RENDEZVOUS_PORTS)
+        except OSError as error:
+            if owns:
+                shutil.rmtree(root, ignore_errors=True)
+            raise ProvisioningError("local", f"no rendezvous ports: {error}") from error
         return LocalInfrastructure(
-            region="local", head_port=_free_port(), root=root, owns_root=owns
+            region="local", head_port=ports.base, root=root, owns_root=owns, ports=ports
         )
 
     def launch(self, infra: Infrastructure, request: LaunchRequest) -> Sequence[Instance]:
@@ -292,6 +279,8 @@ class LocalProvider:
 
     def teardown(self, infra: Infrastructure) -> None:
         assert isinstance(infra, LocalInfrastructure)
+        if infra.ports is not None:
+            infra.ports.release()
         if infra.owns_root:
             shutil.rmtree(infra.root, ignore_errors=True)
 
