@@ -508,14 +508,24 @@ def latency_analysis(result: dict[str, Any]) -> list[str]:
         line += (
             f" (with the old hand-off, the what-if row: {num(handoff)} µs against {num(sky_med)})"
         )
+    thread_med = median(result, "skyward-local-thread")
+    thread_part = (
+        f" ({num(thread_med)} µs, {thread_med / floor_med:.2f}{TIMES} the floor)"
+        if thread_med and floor_med
+        else ""
+    )
     out.append(
-        line + ". What is left is on the node: the agent's connection thread hands a call "
-        'to a worker thread (`executor="thread"`), or writes it to a worker process whose '
-        "answer a slot thread reads and sends on (the default): one and two wake-ups more "
-        "than the floor's single server thread. Running the call on the thread that read "
-        "it (leader/followers) and letting the worker process write its answer to the "
-        "client's connection itself would remove them; both change how the agent keeps "
-        "heartbeats and cancellation while a call runs, and are not built."
+        line + '. With `executor="thread"` and one worker, a call that finds the worker '
+        "idle runs on the agent's connection thread that read it (leader/followers: past "
+        "50 ms another thread reads the connection on), so the node side is one thread, "
+        f"as the floor's{thread_part}. The default process executor keeps two wake-ups "
+        "more than the floor's server: the connection thread writes the call to the "
+        "worker process, and a slot thread reads its answer and sends it on. Letting the "
+        "worker write its answer to the client's connection itself would remove one; it "
+        "changes how the agent keeps results until acknowledged and keeps a call's printed "
+        "lines before its result, and is not built. The target process ÷ thread ≤ 1.3"
+        f"{TIMES} compares the two: it was met while both executors handed calls off, and "
+        "is missed now that the thread executor does not."
     )
     if sky and client is not None:
         out.append(
