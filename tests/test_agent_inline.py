@@ -24,24 +24,15 @@ from skyward.agent_process import (
     stop_process_group,
 )
 from skyward.provider import AgentConfig
+from tests.test_agent import _config as agent_config
 
 # Raw tasks bypass @sky.compute, which would register this module by value itself.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _config(**overrides: object) -> AgentConfig:
-    values: dict[str, object] = {
-        "node": 0,
-        "total_nodes": 1,
-        "concurrency": 1,
-        "executor": "thread",
-        "job_id": "job",
-        "head_addr": "127.0.0.1",
-        "head_port": 0,
-        "metrics_interval": None,
-    }
-    values.update(overrides)
-    return AgentConfig(**values)  # type: ignore[arg-type]
+    """An agent with one thread worker unless told otherwise (the inline path)."""
+    return agent_config(**{"executor": "thread", **overrides})
 
 
 Session = tuple[AgentProcess, wire.FrameReader, wire.FrameWriter]

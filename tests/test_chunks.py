@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
-from pathlib import Path
 
 import pytest
 
@@ -228,30 +226,6 @@ def test_a_chunk_gives_its_values_in_order_keeping_exceptions() -> None:
     assert isinstance(chunk.values(keep_exceptions=True)[1], ValueError)
     with pytest.raises(ValueError, match="b"):
         chunk.values()
-
-
-@sky.compute
-def record(path: str, value: object) -> object:
-    with open(path, "a") as handle:
-        handle.write(f"{value}\n")
-    return value
-
-
-def test_a_large_batch_with_an_unpicklable_call_runs_none_of_it(
-    local_pool_factory: Factory, tmp_path: Path
-) -> None:
-    # Calls with scalar arguments are pickled only with their chunk, as it is sent: the
-    # one that cannot be pickled must still stop the batch before any chunk goes.
-    ran = tmp_path / "ran"
-    calls = [record(str(ran), i) for i in range(999)]
-    calls.append(record(str(ran), Unpicklable()))
-    with local_pool_factory(nodes=1, executor="thread") as pool:
-        with pytest.raises(sky.SerializationError):
-            sky.gather(*calls) >> pool
-        time.sleep(0.5)
-        assert not ran.exists()
-        assert sky.gather(*calls[:999]) >> pool == tuple(range(999))
-    assert len(ran.read_text().split()) == 999
 
 
 @EXECUTORS

@@ -449,16 +449,22 @@ def _record(path: str, value: int) -> int:
     return value
 
 
+@pytest.mark.parametrize("calls", [2, 1000])
 def test_a_batch_with_an_unpicklable_call_runs_none_of_it(
-    local_pool_factory: Factory, tmp_path: Path
+    local_pool_factory: Factory, tmp_path: Path, calls: int
 ) -> None:
+    # 1000 calls go in chunks, and calls with scalar arguments are pickled only with
+    # their chunk: the one that cannot be pickled must still stop the batch first.
     ran = tmp_path / "ran"
     record = sky.compute(_record)
+    batch = [record(str(ran), i) for i in range(calls - 1)]
     with local_pool_factory() as pool:
         with pytest.raises(sky.SerializationError):
-            sky.gather(record(str(ran), 1), record(_Unpicklable(), 2)) >> pool  # type: ignore[arg-type]
+            sky.gather(*batch, record(_Unpicklable(), calls)) >> pool  # type: ignore[arg-type]
         time.sleep(0.5)
         assert not ran.exists()
+        assert sky.gather(*batch) >> pool == tuple(range(calls - 1))
+    assert len(ran.read_text().split()) == calls - 1
 
 
 def test_the_key_never_reaches_the_agent_command_line_or_disk(
