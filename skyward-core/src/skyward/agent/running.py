@@ -39,9 +39,13 @@ class RunningCall:
             self._page = mmap.mmap(fd, _FORMAT.size)
 
     @classmethod
-    def shareable(cls) -> RunningCall:
+    def shareable(cls) -> RunningCall | None:
         """A page with a descriptor (:attr:`fd`) to hand to a new interpreter; the agent
-        closes the descriptor once the worker has it."""
+        closes the descriptor once the worker has it. ``None`` where there are no memory
+        files (not Linux: a cancel then kills the worker as soon as it was handed the
+        call)."""
+        if not hasattr(os, "memfd_create"):
+            return None
         fd = os.memfd_create("skyward-running-call", os.MFD_CLOEXEC)
         os.ftruncate(fd, _FORMAT.size)
         call = cls(fd)

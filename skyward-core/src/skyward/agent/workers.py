@@ -498,23 +498,19 @@ class ProcessSlot(Slot):
         ours, theirs = self._socketpair()
         self._oom_before = oom_kills()
         running = RunningCall.shareable()
-        fd = running.fd
-        assert fd is not None
+        fds = [theirs.fileno()]
+        if running is not None and running.fd is not None:
+            fds.append(running.fd)  # the worker's second argument
         try:
             self._process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "skyward.agent.worker",
-                    str(theirs.fileno()),
-                    str(running.fd),
-                ],
-                pass_fds=(theirs.fileno(), fd),
+                [sys.executable, "-m", "skyward.agent.worker", *map(str, fds)],
+                pass_fds=fds,
                 env={**os.environ, **self.env},
                 stdin=subprocess.DEVNULL,
             )
         finally:
-            running.close_fd()
+            if running is not None:
+                running.close_fd()
         self._running = running
         theirs.close()
         self._attach(ours)
