@@ -97,6 +97,7 @@ def test_a_frame_passes_its_shared_buffers_as_descriptors(pair: Pair) -> None:
     reader = wire.FrameReader(buffers.FdSocket(reader_sock))
     first, second = os.urandom(2 * MiB), os.urandom(3 * MiB)
     small = os.urandom(5000)
+    gc.collect()  # memory files an earlier test left to the collector are not ours
     before = _memfds(os.getpid())
     held = [_shared(first), _shared(second)]
     # two frames, each with a memory file and a plain buffer: descriptors stay in order
@@ -136,19 +137,27 @@ def test_a_frame_with_more_memory_files_than_one_message_can_pass_sends_their_by
     pair: Pair,
 ) -> None:
     writer_sock, reader_sock = pair
+    gc.collect()
+    before = _memfds(os.getpid())
     many = [_shared(bytes([i % 256]) * 4096) for i in range(buffers.MAX_FDS + 1)]
     parts = wire.encode_local(_task(5, *many))
     assert not any(isinstance(p, buffers.FdBytes) for p in parts)
     writer = wire.FrameWriter(buffers.FdSocket(writer_sock))
     reader = wire.FrameReader(buffers.FdSocket(reader_sock))
-    threading.Thread(target=writer.write, args=(parts,), daemon=True).start()
+    sender = threading.Thread(target=writer.write, args=(parts,), daemon=True)
+    sender.start()
     got = reader.read().payload.open()
     assert [bytes(b)[:1] for b in got] == [bytes([i % 256]) for i in range(len(many))]
+    sender.join(10)
+    del many, parts, got, sender
+    gc.collect()
+    assert _memfds(os.getpid()) == before, "each buffer's memory file closed with it"
 
 
 def test_a_connection_lost_in_the_middle_of_a_buffer_leaves_no_memory_file(pair: Pair) -> None:
     writer_sock, reader_sock = pair
     parts = wire.encode(_task(6, bytearray(4 * MiB)))
+    gc.collect()  # memory files an earlier test left to the collector are not ours
     before = _memfds(os.getpid())
     buffers.share_large_buffers()
     try:
