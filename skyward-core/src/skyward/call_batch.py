@@ -78,8 +78,7 @@ class CallBatch:
         if type(call) is messages.Payload:
             return call
         blob = self._blobs[id(call.fn)]
-        data = pickle.dumps((blob, call.args, call.kwargs), 5)
-        return messages.Payload(data, (), (blob, *blob.captured))
+        return messages.Payload.call(call.fn, call.args, call.kwargs, blob=(blob, blob.captured))
 
     def key(self, index: int) -> str:
         """What the call's cost is remembered by: its function (blob id)."""

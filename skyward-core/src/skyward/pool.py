@@ -777,17 +777,21 @@ class ComputePool:
         try:
             yield from sent.iter_values()
         except WorkerLostError:
-            if self._ended is not None:
-                raise self._ended from None
+            self._raise_if_ended()
             raise
 
     def _result(self, future: Waitable) -> Any:
         try:
             return future.result()
         except WorkerLostError:
-            if self._ended is not None:
-                raise self._ended from None
+            self._raise_if_ended()
             raise
+
+    def _raise_if_ended(self) -> None:
+        """A call lost with its worker once the pool has ended raises why the pool ended
+        (its nodes went with it), not the loss."""
+        if self._ended is not None:
+            raise self._ended from None
 
     def run(self, pending: PendingCompute[R]) -> R:
         """Run one computation on the least-loaded worker and return its result (for a
@@ -849,8 +853,7 @@ class ComputePool:
             try:
                 out.extend(item.values(keep_exceptions))
             except WorkerLostError:
-                if self._ended is not None:
-                    raise self._ended from None
+                self._raise_if_ended()
                 raise
         return tuple(out)
 
